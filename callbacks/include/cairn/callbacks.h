@@ -1,0 +1,8 @@
+// All of cairn's callbacks.
+#pragma once
+
+#include "cairn/callbacks/checkpoint.h"
+#include "cairn/callbacks/csv_logger.h"
+#include "cairn/callbacks/early_stopping.h"
+#include "cairn/callbacks/progress_bar.h"
+#include "cairn/callbacks/register.h"

@@ -1,0 +1,110 @@
+// Checkpoint: saves the whole run (model, optimizers, schedulers, RNG, metric
+// log, callback states, user values, config) so it can resume exactly.
+//
+//   loop.add(std::make_shared<cairn::Checkpoint>(
+//       cairn::CheckpointOptions().monitor("valid/acc").mode(cairn::Mode::max).save_top_k(2)));
+//
+// Files: `<dirpath>/last.ckpt` (the newest state, when save_last), the top-k
+// files named by `filename`, and `last.prev.ckpt` (the previous last, kept as
+// a hard link so a damaged last.ckpt always has a fallback). Every write is
+// atomic (see checkpoint_file.h); top-k bookkeeping changes only after the
+// file is durable, and the best and the newest files are never deleted.
+#pragma once
+
+#include "cairn/callback.h"
+#include "cairn/metrics.h"
+
+#include <torch/arg.h>
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+
+namespace cairn {
+
+struct CheckpointOptions {
+  CheckpointOptions() = default;
+  explicit CheckpointOptions(std::string dirpath) : dirpath_(std::move(dirpath)) {}
+  //! Folder for the files; "" means `<run dir>/checkpoints`.
+  TORCH_ARG(std::string, dirpath) = "";
+  //! Metric ranking the top-k files, e.g. "valid/acc"; "" keeps the newest files.
+  TORCH_ARG(std::string, monitor) = "";
+  //! Whether a smaller (min) or larger (max) monitored value is better.
+  TORCH_ARG(Mode, mode) = Mode::min;
+  //! A value must beat the k-th best by more than this to enter the top k.
+  TORCH_ARG(double, min_delta) = 0.0;
+  //! Files to keep: k best (or k newest without a monitor); 0 none; -1 all.
+  TORCH_ARG(int64_t, save_top_k) = 1;
+  //! Also write last.ckpt on every save.
+  TORCH_ARG(bool, save_last) = true;
+  //! Save every N training steps (0: off).
+  TORCH_ARG(int64_t, every_n_train_steps) = 0;
+  //! Save every N epochs, after validation (0: off).
+  TORCH_ARG(int64_t, every_n_epochs) = 1;
+  //! Save when this many seconds passed since the last save (0: off).
+  TORCH_ARG(double, train_time_interval) = 0.0;
+  //! File name template: {epoch}, {step} and {metric[:fmt]} (e.g. {valid/acc:.4f});
+  //! "" picks epoch={epoch}-step={step}[-<monitor>={<monitor>:.4f}]. '/' becomes '_'.
+  TORCH_ARG(std::string, filename) = "";
+  //! Save only the model weights (such files cannot resume a run).
+  TORCH_ARG(bool, save_weights_only) = false;
+  //! Save last.ckpt when a step throws.
+  TORCH_ARG(bool, save_on_exception) = true;
+  //! When a write fails: "warn" (keep training) or "stop" (stop the run).
+  TORCH_ARG(std::string, on_error) = "warn";
+};
+
+class Checkpoint : public Callback {
+ public:
+  explicit Checkpoint(CheckpointOptions options = CheckpointOptions());
+
+  std::string key() const override;
+  Order order() const override { return Order::saver; }
+
+  void on_fit_begin(Loop& loop) override;
+  void on_batch_end(Loop& loop) override;
+  void on_epoch_end(Loop& loop) override;
+  void on_fit_end(Loop& loop) override;
+  void on_exception(Loop& loop) override;
+
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
+  std::string checkpoint_dir(const Loop& loop) const override;
+
+  //! Saves now (as a step- or epoch-triggered save would). Returns false when the write failed.
+  bool save(Loop& loop, bool force_last_only = false);
+
+  const CheckpointOptions& options() const { return options_; }
+  std::string dirpath() const { return dirpath_; }
+  const std::string& best_model_path() const { return best_model_path_; }
+  std::optional<double> best_model_score() const { return best_model_score_; }
+  const std::map<std::string, double>& best_k_models() const { return best_k_models_; }
+  const std::string& last_model_path() const { return last_model_path_; }
+  //! Seconds spent in the last write, and its size.
+  double last_save_seconds() const { return last_save_seconds_; }
+  uint64_t last_save_bytes() const { return last_save_bytes_; }
+
+  //! Renders the filename template (without ".ckpt") for the loop's state.
+  std::string format_filename(const Loop& loop) const;
+
+ private:
+  bool better(double a, double b) const;
+  void resolve_dir(const Loop& loop);
+
+  CheckpointOptions options_;
+  std::string dirpath_;                          //!< resolved folder
+  std::map<std::string, double> best_k_models_;  //!< top-k file -> monitored value
+  std::vector<std::string> newest_paths_;        //!< without a monitor: kept files, oldest first
+  std::string best_model_path_;                  //!< file of the best monitored value
+  std::optional<double> best_model_score_;       //!< the best monitored value
+  std::string last_model_path_;                  //!< newest file written
+  int64_t monitor_values_seen_ = 0;              //!< monitor series length at the last top-k decision
+  int64_t last_saved_step_ = -1;                 //!< global step of the last save
+  bool last_saved_epoch_end_ = false;            //!< whether that save was at an epoch's end
+  std::chrono::steady_clock::time_point last_save_time_;
+  double last_save_seconds_ = 0.0;
+  uint64_t last_save_bytes_ = 0;
+};
+
+}  // namespace cairn

@@ -1,0 +1,307 @@
+#include "cairn/callbacks/checkpoint.h"
+
+#include "cairn/checkpoint_file.h"
+#include "cairn/loop.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+#include <unistd.h>
+
+namespace cairn {
+
+namespace fs = std::filesystem;
+
+namespace {
+std::string sanitize(std::string s) {
+  for (char& c : s) {
+    if (c == '/' || c == '\\' || c == '\0') c = '_';
+  }
+  return s;
+}
+
+std::string format_number(double v, const std::string& spec) {
+  // spec like ".4f", ".3e", ".6g" or "" (shortest).
+  if (spec.empty()) {
+    std::ostringstream os;
+    os.precision(6);
+    os << v;
+    return os.str();
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof buf, ("%" + spec).c_str(), v);
+  return buf;
+}
+
+bool valid_spec(const std::string& spec) {
+  if (spec.empty()) return true;
+  if (spec.size() < 2 || spec[0] != '.') return false;
+  for (size_t i = 1; i + 1 < spec.size(); ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(spec[i]))) return false;
+  }
+  const char t = spec.back();
+  return t == 'f' || t == 'e' || t == 'g';
+}
+}  // namespace
+
+Checkpoint::Checkpoint(CheckpointOptions options) : options_(std::move(options)) {
+  if (options_.save_top_k() < -1) throw std::invalid_argument("save_top_k must be >= -1");
+  if (options_.every_n_train_steps() < 0 || options_.every_n_epochs() < 0) {
+    throw std::invalid_argument("every_n_train_steps and every_n_epochs must be >= 0");
+  }
+  if (options_.on_error() != "warn" && options_.on_error() != "stop") {
+    throw std::invalid_argument("on_error must be 'warn' or 'stop'");
+  }
+  if (options_.filename().empty()) {
+    std::string f = "epoch={epoch}-step={step}";
+    if (!options_.monitor().empty()) f += "-" + sanitize(options_.monitor()) + "={" + options_.monitor() + ":.4f}";
+    options_.filename(f);
+  }
+  // Check the template now rather than at the first save.
+  for (size_t i = options_.filename().find('{'); i != std::string::npos; i = options_.filename().find('{', i + 1)) {
+    const size_t close = options_.filename().find('}', i);
+    if (close == std::string::npos) throw std::invalid_argument("filename template has an unclosed '{'");
+    const std::string field = options_.filename().substr(i + 1, close - i - 1);
+    const size_t colon = field.find(':');
+    if (colon != std::string::npos && !valid_spec(field.substr(colon + 1))) {
+      throw std::invalid_argument("filename field {" + field + "}: format must look like .4f, .3e or .6g");
+    }
+  }
+  last_save_time_ = std::chrono::steady_clock::now();
+}
+
+std::string Checkpoint::key() const {
+  std::ostringstream os;
+  os << "Checkpoint{monitor=" << (options_.monitor().empty() ? "None" : options_.monitor())
+     << ",mode=" << mode_name(options_.mode()) << ",every_n_train_steps=" << options_.every_n_train_steps()
+     << ",every_n_epochs=" << options_.every_n_epochs() << "}";
+  return os.str();
+}
+
+void Checkpoint::resolve_dir(const Loop& loop) {
+  if (dirpath_.empty()) dirpath_ = checkpoint_dir(loop);
+}
+
+std::string Checkpoint::checkpoint_dir(const Loop& loop) const {
+  if (!dirpath_.empty()) return dirpath_;
+  if (!options_.dirpath().empty()) return options_.dirpath();
+  return (fs::path(loop.run_dir().empty() ? "." : loop.run_dir()) / "checkpoints").string();
+}
+
+void Checkpoint::on_fit_begin(Loop& loop) {
+  resolve_dir(loop);
+  std::error_code ec;
+  fs::create_directories(dirpath_, ec);
+  // Temp files left by a process killed mid-write are garbage: the rename never happened.
+  for (const auto& e : fs::directory_iterator(dirpath_, ec)) {
+    if (e.path().extension() == ".tmp") fs::remove(e.path(), ec);
+  }
+  last_save_time_ = std::chrono::steady_clock::now();
+}
+
+std::string Checkpoint::format_filename(const Loop& loop) const {
+  const std::string& t = options_.filename();
+  std::string out;
+  for (size_t i = 0; i < t.size();) {
+    if (t[i] != '{') {
+      out += t[i++];
+      continue;
+    }
+    const size_t close = t.find('}', i);
+    std::string field = t.substr(i + 1, close - i - 1);
+    std::string spec;
+    const size_t colon = field.find(':');
+    if (colon != std::string::npos) {
+      spec = field.substr(colon + 1);
+      field = field.substr(0, colon);
+    }
+    if (field == "epoch") {
+      out += std::to_string(loop.state().epoch);
+    } else if (field == "step") {
+      out += std::to_string(loop.state().global_step);
+    } else if (auto v = loop.metrics().last(field)) {
+      out += format_number(*v, spec);
+    } else {
+      out += "nan";
+    }
+    i = close + 1;
+  }
+  return sanitize(out);
+}
+
+bool Checkpoint::better(double a, double b) const {
+  return options_.mode() == Mode::min ? a < b - options_.min_delta() : a > b + options_.min_delta();
+}
+
+void Checkpoint::on_batch_end(Loop& loop) {
+  bool due = options_.every_n_train_steps() > 0 && loop.state().global_step % options_.every_n_train_steps() == 0;
+  if (!due && options_.train_time_interval() > 0) {
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count();
+    due = elapsed >= options_.train_time_interval();
+  }
+  if (due) save(loop);
+}
+
+void Checkpoint::on_epoch_end(Loop& loop) {
+  if (options_.every_n_epochs() > 0 && (loop.state().epoch + 1) % options_.every_n_epochs() == 0) save(loop);
+}
+
+void Checkpoint::on_fit_end(Loop& loop) {
+  // An interrupted run saves where it stopped; a finished one records that it finished.
+  if (loop.state().stop.interrupt || loop.state().finished) save(loop, /*force_last_only=*/true);
+}
+
+void Checkpoint::on_exception(Loop& loop) {
+  if (!options_.save_on_exception()) return;
+  try {
+    resolve_dir(loop);
+    std::cerr << "cairn: a step threw; saving " << (fs::path(dirpath_) / "last.ckpt").string() << "\n";
+    save(loop, /*force_last_only=*/true);
+  } catch (const std::exception& e) {
+    std::cerr << "cairn: could not save after the exception: " << e.what() << "\n";
+  }
+}
+
+bool Checkpoint::save(Loop& loop, bool force_last_only) {
+  resolve_dir(loop);
+  const auto& st = loop.state();
+  if (!force_last_only && st.global_step == last_saved_step_ && st.epoch_finished == last_saved_epoch_end_) {
+    return true;  // this exact state is already on disk
+  }
+  const bool keep_last = options_.save_last() || force_last_only;
+
+  // Decide the top-k change before writing; commit it only once the file is durable.
+  auto best_k = best_k_models_;
+  auto newest = newest_paths_;
+  auto best_path = best_model_path_;
+  auto best_score = best_model_score_;
+  auto seen = monitor_values_seen_;
+  std::string topk_file;
+  std::vector<std::string> to_delete;
+  const int64_t k = options_.save_top_k();
+  if (!force_last_only && k != 0) {
+    const std::string path = (fs::path(dirpath_) / (format_filename(loop) + ".ckpt")).string();
+    if (!options_.monitor().empty()) {
+      const auto series_len = static_cast<int64_t>(loop.metrics().series(options_.monitor()).size());
+      const auto value = loop.metrics().last(options_.monitor());
+      if (series_len > seen && value && std::isfinite(*value)) {
+        seen = series_len;
+        bool enters = k == -1 || static_cast<int64_t>(best_k.size()) < k || best_k.count(path) > 0;
+        std::string worst;
+        if (!enters) {
+          for (const auto& kv : best_k) {
+            if (worst.empty() || better(best_k[worst], kv.second)) worst = kv.first;
+          }
+          enters = better(*value, best_k[worst]);
+        }
+        if (enters) {
+          topk_file = path;
+          best_k[path] = *value;
+          if (!best_score || better(*value, *best_score)) {
+            best_score = *value;
+            best_path = path;
+          }
+          while (k != -1 && static_cast<int64_t>(best_k.size()) > k) {
+            std::string w;
+            for (const auto& kv : best_k) {
+              if (kv.first == best_path || kv.first == path) continue;  // never the best or the newest
+              if (w.empty() || better(best_k[w], kv.second)) w = kv.first;
+            }
+            if (w.empty()) break;
+            best_k.erase(w);
+            to_delete.push_back(w);
+          }
+        }
+      }
+    } else {
+      topk_file = path;
+      newest.erase(std::remove(newest.begin(), newest.end(), path), newest.end());
+      newest.push_back(path);
+      while (k != -1 && static_cast<int64_t>(newest.size()) > k) {
+        to_delete.push_back(newest.front());
+        newest.erase(newest.begin());
+      }
+    }
+  }
+  if (topk_file.empty() && !keep_last) return true;
+
+  const std::string last = (fs::path(dirpath_) / "last.ckpt").string();
+  const std::string primary = topk_file.empty() ? last : topk_file;
+
+  // Commit the tentative bookkeeping so the saved state includes this file.
+  auto old = std::make_tuple(best_k_models_, newest_paths_, best_model_path_, best_model_score_,
+                             monitor_values_seen_, last_model_path_);
+  best_k_models_ = best_k;
+  newest_paths_ = newest;
+  best_model_path_ = best_path;
+  best_model_score_ = best_score;
+  monitor_values_seen_ = seen;
+  last_model_path_ = primary;
+  try {
+    Value ckpt = loop.make_checkpoint();
+    if (options_.save_weights_only()) {
+      Value slim = Value::dict();
+      for (const char* key : {"format_version", "cairn_version", "epoch", "global_step", "batch_in_epoch",
+                              "state_dict", "hyper_parameters", "values"}) {
+        slim.set(key, ckpt.at(key));
+      }
+      slim.set("weights_only", true);
+      ckpt = std::move(slim);
+    }
+    std::error_code ec;
+    if (keep_last && fs::exists(last, ec)) atomic_link(last, (fs::path(dirpath_) / "last.prev.ckpt").string());
+    const WriteStats stats = write_checkpoint(primary, ckpt);
+    if (keep_last && primary != last) atomic_link(primary, last);
+    last_save_seconds_ = stats.seconds;
+    last_save_bytes_ = stats.bytes;
+  } catch (const std::exception& e) {
+    std::tie(best_k_models_, newest_paths_, best_model_path_, best_model_score_, monitor_values_seen_,
+             last_model_path_) = old;
+    std::cerr << "cairn: warning: checkpoint not saved: " << e.what() << "\n";
+    if (options_.on_error() == "stop") {
+      loop.state().request_stop(std::string("checkpoint write failed: ") + e.what());
+    }
+    return false;
+  }
+  for (const auto& f : to_delete) {
+    std::error_code ec;
+    if (f != primary) fs::remove(f, ec);
+  }
+  last_saved_step_ = st.global_step;
+  last_saved_epoch_end_ = st.epoch_finished;
+  last_save_time_ = std::chrono::steady_clock::now();
+  return true;
+}
+
+Value Checkpoint::state_dict() const {
+  Value d = Value::dict();
+  d.set("monitor", options_.monitor().empty() ? Value() : Value(options_.monitor()));
+  d.set("mode", mode_name(options_.mode()));
+  d.set("dirpath", dirpath_);
+  d.set("best_model_path", best_model_path_);
+  d.set("best_model_score", best_model_score_ ? Value(*best_model_score_) : Value());
+  Value k = Value::dict();
+  for (const auto& kv : best_k_models_) k.set(kv.first, kv.second);
+  d.set("best_k_models", std::move(k));
+  d.set("newest_paths", Value(newest_paths_));
+  d.set("last_model_path", last_model_path_);
+  d.set("monitor_values_seen", monitor_values_seen_);
+  return d;
+}
+
+void Checkpoint::load_state_dict(const Value& s) {
+  best_model_path_ = s.at("best_model_path").to_string();
+  const Value& score = s.at("best_model_score");
+  best_model_score_ = score.is_none() ? std::nullopt : std::optional<double>(score.to_double());
+  best_k_models_.clear();
+  const Value& k = s.at("best_k_models");
+  for (size_t i = 0; i < k.keys().size(); ++i) best_k_models_[k.keys()[i].to_string()] = k.values()[i].to_double();
+  newest_paths_.clear();
+  for (const auto& p : s.at("newest_paths").items()) newest_paths_.push_back(p.to_string());
+  last_model_path_ = s.at("last_model_path").to_string();
+  monitor_values_seen_ = s.at("monitor_values_seen").to_int();
+}
+
+}  // namespace cairn

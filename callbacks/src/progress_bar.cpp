@@ -1,0 +1,120 @@
+#include "cairn/callbacks/progress_bar.h"
+
+#include "cairn/loop.h"
+#include "cairn/models.h"
+
+#include <cmath>
+#include <string>
+#include <unistd.h>
+
+namespace cairn {
+
+namespace {
+std::string clock_text(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const auto s = static_cast<int64_t>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600) {
+    std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                  static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  } else {
+    std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  }
+  return buf;
+}
+}  // namespace
+
+ProgressBar::ProgressBar(ProgressBarOptions options, std::FILE* out)
+    : options_(options), out_(out), tty_(::isatty(::fileno(out)) != 0) {}
+
+std::string ProgressBar::metric_text(const Loop& loop, const char* split) const {
+  std::string out;
+  const std::string prefix = std::string(split) + "/";
+  for (const auto& name : loop.metrics().names()) {
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, "_step") == 0) continue;
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "  %s %.4f", name.c_str(), *loop.metrics().last(name));
+    out += buf;
+  }
+  return out;
+}
+
+void ProgressBar::on_fit_begin(Loop& loop) {
+  if (options_.model_summary && loop.model()) {
+    std::fprintf(out_, "model:\n%s", model_summary(*loop.model()).c_str());
+  }
+  std::fflush(out_);
+}
+
+void ProgressBar::on_epoch_begin(Loop& loop) {
+  epoch_start_ = last_draw_ = std::chrono::steady_clock::now();
+  epoch_start_batch_ = loop.state().batch_in_epoch;
+}
+
+void ProgressBar::draw(Loop& loop, bool final) {
+  const auto& st = loop.state();
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start_).count();
+  const int64_t done = st.batch_in_epoch - epoch_start_batch_;
+  const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+  const int64_t total = st.batches_per_epoch;
+  const double eta = rate > 0 && total > 0 ? static_cast<double>(total - st.batch_in_epoch) / rate : NAN;
+  char head[160];
+  std::snprintf(head, sizeof head, "epoch %lld/%lld", static_cast<long long>(st.epoch + 1),
+                static_cast<long long>(st.max_epochs));
+  if (tty_) {
+    const int width = 24;
+    const int fill = total > 0 ? static_cast<int>(width * st.batch_in_epoch / std::max<int64_t>(total, 1)) : 0;
+    std::string bar(static_cast<size_t>(fill), '=');
+    if (fill < width) bar += '>';
+    bar.resize(width, ' ');
+    std::fprintf(out_, "\r%s [%s] %lld/%lld %.1f it/s ETA %s loss %.4f%s\033[K", head, bar.c_str(),
+                 static_cast<long long>(st.batch_in_epoch), static_cast<long long>(total), rate,
+                 clock_text(eta).c_str(), st.batch_loss, metric_text(loop, "valid").c_str());
+    bar_open_ = !final;
+  } else {
+    std::fprintf(out_, "%s step %lld/%lld  %.1f it/s  ETA %s  loss %.4f\n", head,
+                 static_cast<long long>(st.batch_in_epoch), static_cast<long long>(total), rate,
+                 clock_text(eta).c_str(), st.batch_loss);
+  }
+  std::fflush(out_);
+}
+
+void ProgressBar::on_batch_end(Loop& loop) {
+  const auto now = std::chrono::steady_clock::now();
+  if (tty_) {
+    if (std::chrono::duration<double>(now - last_draw_).count() >= options_.refresh_seconds) {
+      last_draw_ = now;
+      draw(loop, false);
+    }
+  } else {
+    const int64_t every = options_.log_every_n_steps > 0 ? options_.log_every_n_steps : loop.log_every_n_steps();
+    if (every > 0 && loop.state().global_step % every == 0) draw(loop, false);
+  }
+}
+
+void ProgressBar::on_epoch_end(Loop& loop) {
+  const auto& st = loop.state();
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start_).count();
+  if (bar_open_) std::fputs("\r\033[K", out_);
+  bar_open_ = false;
+  std::fprintf(out_, "epoch %lld/%lld done in %.1f s%s%s\n", static_cast<long long>(st.epoch + 1),
+               static_cast<long long>(st.max_epochs), elapsed, metric_text(loop, "train").c_str(),
+               metric_text(loop, "valid").c_str());
+  std::fflush(out_);
+}
+
+void ProgressBar::on_test_end(Loop& loop) {
+  std::fprintf(out_, "test:%s\n", metric_text(loop, "test").c_str());
+  std::fflush(out_);
+}
+
+void ProgressBar::on_fit_end(Loop& loop) {
+  if (bar_open_) std::fputs("\n", out_);
+  bar_open_ = false;
+  const auto& stop = loop.state().stop;
+  if (stop.requested) std::fprintf(out_, "stopped: %s\n", stop.reason.c_str());
+  std::fflush(out_);
+}
+
+}  // namespace cairn

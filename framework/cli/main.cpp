@@ -1,0 +1,8 @@
+// The `cairn` program: the built-in callbacks plus the command line.
+#include "cairn/callbacks/register.h"
+#include "cairn/cli.h"
+
+int main(int argc, char** argv) {
+  cairn::register_builtin_callbacks();
+  return cairn::cli_main(argc, argv);
+}

@@ -1,0 +1,64 @@
+// Callback: an object that reacts to loop events.
+//
+// Override only the hooks you need. A callback with state returns it from
+// state_dict(); the checkpoint saves it under `callbacks[key()]`, so key()
+// must identify the instance: two checkpoint callbacks with different monitors
+// have different keys and never overwrite each other's state.
+//
+//   struct CountBatches : cairn::Callback {
+//     int64_t n = 0;
+//     std::string key() const override { return "CountBatches"; }
+//     void on_batch_end(cairn::Loop&) override { ++n; }
+//     cairn::Value state_dict() const override { auto d = cairn::Value::dict(); d.set("n", n); return d; }
+//     void load_state_dict(const cairn::Value& s) override { n = s.at("n").to_int(); }
+//   };
+#pragma once
+
+#include "cairn/events.h"
+#include "cairn/stateful.h"
+
+#include <string>
+
+namespace cairn {
+
+class Loop;
+
+class Callback : public Stateful {
+ public:
+  ~Callback() override = default;
+
+  //! Stable identity in checkpoints: class name plus identifying options.
+  virtual std::string key() const = 0;
+  //! The slot group every hook of this callback runs in.
+  virtual Order order() const { return Order::normal; }
+
+  virtual void on_fit_begin(Loop&) {}
+  virtual void on_epoch_begin(Loop&) {}
+  virtual void on_batch_begin(Loop&) {}
+  virtual void on_after_backward(Loop&) {}
+  virtual void on_before_optimizer_step(Loop&) {}
+  virtual void on_batch_end(Loop&) {}
+  virtual void on_validation_begin(Loop&) {}
+  virtual void on_validation_batch_end(Loop&) {}
+  virtual void on_validation_end(Loop&) {}
+  virtual void on_epoch_end(Loop&) {}
+  virtual void on_test_begin(Loop&) {}
+  virtual void on_test_batch_end(Loop&) {}
+  virtual void on_test_end(Loop&) {}
+  virtual void on_fit_end(Loop&) {}
+  //! A step threw; Loop::current_exception() holds it. The exception is rethrown after.
+  virtual void on_exception(Loop&) {}
+  //! A checkpoint is being assembled (Loop::pending_checkpoint() may be amended).
+  virtual void on_save_checkpoint(Loop&) {}
+  //! State was restored from a checkpoint (rewrite derived files here).
+  virtual void on_load_checkpoint(Loop&) {}
+
+  //! The folder this callback writes checkpoints to ("" for callbacks that do not);
+  //! `cairn fit --resume auto` looks there.
+  virtual std::string checkpoint_dir(const Loop& loop) const { (void)loop; return ""; }
+
+  Value state_dict() const override { return Value(); }
+  void load_state_dict(const Value&) override {}
+};
+
+}  // namespace cairn

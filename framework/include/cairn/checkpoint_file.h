@@ -1,0 +1,69 @@
+// Checkpoint files: one verified, crash-safe file per checkpoint.
+//
+// Format: the zip layout of Python's `torch.save` (records `data.pkl`,
+// `data/<key>` per tensor storage, `byteorder`, `version`), with a pickle
+// stream (protocol 2) that uses only what `torch.load(weights_only=True)`
+// accepts: dict, list, str, int, float, bool, None and tensors rebuilt by
+// `torch._utils._rebuild_tensor_v2`. cairn adds one record,
+// `cairn/checksums`, holding an XXH3-64 hash and size of every other record;
+// Python ignores it, cairn verifies it on every read.
+//
+// Writing is atomic: a temp file in the same directory, fsync, rename over
+// the target, fsync of the directory. A crash at any instant leaves either the
+// previous file or the new one. Tensor bytes stream from the tensors to the
+// file (no in-memory copy of the whole checkpoint).
+#pragma once
+
+#include "cairn/value.h"
+
+#include <stdexcept>
+#include <string>
+
+namespace cairn {
+
+//! A checkpoint that cannot be used: missing, truncated, corrupt, not a checkpoint.
+class CheckpointError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+//! Writing a checkpoint failed (disk full, permission, file-size limit). The
+//! target file, if it existed, is untouched.
+class CheckpointWriteError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct WriteStats {
+  uint64_t bytes = 0;       //!< size of the file written
+  double seconds = 0.0;     //!< wall time including fsync and rename
+};
+
+/// Writes `root` (a dict) to `path` atomically. Tensors may live on any device
+/// (non-CPU ones are copied to CPU one at a time). Throws CheckpointWriteError.
+WriteStats write_checkpoint(const std::string& path, const Value& root);
+
+struct ReadOptions {
+  //! Require the cairn checksum record (true for checkpoints; false lets cairn
+  //! read plain `torch.save` files, e.g. pretrained weights).
+  bool require_checksum = true;
+};
+
+/// Reads and verifies a checkpoint. Throws CheckpointError with the path and
+/// the reason (truncated, checksum mismatch of a record, not a zip, ...).
+Value read_checkpoint(const std::string& path, const ReadOptions& options = {});
+
+/// Replaces `target` with a hard link to `source` atomically (link to a temp
+/// name, rename, fsync the directory). Falls back to a copy where links fail.
+void atomic_link(const std::string& source, const std::string& target);
+
+/// fsyncs a directory so that renames in it are durable.
+void fsync_directory(const std::string& dir);
+
+namespace pickle {
+/// Serialises a Value to a protocol-2 pickle; tensors are emitted as
+/// persistent storages whose keys are their index in `tensors_out`.
+std::string dumps(const Value& v, std::vector<at::Tensor>* tensors_out);
+}  // namespace pickle
+
+}  // namespace cairn

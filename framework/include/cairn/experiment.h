@@ -1,0 +1,47 @@
+// Experiment: a YAML config turned into a ready Trainer.
+//
+// parse_experiment() reads and checks the whole config (nothing is loaded or
+// built, so it is fast and needs no data); build_trainer() then loads the data
+// and builds the model, optimizer, scheduler and callbacks through the Registry.
+//
+// Sections: name, seed, run, data, model, optimizer, scheduler, trainer,
+// callbacks (see README for every key). Unless the config lists them, a
+// `checkpoint`, a `csv_logger` and a `progress_bar` callback are added
+// (trainer.enable_checkpointing / enable_progress_bar turn those off).
+#pragma once
+
+#include "cairn/config.h"
+#include "cairn/registry.h"
+#include "cairn/trainer.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cairn {
+
+struct ExperimentSpec {
+  ConfigDocument doc;
+  std::string name;
+  uint64_t seed = 0;
+  std::string run_dir;
+  TrainerOptions trainer;
+  std::optional<std::string> init_from;  //!< model.init_from: weights to start from
+  Builder<std::shared_ptr<DataModule>> data;
+  Builder<Model> model;
+  Builder<std::shared_ptr<torch::optim::Optimizer>> optimizer;
+  std::optional<Builder<std::shared_ptr<Scheduler>>> scheduler;
+  std::vector<Builder<std::shared_ptr<Callback>>> callbacks;
+  //! The resolved config (defaults filled in), as written to <run dir>/config.yaml.
+  const YAML::Node& resolved() const { return doc.resolved; }
+};
+
+//! Throws ConfigError naming file, line, column and key.
+ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::string>& overrides = {},
+                                const Registry& registry = Registry::global());
+
+//! Seeds torch, loads the data and builds everything. `run_dir` overrides spec.run_dir when not empty.
+std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& run_dir = "");
+
+}  // namespace cairn

@@ -1,0 +1,233 @@
+// Loop: the event bus, the loop state, the metric log and everything a
+// checkpoint must save, without any opinion on how the loop is written.
+//
+// The Trainer drives a Loop; a hand-written LibTorch loop can drive one too:
+//
+//   cairn::Loop loop;
+//   loop.track(*model);
+//   loop.track(optimizer);
+//   loop.add(std::make_shared<cairn::Checkpoint>(cairn::CheckpointOptions("runs/x/checkpoints")));
+//   loop.resume("runs/x/checkpoints");            // no-op when there is nothing to resume
+//   loop.fit_begin();
+//   for (; loop.state().epoch < epochs && !loop.should_stop();) {
+//     loop.epoch_begin();
+//     for (int64_t k = loop.state().batch_in_epoch; k < n && !loop.should_stop(); ++k) {
+//       loop.batch_begin();
+//       ... forward, backward, step ...
+//       loop.log_step("train/loss", loss.item<double>());
+//       loop.batch_end();
+//     }
+//     if (loop.should_stop()) break;
+//     loop.validation_begin(); ... loop.validation_end();
+//     loop.epoch_end();
+//   }
+//   loop.fit_end();
+#pragma once
+
+#include "cairn/callback.h"
+#include "cairn/events.h"
+#include "cairn/metrics.h"
+#include "cairn/state.h"
+#include "cairn/value.h"
+
+#include <ATen/core/Generator.h>
+
+#include <exception>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace torch {
+namespace nn {
+class Module;
+}
+namespace optim {
+class Optimizer;
+}
+}  // namespace torch
+
+namespace cairn {
+
+class Scheduler;
+
+//! The user's own key-values, saved with the run: numbers, strings, lists, tensors.
+//!   loop.values().set("n_classes", 1000);  loop.values().get<int64_t>("n_classes");
+class UserValues {
+ public:
+  template <class T>
+  void set(const std::string& key, T v) { dict_.set(key, Value(std::move(v))); }
+  template <class T>
+  T get(const std::string& key) const;
+  bool contains(const std::string& key) const { return dict_.contains(key); }
+  const Value& raw() const { return dict_; }
+  void load(const Value& d) { dict_ = d; }
+
+ private:
+  Value dict_ = Value::dict();
+};
+
+template <> inline Value UserValues::get<Value>(const std::string& k) const { return dict_.at(k); }
+template <> inline int64_t UserValues::get<int64_t>(const std::string& k) const { return dict_.at(k).to_int(); }
+template <> inline int UserValues::get<int>(const std::string& k) const { return static_cast<int>(dict_.at(k).to_int()); }
+template <> inline double UserValues::get<double>(const std::string& k) const { return dict_.at(k).to_double(); }
+template <> inline bool UserValues::get<bool>(const std::string& k) const { return dict_.at(k).to_bool(); }
+template <> inline std::string UserValues::get<std::string>(const std::string& k) const { return dict_.at(k).to_string(); }
+template <> inline at::Tensor UserValues::get<at::Tensor>(const std::string& k) const { return dict_.at(k).to_tensor(); }
+template <> inline std::vector<double> UserValues::get<std::vector<double>>(const std::string& k) const { return dict_.at(k).to_double_list(); }
+template <> inline std::vector<int64_t> UserValues::get<std::vector<int64_t>>(const std::string& k) const { return dict_.at(k).to_int_list(); }
+
+//! A checkpoint that does not match what this run tracks (model names or
+//! shapes, optimizer kind). what() lists every difference.
+class CheckpointMismatch : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+//! What resume() found.
+struct ResumeInfo {
+  bool resumed = false;              //!< false: nothing to resume, fresh start
+  std::string path;                  //!< the checkpoint used
+  std::vector<std::string> skipped;  //!< newer files that did not verify, with reasons
+  int64_t epoch = 0;
+  int64_t batch_in_epoch = 0;
+  int64_t global_step = 0;
+  bool finished = false;             //!< the checkpoint's run had already completed
+};
+
+class Loop {
+ public:
+  Loop();
+  ~Loop();
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
+
+  // --- events and callbacks ------------------------------------------------
+  Connection on(Event e, std::function<void(Loop&)> fn, Order order = Order::normal);
+  EventBus& bus() { return bus_; }
+  //! Connects every hook of `cb` in its order group; its state goes into checkpoints
+  //! under cb->key(). Adding two callbacks with the same key is an error.
+  void add(std::shared_ptr<Callback> cb);
+  const std::vector<std::shared_ptr<Callback>>& callbacks() const { return callbacks_; }
+  template <class T>
+  std::shared_ptr<T> find_callback() const {
+    for (const auto& c : callbacks_) {
+      if (auto p = std::dynamic_pointer_cast<T>(c)) return p;
+    }
+    return nullptr;
+  }
+
+  LoopState& state() { return state_; }
+  const LoopState& state() const { return state_; }
+  MetricLog& metrics() { return metrics_; }
+  const MetricLog& metrics() const { return metrics_; }
+  UserValues& values() { return values_; }
+
+  // --- what checkpoints save -----------------------------------------------
+  void track(torch::nn::Module& model);
+  void track(const std::shared_ptr<torch::nn::Module>& model) { track(*model); }
+  void track(torch::optim::Optimizer& optimizer);
+  void track(const std::shared_ptr<torch::optim::Optimizer>& optimizer) { track(*optimizer); }
+  void track(Scheduler& scheduler);
+  void track(const std::shared_ptr<Scheduler>& scheduler) { track(*scheduler); }
+  //! Any other object with state, saved under `objects[key]`.
+  void track(const std::string& key, Stateful& object);
+  //! A random generator of the user's, saved under `rng_states[name]`.
+  void track_generator(const std::string& name, at::Generator generator);
+  torch::nn::Module* model() const { return model_; }
+  const std::vector<torch::optim::Optimizer*>& optimizers() const { return optimizers_; }
+  const std::vector<Scheduler*>& schedulers() const { return schedulers_; }
+
+  //! The resolved experiment config, saved as `hyper_parameters`.
+  void set_hyper_parameters(Value hp) { hyper_parameters_ = std::move(hp); }
+  const Value& hyper_parameters() const { return hyper_parameters_; }
+  //! The run directory ("" when there is none); callbacks put files there.
+  void set_run_dir(std::string dir) { run_dir_ = std::move(dir); }
+  const std::string& run_dir() const { return run_dir_; }
+
+  // --- logging ---------------------------------------------------------------
+  //! Logs one point at the current (epoch, global_step).
+  void log(const std::string& name, double value);
+  //! A per-batch value: averaged over the epoch (weighted) into `name`, and
+  //! logged as a point `name + "_step"` every log_every_n_steps training steps.
+  void log_step(const std::string& name, double value, double weight = 1.0);
+  void set_log_every_n_steps(int64_t n) { log_every_n_steps_ = n; }
+  int64_t log_every_n_steps() const { return log_every_n_steps_; }
+
+  // --- the lifecycle (the Trainer calls these; so can a hand-written loop) ---
+  void fit_begin();
+  void epoch_begin();
+  void batch_begin();
+  void after_backward();
+  void before_optimizer_step();
+  //! Counts the batch (global_step, batch_in_epoch), logs step metrics, emits
+  //! batch_end and turns a pending SIGTERM/SIGINT into a stop request.
+  void batch_end();
+  void validation_begin();
+  void validation_batch_end();
+  //! Logs the means of this validation's `valid/*` values, then emits.
+  void validation_end();
+  //! Logs the epoch means of `train/*`, emits epoch_end, then moves to the next epoch.
+  void epoch_end();
+  void test_begin();
+  void test_batch_end();
+  void test_end();
+  //! Marks the run finished unless it was interrupted, then emits fit_end.
+  void fit_end();
+  //! Emits `exception` with the exception available through current_exception().
+  void exception(std::exception_ptr e);
+  std::exception_ptr current_exception() const { return current_exception_; }
+  bool should_stop() const { return state_.stop.requested; }
+
+  // --- checkpoints -----------------------------------------------------------
+  //! Assembles the full checkpoint dict (emits save_checkpoint first, so
+  //! callbacks can amend pending_checkpoint()).
+  Value make_checkpoint();
+  Value& pending_checkpoint() { return pending_; }
+  //! Restores everything from a checkpoint dict. Throws CheckpointMismatch.
+  void load_checkpoint(const Value& checkpoint, const std::string& source = "");
+  //! `path` is a checkpoint file, or a directory in which the newest file that
+  //! verifies is used (newer corrupt ones are skipped and reported). A missing
+  //! or empty directory is a fresh start. Throws CheckpointError when a file
+  //! was named and cannot be used, or every file in the directory is corrupt.
+  ResumeInfo resume(const std::string& path);
+  //! Where this run resumed before: (epoch, global_step) pairs.
+  const std::vector<std::pair<int64_t, int64_t>>& resume_points() const { return resume_points_; }
+
+ private:
+  void emit(Event e);
+  void check_signals();
+
+  EventBus bus_;
+  LoopState state_;
+  MetricLog metrics_;
+  UserValues values_;
+  std::vector<std::shared_ptr<Callback>> callbacks_;
+  torch::nn::Module* model_ = nullptr;
+  std::vector<torch::optim::Optimizer*> optimizers_;
+  std::vector<Scheduler*> schedulers_;
+  std::map<std::string, Stateful*> objects_;
+  std::map<std::string, at::Generator> generators_;
+  Value hyper_parameters_;
+  std::string run_dir_;
+  int64_t log_every_n_steps_ = 50;
+  std::vector<std::pair<std::string, double>> step_values_;  //!< this batch's log_step() values
+  std::vector<std::pair<int64_t, int64_t>> resume_points_;
+  std::exception_ptr current_exception_;
+  Value pending_;
+};
+
+//! Every *.ckpt file in `dir`, newest first (by modification time).
+std::vector<std::string> list_checkpoints(const std::string& dir);
+
+//! Copies a state_dict (name -> tensor) into `model`'s parameters and buffers.
+//! With `strict`, missing, unexpected and mis-shaped names are an error listing all of them.
+void load_model_state(torch::nn::Module& model, const Value& state_dict, bool strict = true);
+//! The model's parameters and buffers by name (the tensors themselves, not copies).
+Value model_state(const torch::nn::Module& model);
+//! Initialises `model` from a file saved by Python's torch.save(model.state_dict())
+//! or from a cairn checkpoint (its `state_dict`). Throws CheckpointMismatch / CheckpointError.
+void load_weights(torch::nn::Module& model, const std::string& path, bool strict = true);
+
+}  // namespace cairn

@@ -1,0 +1,99 @@
+// MetricLog: every value a run measured, in the order it was measured.
+//
+// A metric is named `split/name` (`train/loss`, `valid/acc`). Each logged value
+// is a point (epoch, step, value). The log keeps one journal of points in
+// logging order, so files derived from it (metrics.csv) can be rewritten
+// exactly after a resume. Epoch aggregates: `accumulate()` collects weighted
+// values and `flush(split)` logs their means as points.
+#pragma once
+
+#include "cairn/stateful.h"
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cairn {
+
+struct MetricPoint {
+  int64_t epoch = 0;
+  int64_t step = 0;
+  double value = 0.0;
+};
+
+class MetricLog : public Stateful {
+ public:
+  struct Row {
+    size_t series;     //!< index into names()
+    MetricPoint point;
+  };
+
+  void log(const std::string& name, double value, int64_t epoch, int64_t step);
+  //! Adds a weighted value to the running mean of `name` (flushed by flush()).
+  void accumulate(const std::string& name, double value, double weight = 1.0);
+  //! Logs the means of the accumulated metrics whose split is `split`, then clears them.
+  void flush(const std::string& split, int64_t epoch, int64_t step);
+  //! Drops the accumulated (not yet flushed) values of `split`.
+  void reset_accumulators(const std::string& split);
+
+  bool has(const std::string& name) const;
+  std::optional<double> last(const std::string& name) const;
+  std::vector<MetricPoint> series(const std::string& name) const;
+  const std::vector<std::string>& names() const { return names_; }
+  const std::vector<Row>& rows() const { return rows_; }
+  size_t size() const { return rows_.size(); }
+
+  //! The series, as the checkpoint's `metrics` key: name -> {epoch, step, value, seq}
+  //! (lists; `seq` is each point's position in the journal).
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
+  //! Running epoch means not yet flushed: name -> [sum, weight].
+  Value accumulator_state() const;
+  void load_accumulator_state(const Value& state);
+
+  //! Splits "valid/acc" into ("valid", "acc"); a name without '/' has split "".
+  static std::pair<std::string, std::string> split_name(const std::string& name);
+
+ private:
+  size_t series_index(const std::string& name);
+
+  std::vector<std::string> names_;
+  std::map<std::string, size_t> index_;
+  std::vector<Row> rows_;
+  std::vector<std::optional<size_t>> last_row_;  //!< per series: its newest row
+  struct Accumulator { double sum = 0.0; double weight = 0.0; };
+  std::vector<std::pair<std::string, Accumulator>> accumulators_;  //!< insertion-ordered
+};
+
+enum class Mode { min, max };
+const char* mode_name(Mode m);
+Mode parse_mode(const std::string& s);  // throws std::invalid_argument
+
+//! Tracks the best value of a monitored metric.
+class Best : public Stateful {
+ public:
+  explicit Best(Mode mode = Mode::min, double min_delta = 0.0) : mode_(mode), min_delta_(min_delta) {}
+
+  //! True when `value` beats the best by more than min_delta (any finite value beats none).
+  bool improves(double value) const;
+  //! Records `value` if it improves; returns whether it did.
+  bool update(double value, int64_t epoch, int64_t step);
+
+  std::optional<double> best() const { return best_; }
+  int64_t best_epoch() const { return best_epoch_; }
+  int64_t best_step() const { return best_step_; }
+  Mode mode() const { return mode_; }
+
+  Value state_dict() const override;
+  void load_state_dict(const Value& state) override;
+
+ private:
+  Mode mode_;
+  double min_delta_;
+  std::optional<double> best_;   //!< best value so far
+  int64_t best_epoch_ = -1;      //!< epoch of the best value
+  int64_t best_step_ = -1;       //!< global step of the best value
+};
+
+}  // namespace cairn

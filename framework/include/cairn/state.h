@@ -1,0 +1,52 @@
+// LoopState: where a training loop is, and whether it has been asked to stop.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace cairn {
+
+enum class Stage { idle, train, validate, test };
+const char* stage_name(Stage s);
+
+//! A request to end the loop at the next batch boundary. Callbacks never throw
+//! to stop a run; they call LoopState::request_stop() with a reason.
+struct StopRequest {
+  bool requested = false;
+  std::string reason;     //!< e.g. "early stopping: valid/loss did not improve for 3 checks"
+  bool interrupt = false; //!< true for signals: the run is not finished and will resume
+  int signal = 0;         //!< the signal number for interrupts (SIGTERM, SIGINT)
+};
+
+struct LoopState {
+  int64_t epoch = 0;              //!< current epoch, 0-based
+  int64_t global_step = 0;        //!< training batches completed over the whole run
+  int64_t batch_in_epoch = 0;     //!< training batches completed in the current epoch
+  int64_t max_epochs = 0;         //!< planned epochs (0: unknown)
+  int64_t batches_per_epoch = 0;  //!< training batches per epoch (0: unknown)
+  Stage stage = Stage::idle;
+  bool epoch_finished = false;    //!< true from validation's end until the next epoch begins
+  bool finished = false;          //!< the fit completed (max_epochs, or a callback's stop)
+  StopRequest stop;
+
+  double batch_loss = 0.0;        //!< loss of the latest training batch
+  int64_t batch_size = 0;         //!< size of the latest batch
+
+  void request_stop(std::string reason) {
+    if (stop.requested) return;  // the first reason wins
+    stop.requested = true;
+    stop.reason = std::move(reason);
+  }
+  void request_interrupt(int signal, std::string reason) {
+    stop.requested = true;
+    stop.interrupt = true;
+    stop.signal = signal;
+    stop.reason = std::move(reason);
+  }
+
+  //! Where a resumed run continues: the epoch and the batches already done in it.
+  int64_t resume_epoch() const { return epoch_finished ? epoch + 1 : epoch; }
+  int64_t resume_batch() const { return epoch_finished ? 0 : batch_in_epoch; }
+};
+
+}  // namespace cairn

@@ -1,0 +1,505 @@
+#include "cairn/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace cairn {
+
+namespace {
+std::string format_double(double v) {
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  std::string s(buf, r.ptr);
+  // Keep floats recognisable as floats when re-read ("1" would become an int).
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
+}
+
+std::string describe(const YAML::Node& n) {
+  if (!n.IsDefined() || n.IsNull()) return "null";
+  if (n.IsScalar()) return "'" + n.Scalar() + "'";
+  if (n.IsSequence()) return "a list";
+  if (n.IsMap()) return "a mapping";
+  return "?";
+}
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string mark_text(const std::string& file, const YAML::Mark& m) {
+  if (m.is_null() || m.line < 0) return file;
+  return file + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
+}
+
+void check_duplicates(const YAML::Node& node, const std::string& path, const ConfigSource& src) {
+  if (node.IsMap()) {
+    std::map<std::string, YAML::Mark> seen;
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      const std::string key = it->first.IsScalar() ? it->first.Scalar() : "?";
+      const std::string sub = path.empty() ? key : path + "." + key;
+      auto prev = seen.find(key);
+      if (prev != seen.end()) {
+        throw ConfigError(mark_text(src.file, it->first.Mark()), sub,
+                          "duplicate key '" + key + "' (first defined at line " +
+                              std::to_string(prev->second.line + 1) + ")");
+      }
+      seen[key] = it->first.Mark();
+      check_duplicates(it->second, sub, src);
+    }
+  } else if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) {
+      check_duplicates(node[i], path + "[" + std::to_string(i) + "]", src);
+    }
+  }
+}
+}  // namespace
+
+ConfigError::ConfigError(const std::string& where, const std::string& key, const std::string& message)
+    : std::runtime_error(where + ": " + (key.empty() ? "" : key + ": ") + message), where_(where), key_(key) {}
+
+std::string ConfigSource::locate(const std::string& path, const YAML::Node& node) const {
+  for (const auto& kv : overrides) {
+    const std::string& p = kv.first;
+    if (path == p || (path.size() > p.size() && path.compare(0, p.size(), p) == 0 &&
+                      (path[p.size()] == '.' || path[p.size()] == '['))) {
+      return kv.second;
+    }
+  }
+  if (node.IsDefined()) return mark_text(file, node.Mark());
+  return file;
+}
+
+ConfigNode::ConfigNode(YAML::Node node, YAML::Node resolved, std::string path,
+                       std::shared_ptr<const ConfigSource> source)
+    : node_(node), resolved_(resolved), path_(std::move(path)), source_(std::move(source)) {}
+
+std::string ConfigNode::child_path(const std::string& key) const {
+  return path_.empty() ? key : path_ + "." + key;
+}
+
+YAML::Node ConfigNode::lookup(const std::string& key) const {
+  if (node_.IsMap()) {
+    for (auto it = node_.begin(); it != node_.end(); ++it) {
+      if (it->first.IsScalar() && it->first.Scalar() == key) return it->second;
+    }
+  }
+  return YAML::Node(YAML::NodeType::Undefined);
+}
+
+void ConfigNode::fail(const std::string& key, const std::string& message) const {
+  const std::string p = key.empty() ? path_ : child_path(key);
+  YAML::Node at = key.empty() ? node_ : lookup(key);
+  if (!at.IsDefined()) at = node_;
+  throw ConfigError(source_->locate(p, at), p, message);
+}
+
+bool ConfigNode::has(const std::string& key) const { return lookup(key).IsDefined(); }
+
+bool ConfigNode::is_null(const std::string& key) const {
+  YAML::Node n = lookup(key);
+  return !n.IsDefined() || n.IsNull();
+}
+
+int64_t ConfigNode::get_int(const std::string& key, std::optional<int64_t> def, int64_t min, int64_t max) {
+  read_.push_back(key);
+  YAML::Node n = lookup(key);
+  int64_t v;
+  if (!n.IsDefined() || (n.IsNull() && def)) {
+    if (!def) fail(key, "missing required key (an integer)");
+    v = *def;
+  } else {
+    if (!n.IsScalar()) fail(key, "expected an integer, got " + describe(n));
+    try {
+      v = n.as<int64_t>();
+    } catch (const YAML::Exception&) {
+      fail(key, "expected an integer, got " + describe(n));
+    }
+  }
+  if (v < min || v > max) {
+    std::string range = max == INT64_MAX ? ">= " + std::to_string(min)
+                        : min == INT64_MIN ? "<= " + std::to_string(max)
+                                           : "in [" + std::to_string(min) + ", " + std::to_string(max) + "]";
+    fail(key, "expected an integer " + range + ", got " + std::to_string(v));
+  }
+  resolved_[key] = v;
+  return v;
+}
+
+std::optional<int64_t> ConfigNode::get_optional_int(const std::string& key, int64_t min) {
+  YAML::Node n = lookup(key);
+  if (!n.IsDefined() || n.IsNull()) {
+    read_.push_back(key);
+    resolved_[key] = YAML::Node(YAML::NodeType::Null);
+    return std::nullopt;
+  }
+  return get_int(key, std::nullopt, min);
+}
+
+double ConfigNode::get_double(const std::string& key, std::optional<double> def, double min, double max,
+                              bool min_exclusive) {
+  read_.push_back(key);
+  YAML::Node n = lookup(key);
+  double v;
+  if (!n.IsDefined() || (n.IsNull() && def)) {
+    if (!def) fail(key, "missing required key (a number)");
+    v = *def;
+  } else {
+    if (!n.IsScalar()) fail(key, "expected a number, got " + describe(n));
+    try {
+      v = n.as<double>();
+    } catch (const YAML::Exception&) {
+      fail(key, "expected a number, got " + describe(n));
+    }
+  }
+  if (std::isnan(v) || (min_exclusive ? v <= min : v < min) || v > max) {
+    std::ostringstream os;
+    os << "expected a number " << (min_exclusive ? "> " : ">= ") << min;
+    if (max < 1e308) os << " and <= " << max;
+    os << ", got " << format_double(v);
+    fail(key, os.str());
+  }
+  resolved_[key] = YAML::Load(format_double(v));
+  return v;
+}
+
+std::optional<double> ConfigNode::get_optional_double(const std::string& key, double min, double max) {
+  YAML::Node n = lookup(key);
+  if (!n.IsDefined() || n.IsNull()) {
+    read_.push_back(key);
+    resolved_[key] = YAML::Node(YAML::NodeType::Null);
+    return std::nullopt;
+  }
+  return get_double(key, std::nullopt, min, max);
+}
+
+bool ConfigNode::get_bool(const std::string& key, std::optional<bool> def) {
+  read_.push_back(key);
+  YAML::Node n = lookup(key);
+  bool v;
+  if (!n.IsDefined() || (n.IsNull() && def)) {
+    if (!def) fail(key, "missing required key (true or false)");
+    v = *def;
+  } else {
+    if (!n.IsScalar()) fail(key, "expected true or false, got " + describe(n));
+    try {
+      v = n.as<bool>();
+    } catch (const YAML::Exception&) {
+      fail(key, "expected true or false, got " + describe(n));
+    }
+  }
+  resolved_[key] = v;
+  return v;
+}
+
+std::string ConfigNode::get_string(const std::string& key, std::optional<std::string> def) {
+  read_.push_back(key);
+  YAML::Node n = lookup(key);
+  std::string v;
+  if (!n.IsDefined() || (n.IsNull() && def)) {
+    if (!def) fail(key, "missing required key (a string)");
+    v = *def;
+  } else {
+    if (!n.IsScalar()) fail(key, "expected a string, got " + describe(n));
+    v = n.Scalar();
+  }
+  resolved_[key] = v;
+  return v;
+}
+
+std::optional<std::string> ConfigNode::get_optional_string(const std::string& key) {
+  YAML::Node n = lookup(key);
+  if (!n.IsDefined() || n.IsNull()) {
+    read_.push_back(key);
+    resolved_[key] = YAML::Node(YAML::NodeType::Null);
+    return std::nullopt;
+  }
+  return get_string(key, std::nullopt);
+}
+
+std::string ConfigNode::get_choice(const std::string& key, std::optional<std::string> def,
+                                   const std::vector<std::string>& choices) {
+  const std::string v = get_string(key, def);
+  if (std::find(choices.begin(), choices.end(), v) == choices.end()) {
+    std::string list;
+    for (const auto& c : choices) list += (list.empty() ? "" : ", ") + c;
+    fail(key, "expected one of " + list + "; got '" + v + "'");
+  }
+  return v;
+}
+
+std::vector<int64_t> ConfigNode::get_int_list(const std::string& key, std::optional<std::vector<int64_t>> def,
+                                              int64_t min) {
+  read_.push_back(key);
+  YAML::Node n = lookup(key);
+  std::vector<int64_t> v;
+  if (!n.IsDefined() || (n.IsNull() && def)) {
+    if (!def) fail(key, "missing required key (a list of integers)");
+    v = *def;
+  } else {
+    if (!n.IsSequence()) fail(key, "expected a list of integers like [256, 128], got " + describe(n));
+    for (size_t i = 0; i < n.size(); ++i) {
+      try {
+        v.push_back(n[i].as<int64_t>());
+      } catch (const YAML::Exception&) {
+        fail(key, "expected a list of integers, item " + std::to_string(i) + " is " + describe(n[i]));
+      }
+      if (v.back() < min) fail(key, "list items must be >= " + std::to_string(min) + ", got " + std::to_string(v.back()));
+    }
+  }
+  YAML::Node out(YAML::NodeType::Sequence);
+  for (auto x : v) out.push_back(x);
+  out.SetStyle(YAML::EmitterStyle::Flow);
+  resolved_[key] = out;
+  return v;
+}
+
+std::vector<double> ConfigNode::get_double_list(const std::string& key, std::optional<std::vector<double>> def,
+                                                size_t size, double min, double max) {
+  read_.push_back(key);
+  YAML::Node n = lookup(key);
+  std::vector<double> v;
+  const std::string expected =
+      size ? "a list of " + std::to_string(size) + " numbers" : std::string("a list of numbers");
+  if (!n.IsDefined() || (n.IsNull() && def)) {
+    if (!def) fail(key, "missing required key (" + expected + ")");
+    v = *def;
+  } else {
+    if (!n.IsSequence()) fail(key, "expected " + expected + ", got " + describe(n));
+    for (size_t i = 0; i < n.size(); ++i) {
+      try {
+        v.push_back(n[i].as<double>());
+      } catch (const YAML::Exception&) {
+        fail(key, "expected " + expected + ", item " + std::to_string(i) + " is " + describe(n[i]));
+      }
+      if (v.back() < min || v.back() > max) {
+        std::ostringstream os;
+        os << "list items must be in [" << min << ", " << max << "], got " << format_double(v.back());
+        fail(key, os.str());
+      }
+    }
+    if (size && v.size() != size) fail(key, "expected " + expected + ", got " + std::to_string(v.size()));
+  }
+  YAML::Node out(YAML::NodeType::Sequence);
+  for (auto x : v) out.push_back(YAML::Load(format_double(x)));
+  out.SetStyle(YAML::EmitterStyle::Flow);
+  resolved_[key] = out;
+  return v;
+}
+
+ConfigNode ConfigNode::get_map(const std::string& key, bool required) {
+  read_.push_back(key);
+  YAML::Node n = lookup(key);
+  if (!n.IsDefined() || n.IsNull()) {
+    if (required) fail(key, "missing required section");
+    n = YAML::Node(YAML::NodeType::Map);
+  } else if (!n.IsMap()) {
+    fail(key, "expected a mapping (key: value pairs), got " + describe(n));
+  }
+  YAML::Node r(YAML::NodeType::Map);
+  resolved_[key] = r;
+  return ConfigNode(n, r, child_path(key), source_);
+}
+
+std::vector<ConfigNode> ConfigNode::get_map_list(const std::string& key) {
+  read_.push_back(key);
+  YAML::Node n = lookup(key);
+  std::vector<ConfigNode> out;
+  YAML::Node r(YAML::NodeType::Sequence);
+  resolved_[key] = r;
+  if (!n.IsDefined() || n.IsNull()) return out;
+  if (!n.IsSequence()) fail(key, "expected a list, got " + describe(n));
+  for (size_t i = 0; i < n.size(); ++i) {
+    const std::string p = child_path(key) + "[" + std::to_string(i) + "]";
+    if (!n[i].IsMap()) {
+      throw ConfigError(source_->locate(p, n[i]), p, "expected a mapping like {name: ...}, got " + describe(n[i]));
+    }
+    YAML::Node item(YAML::NodeType::Map);
+    r.push_back(item);
+    out.emplace_back(n[i], r[r.size() - 1], p, source_);
+  }
+  return out;
+}
+
+std::string ConfigNode::name() { return get_string("name", std::nullopt); }
+
+void ConfigNode::finish() {
+  if (!node_.IsMap()) return;
+  for (auto it = node_.begin(); it != node_.end(); ++it) {
+    const std::string key = it->first.Scalar();
+    if (std::find(read_.begin(), read_.end(), key) != read_.end()) continue;
+    std::string best;
+    size_t best_d = 1000;
+    std::vector<std::string> known;
+    for (const auto& k : read_) {
+      if (std::find(known.begin(), known.end(), k) == known.end()) known.push_back(k);
+      const size_t d = edit_distance(k, key);
+      if (d < best_d) { best_d = d; best = k; }
+    }
+    std::string msg = "unknown key '" + key + "'";
+    if (!best.empty() && best_d <= std::max<size_t>(2, key.size() / 3)) msg += "; did you mean '" + best + "'?";
+    if (!known.empty()) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      msg += " (known keys: " + list + ")";
+    }
+    const std::string p = child_path(key);
+    throw ConfigError(source_->locate(p, it->first), p, msg);
+  }
+}
+
+ConfigNode ConfigDocument::top() { return ConfigNode(root, resolved, "", source); }
+
+namespace {
+// "a.b[2].c" -> segments; each is a key or an index.
+struct Segment {
+  std::string key;
+  long index = -1;
+};
+
+std::vector<Segment> parse_path(const std::string& path, const std::string& arg) {
+  std::vector<Segment> out;
+  size_t i = 0;
+  while (i < path.size()) {
+    if (path[i] == '.') { ++i; continue; }
+    if (path[i] == '[') {
+      const size_t close = path.find(']', i);
+      if (close == std::string::npos) throw ConfigError(arg, path, "unclosed '[' in the key path");
+      Segment s;
+      try {
+        s.index = std::stol(path.substr(i + 1, close - i - 1));
+      } catch (const std::exception&) {
+        throw ConfigError(arg, path, "list index must be a number");
+      }
+      out.push_back(s);
+      i = close + 1;
+      continue;
+    }
+    const size_t end = path.find_first_of(".[", i);
+    Segment s;
+    s.key = path.substr(i, end == std::string::npos ? std::string::npos : end - i);
+    out.push_back(s);
+    i = end == std::string::npos ? path.size() : end;
+  }
+  if (out.empty()) throw ConfigError(arg, path, "empty key path");
+  return out;
+}
+}  // namespace
+
+ConfigDocument load_config(const std::string& file, const std::vector<std::string>& overrides) {
+  ConfigDocument doc;
+  doc.source = std::make_shared<ConfigSource>();
+  doc.source->file = file;
+  std::ifstream in(file);
+  if (!in) throw ConfigError(file, "", "cannot read the config file (does it exist?)");
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    doc.root = YAML::Load(text.str());
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError(mark_text(file, e.mark), "", "YAML syntax error: " + e.msg);
+  }
+  if (doc.root.IsNull()) doc.root = YAML::Node(YAML::NodeType::Map);
+  if (!doc.root.IsMap()) throw ConfigError(mark_text(file, doc.root.Mark()), "", "the config must be a mapping of sections");
+  check_duplicates(doc.root, "", *doc.source);
+
+  for (const auto& ov : overrides) {
+    const std::string arg = "--set " + ov;
+    const auto eq = ov.find('=');
+    if (eq == std::string::npos || eq == 0) throw ConfigError(arg, "", "expected --set dotted.key=value");
+    const std::string path = ov.substr(0, eq);
+    YAML::Node value;
+    try {
+      value = YAML::Load(ov.substr(eq + 1));
+    } catch (const YAML::ParserException& e) {
+      throw ConfigError(arg, path, "cannot parse the value: " + e.msg);
+    }
+    const auto segments = parse_path(path, arg);
+    YAML::Node cur = doc.root;
+    std::string walked;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const bool last = i + 1 == segments.size();
+      const Segment& s = segments[i];
+      if (s.index >= 0) {
+        walked += "[" + std::to_string(s.index) + "]";
+        if (!cur.IsSequence() || static_cast<size_t>(s.index) >= cur.size()) {
+          throw ConfigError(arg, walked, "no list item " + std::to_string(s.index) + " to override");
+        }
+        if (last) {
+          cur[static_cast<size_t>(s.index)] = value;
+        } else {
+          YAML::Node next = cur[static_cast<size_t>(s.index)];
+          cur.reset(next);
+        }
+      } else {
+        walked += (walked.empty() ? "" : ".") + s.key;
+        if (cur.IsNull() || !cur.IsDefined()) cur = YAML::Node(YAML::NodeType::Map);
+        if (!cur.IsMap()) throw ConfigError(arg, walked, "cannot set a key inside a non-mapping value");
+        if (last) {
+          cur[s.key] = value;
+        } else {
+          YAML::Node next = cur[s.key];
+          if (!next.IsDefined() || next.IsNull()) {
+            cur[s.key] = YAML::Node(YAML::NodeType::Map);
+            next = cur[s.key];
+          }
+          cur.reset(next);
+        }
+      }
+    }
+    doc.source->overrides[walked] = arg;
+  }
+  doc.resolved = YAML::Node(YAML::NodeType::Map);
+  return doc;
+}
+
+Value yaml_to_value(const YAML::Node& n) {
+  if (!n.IsDefined() || n.IsNull()) return Value();
+  if (n.IsSequence()) {
+    Value l = Value::list();
+    for (size_t i = 0; i < n.size(); ++i) l.push_back(yaml_to_value(n[i]));
+    return l;
+  }
+  if (n.IsMap()) {
+    Value d = Value::dict();
+    for (auto it = n.begin(); it != n.end(); ++it) d.set(it->first.Scalar(), yaml_to_value(it->second));
+    return d;
+  }
+  const std::string& s = n.Scalar();
+  if (n.Tag() != "!") {  // plain scalars may be numbers or booleans
+    int64_t i;
+    auto r = std::from_chars(s.data(), s.data() + s.size(), i);
+    if (r.ec == std::errc() && r.ptr == s.data() + s.size()) return Value(i);
+    double d;
+    try {
+      d = n.as<double>();
+      return Value(d);
+    } catch (const YAML::Exception&) {
+    }
+    if (s == "true" || s == "false") return Value(s == "true");
+  }
+  return Value(s);
+}
+
+std::string yaml_to_string(const YAML::Node& node) {
+  YAML::Emitter out;
+  out << node;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace cairn

@@ -1,0 +1,113 @@
+#include "cairn/experiment.h"
+
+#include "cairn/callback.h"
+#include "cairn/loop.h"
+#include "cairn/schedulers.h"
+
+#include <torch/torch.h>
+#include <yaml-cpp/yaml.h>
+
+namespace cairn {
+
+ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::string>& overrides,
+                                const Registry& registry) {
+  ExperimentSpec spec;
+  spec.doc = load_config(file, overrides);
+  ConfigNode top = spec.doc.top();
+  spec.name = top.get_string("name", std::string("experiment"));
+  spec.seed = static_cast<uint64_t>(top.get_int("seed", 0, 0));
+
+  ConfigNode run = top.get_map("run");
+  spec.run_dir = run.get_string("dir", "runs/" + spec.name);
+  run.finish();
+
+  ConfigNode data = top.get_map("data", true);
+  spec.data = registry.data.parse(data);
+
+  ConfigNode model = top.get_map("model", true);
+  spec.init_from = model.get_optional_string("init_from");
+  spec.model = registry.models.parse(model);
+
+  ConfigNode optimizer = top.get_map("optimizer");
+  if (!optimizer.has("name")) {
+    // No optimizer section: Adam with its defaults.
+    YAML::Node fallback(YAML::NodeType::Map);
+    fallback["name"] = "adam";
+    ConfigNode f(fallback, optimizer.resolved(), "optimizer", std::make_shared<ConfigSource>(*spec.doc.source));
+    spec.optimizer = registry.optimizers.parse(f);
+  } else {
+    spec.optimizer = registry.optimizers.parse(optimizer);
+  }
+
+  if (top.has("scheduler") && !top.is_null("scheduler")) {
+    ConfigNode sched = top.get_map("scheduler");
+    spec.scheduler = registry.schedulers.parse(sched);
+  } else {
+    top.get_optional_string("scheduler");
+  }
+
+  ConfigNode trainer = top.get_map("trainer");
+  spec.trainer.max_epochs(trainer.get_int("max_epochs", 10, 1));
+  spec.trainer.threads(trainer.get_int("threads", 1, 0, 1024));
+  spec.trainer.device(trainer.get_string("device", std::string("auto")));
+  {
+    const std::string& d = spec.trainer.device();
+    if (d != "auto" && d != "cpu" && d.rfind("cuda", 0) != 0) trainer.fail("device", "expected auto, cpu, cuda or cuda:N; got '" + d + "'");
+  }
+  spec.trainer.log_every_n_steps(trainer.get_int("log_every_n_steps", 50, 1));
+  spec.trainer.check_val_every_n_epoch(trainer.get_int("check_val_every_n_epoch", 1, 1));
+  spec.trainer.run_test(trainer.get_bool("run_test", true));
+  const bool enable_checkpointing = trainer.get_bool("enable_checkpointing", true);
+  const bool enable_progress = trainer.get_bool("enable_progress_bar", true);
+  trainer.finish();
+
+  std::vector<ConfigNode> cbs = top.get_map_list("callbacks");
+  bool has_checkpoint = false, has_csv = false, has_progress = false;
+  for (auto& cb : cbs) {
+    spec.callbacks.push_back(registry.callbacks.parse(cb));
+    const std::string n = cb.resolved()["name"].Scalar();
+    has_checkpoint = has_checkpoint || n == "checkpoint";
+    has_csv = has_csv || n == "csv_logger";
+    has_progress = has_progress || n == "progress_bar";
+  }
+  // Defaults a user expects: checkpoints, metrics.csv and visible progress.
+  auto add_default = [&](const char* name) {
+    YAML::Node n(YAML::NodeType::Map);
+    n["name"] = name;
+    YAML::Node resolved(YAML::NodeType::Map);
+    spec.doc.resolved["callbacks"].push_back(resolved);
+    YAML::Node r = spec.doc.resolved["callbacks"][spec.doc.resolved["callbacks"].size() - 1];
+    ConfigNode c(n, r, std::string("callbacks[default ") + name + "]", spec.doc.source);
+    spec.callbacks.push_back(registry.callbacks.parse(c));
+  };
+  if (enable_checkpointing && !has_checkpoint) add_default("checkpoint");
+  if (!has_csv) add_default("csv_logger");
+  if (enable_progress && !has_progress) add_default("progress_bar");
+  top.finish();
+  return spec;
+}
+
+std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& run_dir_override) {
+  BuildContext ctx;
+  ctx.run_dir = run_dir_override.empty() ? spec.run_dir : run_dir_override;
+  ctx.seed = spec.seed;
+  ctx.max_epochs = spec.trainer.max_epochs();
+  set_threads(spec.trainer.threads());
+  torch::manual_seed(spec.seed);
+  ctx.data = spec.data(ctx);
+  ctx.data->setup();
+  ctx.steps_per_epoch = (ctx.data->train.size() + ctx.data->batch_size - 1) / ctx.data->batch_size;
+  ctx.model = spec.model(ctx);
+  if (spec.init_from) load_weights(*ctx.model.module, *spec.init_from, true);
+  ctx.model.module->to(resolve_device(spec.trainer.device()));
+  ctx.optimizer = spec.optimizer(ctx);
+  auto trainer = std::make_unique<Trainer>(spec.trainer);
+  trainer->set_model(ctx.model).set_data(ctx.data).set_optimizer(ctx.optimizer);
+  if (spec.scheduler) trainer->set_scheduler((*spec.scheduler)(ctx));
+  trainer->loop().set_run_dir(ctx.run_dir);
+  trainer->loop().set_hyper_parameters(yaml_to_value(spec.resolved()));
+  for (auto& b : spec.callbacks) trainer->add_callback(b(ctx));
+  return trainer;
+}
+
+}  // namespace cairn

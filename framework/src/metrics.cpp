@@ -1,0 +1,190 @@
+#include "cairn/metrics.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace cairn {
+
+std::pair<std::string, std::string> MetricLog::split_name(const std::string& name) {
+  const auto slash = name.find('/');
+  if (slash == std::string::npos) return {"", name};
+  return {name.substr(0, slash), name.substr(slash + 1)};
+}
+
+size_t MetricLog::series_index(const std::string& name) {
+  auto it = index_.find(name);
+  if (it != index_.end()) return it->second;
+  const size_t i = names_.size();
+  names_.push_back(name);
+  index_[name] = i;
+  last_row_.emplace_back();
+  return i;
+}
+
+void MetricLog::log(const std::string& name, double value, int64_t epoch, int64_t step) {
+  const size_t s = series_index(name);
+  rows_.push_back(Row{s, MetricPoint{epoch, step, value}});
+  last_row_[s] = rows_.size() - 1;
+}
+
+void MetricLog::accumulate(const std::string& name, double value, double weight) {
+  for (auto& kv : accumulators_) {
+    if (kv.first == name) {
+      kv.second.sum += value * weight;
+      kv.second.weight += weight;
+      return;
+    }
+  }
+  accumulators_.push_back({name, Accumulator{value * weight, weight}});
+}
+
+void MetricLog::flush(const std::string& split, int64_t epoch, int64_t step) {
+  std::vector<std::pair<std::string, Accumulator>> keep;
+  for (auto& kv : accumulators_) {
+    if (split_name(kv.first).first == split) {
+      if (kv.second.weight > 0) log(kv.first, kv.second.sum / kv.second.weight, epoch, step);
+    } else {
+      keep.push_back(kv);
+    }
+  }
+  accumulators_ = std::move(keep);
+}
+
+void MetricLog::reset_accumulators(const std::string& split) {
+  std::vector<std::pair<std::string, Accumulator>> keep;
+  for (auto& kv : accumulators_) {
+    if (split_name(kv.first).first != split) keep.push_back(kv);
+  }
+  accumulators_ = std::move(keep);
+}
+
+bool MetricLog::has(const std::string& name) const { return index_.count(name) > 0; }
+
+std::optional<double> MetricLog::last(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end() || !last_row_[it->second]) return std::nullopt;
+  return rows_[*last_row_[it->second]].point.value;
+}
+
+std::vector<MetricPoint> MetricLog::series(const std::string& name) const {
+  std::vector<MetricPoint> out;
+  auto it = index_.find(name);
+  if (it == index_.end()) return out;
+  for (const auto& r : rows_) {
+    if (r.series == it->second) out.push_back(r.point);
+  }
+  return out;
+}
+
+Value MetricLog::state_dict() const {
+  std::vector<std::vector<int64_t>> epochs(names_.size()), steps(names_.size()), seqs(names_.size());
+  std::vector<std::vector<double>> values(names_.size());
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    const auto& r = rows_[i];
+    epochs[r.series].push_back(r.point.epoch);
+    steps[r.series].push_back(r.point.step);
+    values[r.series].push_back(r.point.value);
+    seqs[r.series].push_back(static_cast<int64_t>(i));
+  }
+  Value d = Value::dict();
+  for (size_t s = 0; s < names_.size(); ++s) {
+    Value series = Value::dict();
+    series.set("epoch", Value(epochs[s]));
+    series.set("step", Value(steps[s]));
+    series.set("value", Value(values[s]));
+    series.set("seq", Value(seqs[s]));
+    d.set(names_[s], std::move(series));
+  }
+  return d;
+}
+
+void MetricLog::load_state_dict(const Value& state) {
+  names_.clear();
+  index_.clear();
+  rows_.clear();
+  last_row_.clear();
+  size_t total = 0;
+  for (const auto& v : state.values()) total += v.at("value").size();
+  std::vector<Row> rows(total);
+  std::vector<bool> filled(total, false);
+  for (size_t k = 0; k < state.keys().size(); ++k) {
+    const std::string& name = state.keys()[k].to_string();
+    const Value& s = state.values()[k];
+    const size_t si = series_index(name);
+    const auto& ep = s.at("epoch").items();
+    const auto& st = s.at("step").items();
+    const auto& va = s.at("value").items();
+    const auto& sq = s.at("seq").items();
+    if (ep.size() != va.size() || st.size() != va.size() || sq.size() != va.size()) {
+      throw std::runtime_error("metric '" + name + "': epoch/step/value/seq lengths differ");
+    }
+    for (size_t i = 0; i < va.size(); ++i) {
+      const int64_t seq = sq[i].to_int();
+      if (seq < 0 || static_cast<size_t>(seq) >= total || filled[seq]) {
+        throw std::runtime_error("metric '" + name + "': bad sequence number");
+      }
+      rows[seq] = Row{si, MetricPoint{ep[i].to_int(), st[i].to_int(), va[i].to_double()}};
+      filled[seq] = true;
+    }
+  }
+  rows_ = std::move(rows);
+  for (size_t i = 0; i < rows_.size(); ++i) last_row_[rows_[i].series] = i;
+}
+
+Value MetricLog::accumulator_state() const {
+  Value d = Value::dict();
+  for (const auto& kv : accumulators_) {
+    d.set(kv.first, Value(std::vector<double>{kv.second.sum, kv.second.weight}));
+  }
+  return d;
+}
+
+void MetricLog::load_accumulator_state(const Value& state) {
+  accumulators_.clear();
+  for (size_t i = 0; i < state.keys().size(); ++i) {
+    const auto v = state.values()[i].to_double_list();
+    if (v.size() != 2) throw std::runtime_error("bad accumulator state");
+    accumulators_.push_back({state.keys()[i].to_string(), Accumulator{v[0], v[1]}});
+  }
+}
+
+const char* mode_name(Mode m) { return m == Mode::min ? "min" : "max"; }
+
+Mode parse_mode(const std::string& s) {
+  if (s == "min") return Mode::min;
+  if (s == "max") return Mode::max;
+  throw std::invalid_argument("mode must be 'min' or 'max', got '" + s + "'");
+}
+
+bool Best::improves(double value) const {
+  if (!std::isfinite(value)) return false;
+  if (!best_) return true;
+  return mode_ == Mode::min ? value < *best_ - min_delta_ : value > *best_ + min_delta_;
+}
+
+bool Best::update(double value, int64_t epoch, int64_t step) {
+  if (!improves(value)) return false;
+  best_ = value;
+  best_epoch_ = epoch;
+  best_step_ = step;
+  return true;
+}
+
+Value Best::state_dict() const {
+  Value d = Value::dict();
+  d.set("mode", mode_name(mode_));
+  d.set("min_delta", min_delta_);
+  d.set("best", best_ ? Value(*best_) : Value());
+  d.set("best_epoch", best_epoch_);
+  d.set("best_step", best_step_);
+  return d;
+}
+
+void Best::load_state_dict(const Value& state) {
+  const Value& b = state.at("best");
+  best_ = b.is_none() ? std::nullopt : std::optional<double>(b.to_double());
+  best_epoch_ = state.at("best_epoch").to_int();
+  best_step_ = state.at("best_step").to_int();
+}
+
+}  // namespace cairn

@@ -1,0 +1,233 @@
+#include "cairn/trainer.h"
+
+#include "cairn/schedulers.h"
+
+#include <torch/torch.h>
+
+#include <dlfcn.h>
+#include <iostream>
+
+namespace cairn {
+
+torch::Device resolve_device(const std::string& spec) {
+  if (spec == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  if (spec == "cpu") return torch::Device(torch::kCPU);
+  if (spec.rfind("cuda", 0) == 0) {
+    if (!torch::cuda::is_available()) {
+      throw std::invalid_argument("device '" + spec + "' asked for, but this LibTorch build or machine has no CUDA; use device: auto or cpu");
+    }
+    return torch::Device(spec);
+  }
+  throw std::invalid_argument("device must be auto, cpu, cuda or cuda:N, got '" + spec + "'");
+}
+
+void set_threads(int64_t threads) {
+  if (threads <= 0) return;
+  torch::set_num_threads(static_cast<int>(threads));
+  // Debian's LibTorch calls BLAS through libblas.so.3; with OpenBLAS behind it,
+  // its own pool would oversubscribe the cores unless told the same count.
+  using SetFn = void (*)(int);
+  if (auto fn = reinterpret_cast<SetFn>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+    fn(static_cast<int>(threads));
+  }
+}
+
+Trainer::Trainer(TrainerOptions options) : options_(std::move(options)) {
+  loop_.set_log_every_n_steps(options_.log_every_n_steps());
+}
+Trainer::~Trainer() = default;
+
+Trainer& Trainer::add_callback(std::shared_ptr<Callback> cb) {
+  loop_.add(std::move(cb));
+  return *this;
+}
+Trainer& Trainer::set_model(Model model) {
+  model_ = std::move(model);
+  return *this;
+}
+Trainer& Trainer::set_data(std::shared_ptr<DataModule> data) {
+  data_ = std::move(data);
+  return *this;
+}
+Trainer& Trainer::set_optimizer(std::shared_ptr<torch::optim::Optimizer> optimizer) {
+  optimizer_ = std::move(optimizer);
+  return *this;
+}
+Trainer& Trainer::set_scheduler(std::shared_ptr<Scheduler> scheduler) {
+  scheduler_ = std::move(scheduler);
+  return *this;
+}
+Trainer& Trainer::resume_from(std::string path) {
+  resume_path_ = std::move(path);
+  return *this;
+}
+
+DataModule& Trainer::data() {
+  if (!data_) throw std::logic_error("Trainer has no data: call set_data() first");
+  return *data_;
+}
+
+torch::optim::Optimizer& Trainer::optimizer() {
+  if (!optimizer_) throw std::logic_error("Trainer has no optimizer yet (configure_optimizers() runs in fit())");
+  return *optimizer_;
+}
+
+at::Tensor Trainer::forward(const at::Tensor& x) { return model_.forward(x); }
+
+Batch Trainer::to_device(const Batch& b) {
+  if (device_.is_cpu()) return b;
+  return Batch{b.x.to(device_, /*non_blocking=*/true), b.y.to(device_, /*non_blocking=*/true)};
+}
+
+at::Tensor Trainer::classification_metrics(const std::string& split, const at::Tensor& logits, const Batch& batch,
+                                           bool per_step) {
+  auto loss = torch::cross_entropy_loss(logits, batch.y);
+  const double n = static_cast<double>(batch.size());
+  const double acc = logits.argmax(1).eq(batch.y).sum().item<double>() / n;
+  const double l = loss.item<double>();
+  if (per_step) {
+    loop_.state().batch_loss = l;
+    loop_.log_step(split + "/loss", l, n);
+    loop_.log_step(split + "/acc", acc, n);
+  } else {
+    loop_.metrics().accumulate(split + "/loss", l, n);
+    loop_.metrics().accumulate(split + "/acc", acc, n);
+  }
+  return loss;
+}
+
+at::Tensor Trainer::training_step(const Batch& batch) {
+  return classification_metrics("train", forward(batch.x), batch, true);
+}
+
+void Trainer::validation_step(const Batch& batch) { classification_metrics("valid", forward(batch.x), batch, false); }
+
+void Trainer::test_step(const Batch& batch) { classification_metrics("test", forward(batch.x), batch, false); }
+
+void Trainer::configure_optimizers() {
+  if (!optimizer_) {
+    optimizer_ = std::make_shared<torch::optim::Adam>(model_.module->parameters(), torch::optim::AdamOptions(1e-3));
+  }
+}
+
+void Trainer::setup() {
+  if (!model_) throw std::logic_error("Trainer has no model: call set_model() first");
+  set_threads(options_.threads());
+  device_ = resolve_device(options_.device());
+  data().setup();
+  model_.module->to(device_);
+  configure_optimizers();
+  loop_.track(*model_.module);
+  loop_.track(*optimizer_);
+  if (scheduler_) loop_.track(*scheduler_);
+  auto& st = loop_.state();
+  st.max_epochs = options_.max_epochs();
+  const int64_t bs = data().batch_size;
+  st.batches_per_epoch = (data().train.size() + bs - 1) / bs;
+}
+
+void Trainer::train_epoch(EpochSampler& sampler) {
+  auto& st = loop_.state();
+  const int64_t n = sampler.batches_per_epoch();
+  model_.module->train();
+  for (int64_t k = st.batch_in_epoch; k < n; ++k) {
+    Batch batch = to_device(data().train.gather(sampler.batch_indices(st.epoch, k)));
+    st.batch_size = batch.size();
+    loop_.batch_begin();
+    optimizer_->zero_grad();
+    at::Tensor loss = training_step(batch);
+    loss.backward();
+    loop_.after_backward();
+    loop_.before_optimizer_step();
+    optimizer_->step();
+    if (scheduler_ && scheduler_->interval() == Interval::step) scheduler_->step();
+    loop_.batch_end();
+    if (loop_.should_stop()) return;
+  }
+}
+
+void Trainer::run_validation() {
+  if (data().valid.empty()) return;
+  torch::NoGradGuard no_grad;
+  model_.module->eval();
+  loop_.validation_begin();
+  const int64_t bs = data().batch_size;
+  for (int64_t b = 0; b < data().valid.size(); b += bs) {
+    Batch batch = to_device(data().valid.slice(b, std::min(b + bs, data().valid.size())));
+    loop_.state().batch_size = batch.size();
+    validation_step(batch);
+    loop_.validation_batch_end();
+  }
+  loop_.validation_end();
+  model_.module->train();
+}
+
+void Trainer::run_test() {
+  torch::NoGradGuard no_grad;
+  model_.module->eval();
+  loop_.test_begin();
+  const int64_t bs = data().batch_size;
+  for (int64_t b = 0; b < data().test.size(); b += bs) {
+    Batch batch = to_device(data().test.slice(b, std::min(b + bs, data().test.size())));
+    loop_.state().batch_size = batch.size();
+    test_step(batch);
+    loop_.test_batch_end();
+  }
+  loop_.test_end();
+}
+
+double Trainer::test() {
+  if (!optimizer_) setup();
+  if (data().test.empty()) throw std::logic_error("the data has no test split");
+  run_test();
+  return loop_.metrics().last("test/acc").value_or(0.0);
+}
+
+FitResult Trainer::fit() {
+  setup();
+  FitResult result;
+  auto& st = loop_.state();
+  if (!resume_path_.empty()) {
+    resume_info_ = loop_.resume(resume_path_);
+    if (resume_info_.resumed && resume_info_.finished) {
+      result.already_finished = true;
+      result.stop_reason = st.stop.reason;
+      result.epochs_completed = st.epoch;
+      result.global_step = st.global_step;
+      return result;
+    }
+  }
+  EpochSampler sampler(data().train.size(), data().batch_size, data().seed, /*shuffle=*/true);
+  try {
+    loop_.fit_begin();
+    while (st.epoch < options_.max_epochs() && !loop_.should_stop()) {
+      loop_.epoch_begin();
+      train_epoch(sampler);
+      if (loop_.should_stop() && st.batch_in_epoch < sampler.batches_per_epoch()) break;  // mid-epoch stop
+      const int64_t every = std::max<int64_t>(1, options_.check_val_every_n_epoch());
+      if ((st.epoch + 1) % every == 0 || st.epoch + 1 == options_.max_epochs()) run_validation();
+      if (scheduler_ && scheduler_->interval() == Interval::epoch) {
+        const std::string m = scheduler_->monitor();
+        if (!m.empty()) {
+          if (auto v = loop_.metrics().last(m)) scheduler_->step_with_metric(*v);
+        } else {
+          scheduler_->step();
+        }
+      }
+      loop_.epoch_end();
+    }
+    if (!st.stop.interrupt && options_.run_test() && !data().test.empty()) run_test();
+    loop_.fit_end();
+  } catch (...) {
+    loop_.exception(std::current_exception());
+    throw;
+  }
+  result.interrupted = st.stop.interrupt;
+  result.signal = st.stop.signal;
+  result.stop_reason = st.stop.interrupt ? "" : st.stop.reason;
+  result.epochs_completed = st.epoch;
+  result.global_step = st.global_step;
+  return result;
+}
+
+}  // namespace cairn
