@@ -188,9 +188,12 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
       const auto value = loop.metrics().last(options_.monitor());
       if (series_len > seen && value && std::isfinite(*value)) {
         seen = series_len;
-        bool enters = k == -1 || static_cast<int64_t>(best_k.size()) < k || best_k.count(path) > 0;
+        // A file of the same name (a fixed filename template) is replaced only by a better value.
+        const bool same_name = best_k.count(path) > 0;
+        bool enters = same_name ? better(*value, best_k[path])
+                                : k == -1 || static_cast<int64_t>(best_k.size()) < k;
         std::string worst;
-        if (!enters) {
+        if (!enters && !same_name) {
           for (const auto& kv : best_k) {
             if (worst.empty() || better(best_k[worst], kv.second)) worst = kv.first;
           }

@@ -189,7 +189,12 @@ FitResult Trainer::fit() {
   auto& st = loop_.state();
   if (!resume_path_.empty()) {
     resume_info_ = loop_.resume(resume_path_);
-    if (resume_info_.resumed && resume_info_.finished) {
+    // A run that reached its max_epochs continues when asked for more epochs;
+    // one that a callback stopped (early stopping) stays finished.
+    if (resume_info_.resumed && st.finished && st.stop.reason.empty() && st.epoch < options_.max_epochs()) {
+      st.finished = false;
+    }
+    if (resume_info_.resumed && st.finished) {
       result.already_finished = true;
       result.stop_reason = st.stop.reason;
       result.epochs_completed = st.epoch;

@@ -1,0 +1,20 @@
+// The whole framework (not the callback library: include cairn/callbacks.h).
+#pragma once
+
+#include "cairn/callback.h"
+#include "cairn/checkpoint_file.h"
+#include "cairn/config.h"
+#include "cairn/data.h"
+#include "cairn/events.h"
+#include "cairn/experiment.h"
+#include "cairn/loop.h"
+#include "cairn/metrics.h"
+#include "cairn/models.h"
+#include "cairn/optim_state.h"
+#include "cairn/registry.h"
+#include "cairn/rng.h"
+#include "cairn/schedulers.h"
+#include "cairn/signals.h"
+#include "cairn/state.h"
+#include "cairn/trainer.h"
+#include "cairn/value.h"

@@ -1,0 +1,154 @@
+// Test helpers: temp folders, real child processes, small configs.
+#pragma once
+
+#include <cairn/cairn.h>
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <csignal>
+#include <fcntl.h>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+namespace test {
+
+namespace fs = std::filesystem;
+
+//! A fresh folder under the build tree, removed at the end of the test.
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name) {
+    path = fs::path(CAIRN_BINARY_DIR) / "test_tmp" / (name + "-" + std::to_string(::getpid()));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& s) const { return (path / s).string(); }
+  std::string str() const { return path.string(); }
+};
+
+inline std::string read_file(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+inline void write_file(const std::string& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary);
+  out << text;
+}
+
+struct ProcessResult {
+  int exit_code = -1;   //!< exit status, or 128+signal when killed
+  std::string output;   //!< stdout and stderr together
+};
+
+//! Starts `args` with stdout+stderr to `log`; returns the pid.
+inline pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    ::setenv("OMP_NUM_THREADS", "1", 1);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+inline int wait_exit(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+inline ProcessResult run(const std::vector<std::string>& args) {
+  static int counter = 0;
+  const std::string log = (fs::temp_directory_path() / ("cairn-test-" + std::to_string(::getpid()) + "-" +
+                                                       std::to_string(counter++) + ".log")).string();
+  ProcessResult r;
+  r.exit_code = wait_exit(spawn(args, log));
+  r.output = read_file(log);
+  fs::remove(log);
+  return r;
+}
+
+inline ProcessResult cairn_cli(std::vector<std::string> args) {
+  args.insert(args.begin(), CAIRN_CLI);
+  return run(args);
+}
+
+inline ProcessResult python(const std::string& script, std::vector<std::string> args) {
+  args.insert(args.begin(), std::string(CAIRN_SOURCE_DIR) + "/tests/python/" + script);
+  args.insert(args.begin(), CAIRN_PYTHON);
+  return run(args);
+}
+
+//! A small, fast experiment on real Fashion-MNIST (or synthetic data).
+inline std::string small_config(const std::string& run_dir, const std::string& extra_callbacks = "",
+                                int epochs = 2, int limit_train = 640, const std::string& data = "") {
+  std::ostringstream c;
+  c << "name: small\nseed: 7\nrun: {dir: " << run_dir << "}\n";
+  if (data.empty()) {
+    c << "data: {name: fashion_mnist, batch_size: 32, valid_fraction: 0.1, limit_train: " << limit_train
+      << ", limit_test: 500}\n";
+  } else {
+    c << data << "\n";
+  }
+  c << "model: {name: mlp, hidden: [32], dropout: 0.2}\n"
+       "optimizer: {name: adam, lr: 0.002}\n"
+       "scheduler: {name: cosine, warmup_steps: 5}\n"
+       "trainer: {max_epochs: " << epochs << ", threads: 1, log_every_n_steps: 4}\n"
+       "callbacks:\n"
+       "  - {name: checkpoint, monitor: valid/acc, mode: max, save_top_k: 2, every_n_train_steps: 3}\n"
+       "  - {name: early_stopping, monitor: valid/loss, patience: 5}\n"
+       "  - {name: csv_logger}\n"
+       "  - {name: progress_bar}\n"
+    << extra_callbacks;
+  return c.str();
+}
+
+//! Removes what legitimately differs between two runs of the same experiment
+//! (their folders, and the record of where one of them resumed).
+inline cairn::Value comparable(cairn::Value c) {
+  c.erase("hyper_parameters");
+  cairn::Value& loop = c.at("loop");
+  loop.erase("resumes");
+  cairn::Value& cbs = c.at("callbacks");
+  for (size_t i = 0; i < cbs.keys().size(); ++i) {
+    cairn::Value& s = cbs.items()[i];
+    for (const char* k : {"dirpath", "best_model_path", "last_model_path"}) {
+      if (cairn::Value* v = s.find(k)) *v = fs::path(v->to_string()).filename().string();
+    }
+    if (cairn::Value* bk = s.find("best_k_models")) {
+      cairn::Value renamed = cairn::Value::dict();
+      for (size_t j = 0; j < bk->keys().size(); ++j) {
+        renamed.set(fs::path(bk->keys()[j].to_string()).filename().string(), bk->values()[j]);
+      }
+      *bk = renamed;
+    }
+    if (cairn::Value* np = s.find("newest_paths")) {
+      for (auto& p : np->items()) p = fs::path(p.to_string()).filename().string();
+    }
+  }
+  return c;
+}
+
+}  // namespace test

@@ -1,0 +1,180 @@
+// Checkpoint files: round trip, corruption detection, failed writes.
+#include "support.h"
+
+#include <sys/resource.h>
+
+using cairn::Value;
+
+namespace {
+Value sample() {
+  Value d = Value::dict();
+  d.set("none", Value());
+  d.set("true", true);
+  d.set("false", false);
+  d.set("small", int64_t{7});
+  d.set("medium", int64_t{60000});
+  d.set("neg", int64_t{-5});
+  d.set("int32", int64_t{-2000000000});
+  d.set("big", int64_t{1} << 50);
+  d.set("min", INT64_MIN);
+  d.set("pi", 3.141592653589793);
+  d.set("nan", std::nan(""));
+  d.set("negzero", -0.0);
+  d.set("unicode", "Ωmega ✓");
+  d.set(int64_t{3}, "int key");
+  d.set("float", torch::arange(12, torch::kFloat32).reshape({3, 4}));
+  d.set("double0d", torch::tensor(2.5, torch::kFloat64));
+  d.set("bf16", torch::ones({5}, torch::kBFloat16));
+  d.set("half", torch::full({2, 2}, 0.5, torch::kHalf));
+  d.set("bool", torch::tensor({true, false, true}));
+  d.set("long", torch::tensor({int64_t{1} << 40, int64_t{-3}}));
+  d.set("empty", torch::empty({0, 3}));
+  d.set("noncontig", torch::arange(6, torch::kFloat32).reshape({2, 3}).t());
+  Value l = Value::list();
+  for (int i = 0; i < 2500; ++i) l.push_back(static_cast<double>(i) / 7.0);  // > 1000 items: batched APPENDS
+  d.set("list", l);
+  Value nested = Value::dict();
+  nested.set("inner", Value(std::vector<int64_t>{1, 2, 3}));
+  d.set("nested", nested);
+  return d;
+}
+}  // namespace
+
+TEST_CASE("a checkpoint file round-trips every kind of value exactly") {
+  test::TempDir dir("ckpt_roundtrip");
+  const Value v = sample();
+  const auto stats = cairn::write_checkpoint(dir / "a.ckpt", v);
+  CHECK(stats.bytes > 0);
+  CHECK(stats.bytes == test::fs::file_size(dir / "a.ckpt"));
+  const Value back = cairn::read_checkpoint(dir / "a.ckpt");
+  CHECK_MESSAGE(v.first_difference(back) == "", v.first_difference(back));
+  CHECK(back.at(int64_t{3}).to_string() == "int key");
+  CHECK(back.at("noncontig").to_tensor().equal(torch::arange(6, torch::kFloat32).reshape({2, 3}).t()));
+  CHECK(!test::fs::exists(dir / "a.ckpt.tmp"));
+}
+
+TEST_CASE("Value equality notices a single changed bit") {
+  Value a = sample();
+  Value b = sample();
+  CHECK(a.equals(b));
+  b.at("float").to_tensor().data_ptr<float>()[5] = std::nextafter(5.0f, 6.0f);
+  CHECK(!a.equals(b));
+  CHECK(a.first_difference(b) == "float: tensors differ");
+}
+
+TEST_CASE("corrupt checkpoints are detected, never loaded half-way") {
+  test::TempDir dir("ckpt_corrupt");
+  const std::string good = dir / "good.ckpt";
+  cairn::write_checkpoint(good, sample());
+  const std::string bytes = test::read_file(good);
+
+  SUBCASE("truncated") {
+    test::write_file(dir / "bad.ckpt", bytes.substr(0, bytes.size() / 2));
+  }
+  SUBCASE("one flipped bit inside the pickled data") {
+    std::string b = bytes;
+    const auto pos = b.find("Ωmega");
+    REQUIRE(pos != std::string::npos);
+    b[pos + 3] = static_cast<char>(b[pos + 3] ^ 0x01);  // "Ωmega" -> "Ωmfga"
+    test::write_file(dir / "bad.ckpt", b);
+  }
+  SUBCASE("one flipped bit inside tensor bytes") {
+    std::string b = bytes;
+    // The int64 tensor holds 1<<40: bytes 00 00 00 00 00 01 00 00.
+    const auto pos = b.find(std::string("\x00\x00\x00\x00\x00\x01\x00\x00\xfd\xff", 10));
+    REQUIRE(pos != std::string::npos);
+    b[pos + 5] = 0x03;
+    test::write_file(dir / "bad.ckpt", b);
+  }
+  SUBCASE("empty file") { test::write_file(dir / "bad.ckpt", ""); }
+  SUBCASE("not a checkpoint") { test::write_file(dir / "bad.ckpt", "epoch,step\n1,2\n"); }
+  SUBCASE("a zip without cairn's checksums") {
+    // A Python-style file is readable as weights but is not a resumable checkpoint.
+    auto r = test::python("save_state_dict.py", {dir / "bad.ckpt", "plain"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  }
+  CHECK_THROWS_AS(cairn::read_checkpoint(dir / "bad.ckpt"), cairn::CheckpointError);
+  try {
+    cairn::read_checkpoint(dir / "bad.ckpt");
+  } catch (const cairn::CheckpointError& e) {
+    CHECK(std::string(e.what()).find("bad.ckpt") != std::string::npos);
+  }
+  // The good file still reads.
+  CHECK(cairn::read_checkpoint(good).equals(sample()));
+}
+
+TEST_CASE("every single-byte flip in a small checkpoint is detected or harmless") {
+  test::TempDir dir("ckpt_flips");
+  Value v = Value::dict();
+  v.set("w", torch::arange(64, torch::kFloat32));
+  v.set("step", int64_t{12});
+  cairn::write_checkpoint(dir / "a.ckpt", v);
+  const std::string bytes = test::read_file(dir / "a.ckpt");
+  int detected = 0, harmless = 0;
+  for (size_t i = 0; i < bytes.size(); i += 7) {
+    std::string b = bytes;
+    b[i] = static_cast<char>(b[i] ^ 0x01);
+    test::write_file(dir / "b.ckpt", b);
+    try {
+      const Value back = cairn::read_checkpoint(dir / "b.ckpt");
+      // Bytes outside any record (zip padding, unused header fields) may change nothing.
+      REQUIRE_MESSAGE(back.equals(v), "byte " << i << " changed the content without being detected");
+      ++harmless;
+    } catch (const cairn::CheckpointError&) {
+      ++detected;
+    }
+  }
+  CHECK(detected > 0);
+  MESSAGE(detected << " flips detected, " << harmless << " harmless");
+}
+
+TEST_CASE("a write that hits a file-size limit fails cleanly and keeps the previous file") {
+  test::TempDir dir("ckpt_fsize");
+  const std::string path = dir / "last.ckpt";
+  Value small = Value::dict();
+  small.set("w", torch::ones({16}));
+  cairn::write_checkpoint(path, small);
+  const std::string before = test::read_file(path);
+
+  Value big = Value::dict();
+  big.set("w", torch::ones({1 << 20}));  // 4 MiB
+  struct rlimit old {};
+  ::getrlimit(RLIMIT_FSIZE, &old);
+  auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit lim = old;
+  lim.rlim_cur = 1 << 20;  // 1 MiB: a "full disk" for this process
+  REQUIRE(::setrlimit(RLIMIT_FSIZE, &lim) == 0);
+  std::string message;
+  try {
+    cairn::write_checkpoint(path, big);
+  } catch (const cairn::CheckpointWriteError& e) {
+    message = e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  std::signal(SIGXFSZ, old_handler);
+  CHECK(message.find("failed") != std::string::npos);
+  CHECK(message.find("intact") != std::string::npos);
+  CHECK(test::read_file(path) == before);
+  CHECK(cairn::read_checkpoint(path).equals(small));
+  CHECK(!test::fs::exists(path + ".tmp"));
+}
+
+TEST_CASE("a write into a path that cannot be a directory fails with a clear error") {
+  test::TempDir dir("ckpt_unwritable");
+  test::write_file(dir / "blocker", "a file where a folder should be");
+  Value v = Value::dict();
+  v.set("x", int64_t{1});
+  CHECK_THROWS_AS(cairn::write_checkpoint(dir / "blocker/sub/last.ckpt", v), cairn::CheckpointWriteError);
+}
+
+TEST_CASE("atomic_link replaces the target with the source's content") {
+  test::TempDir dir("ckpt_link");
+  Value a = Value::dict();
+  a.set("v", int64_t{1});
+  Value b = Value::dict();
+  b.set("v", int64_t{2});
+  cairn::write_checkpoint(dir / "a.ckpt", a);
+  cairn::write_checkpoint(dir / "b.ckpt", b);
+  cairn::atomic_link(dir / "a.ckpt", dir / "b.ckpt");
+  CHECK(cairn::read_checkpoint(dir / "b.ckpt").at("v").to_int() == 1);
+}

@@ -1,0 +1,109 @@
+// The cairn program end to end on real Fashion-MNIST (small limit_train).
+#include "support.h"
+
+TEST_CASE("cairn fit trains, writes the run directory, and re-running a finished run is a no-op") {
+  test::TempDir dir("cli_fit");
+  const std::string run = dir / "run";
+  test::write_file(dir / "c.yaml", test::small_config(run));
+  auto r = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  CHECK(r.output.find("epoch 2/2 done") != std::string::npos);
+  CHECK(r.output.find("cairn: finished; test accuracy") != std::string::npos);
+  CHECK(test::fs::exists(run + "/config.yaml"));
+  CHECK(test::fs::exists(run + "/checkpoints/last.ckpt"));
+  const std::string csv = test::read_file(run + "/metrics.csv");
+  CHECK(csv.rfind("epoch,step,split,name,value\n", 0) == 0);
+  CHECK(csv.find(",valid,acc,") != std::string::npos);
+  CHECK(csv.find(",test,acc,") != std::string::npos);
+  // The resolved config round-trips through print-config.
+  auto pc = test::cairn_cli({"print-config", "--config", run + "/config.yaml"});
+  CHECK_MESSAGE(pc.exit_code == 0, pc.output);
+
+  const auto mtime = test::fs::last_write_time(run + "/checkpoints/last.ckpt");
+  auto again = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
+  CHECK_MESSAGE(again.exit_code == 0, again.output);
+  CHECK(again.output.find("already finished") != std::string::npos);
+  CHECK(test::fs::last_write_time(run + "/checkpoints/last.ckpt") == mtime);
+  CHECK(test::read_file(run + "/metrics.csv") == csv);
+}
+
+TEST_CASE("cairn inspect shows position, best values and metrics; --json too; exit 3 when corrupt") {
+  test::TempDir dir("cli_inspect");
+  const std::string run = dir / "run";
+  test::write_file(dir / "c.yaml", test::small_config(run, "", 1, 320));
+  REQUIRE(test::cairn_cli({"fit", "--config", dir / "c.yaml"}).exit_code == 0);
+  auto r = test::cairn_cli({"inspect", run + "/checkpoints/last.ckpt"});
+  CHECK_MESSAGE(r.exit_code == 0, r.output);
+  CHECK(r.output.find("(verified)") != std::string::npos);
+  CHECK(r.output.find("experiment   small") != std::string::npos);
+  CHECK(r.output.find("best         valid/acc (max) =") != std::string::npos);
+  CHECK(r.output.find("valid/loss") != std::string::npos);
+  auto j = test::cairn_cli({"inspect", run + "/checkpoints/last.ckpt", "--json"});
+  CHECK(j.exit_code == 0);
+  CHECK(j.output.find("\"verified\": true") != std::string::npos);
+  CHECK(j.output.find("\"valid/acc\": {\"length\": 1") != std::string::npos);
+  CHECK(j.output.find("\"finished\": true") != std::string::npos);
+
+  test::write_file(dir / "bad.ckpt", test::read_file(run + "/checkpoints/last.ckpt").substr(0, 5000));
+  auto bad = test::cairn_cli({"inspect", dir / "bad.ckpt"});
+  CHECK(bad.exit_code == 3);
+  CHECK(bad.output.find("bad.ckpt") != std::string::npos);
+  CHECK(test::cairn_cli({"inspect", dir / "missing.ckpt"}).exit_code == 3);
+}
+
+TEST_CASE("--resume never refuses to overwrite a run's checkpoints unless told") {
+  test::TempDir dir("cli_never");
+  const std::string run = dir / "run";
+  test::write_file(dir / "c.yaml", test::small_config(run, "", 1, 320));
+  REQUIRE(test::cairn_cli({"fit", "--config", dir / "c.yaml"}).exit_code == 0);
+  auto refused = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--resume", "never"});
+  CHECK(refused.exit_code == 2);
+  CHECK(refused.output.find("--overwrite") != std::string::npos);
+  auto fresh = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--resume", "never", "--overwrite"});
+  CHECK_MESSAGE(fresh.exit_code == 0, fresh.output);
+  CHECK(fresh.output.find("epoch 1/1 done") != std::string::npos);
+  CHECK(fresh.output.find("resumed") == std::string::npos);
+}
+
+TEST_CASE("--resume PATH continues from that file; a missing or corrupt one is exit 3") {
+  test::TempDir dir("cli_resume_path");
+  const std::string run = dir / "run";
+  test::write_file(dir / "c.yaml", test::small_config(run, "", 1, 320));
+  REQUIRE(test::cairn_cli({"fit", "--config", dir / "c.yaml"}).exit_code == 0);
+  auto missing = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--resume", dir / "nope.ckpt"});
+  CHECK(missing.exit_code == 3);
+  test::write_file(dir / "junk.ckpt", "not a checkpoint");
+  auto junk = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--resume", dir / "junk.ckpt"});
+  CHECK(junk.exit_code == 3);
+  // A finished 1-epoch run resumed with max_epochs 2 trains its second epoch (as Lightning does).
+  auto more = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "trainer.max_epochs=2", "--resume",
+                               run + "/checkpoints/last.ckpt", "--run-dir", dir / "run2"});
+  CHECK_MESSAGE(more.exit_code == 0, more.output);
+  CHECK(more.output.find("already finished") == std::string::npos);
+  CHECK(more.output.find("resumed from") != std::string::npos);
+  CHECK(more.output.find("epoch 2/2 done") != std::string::npos);
+  CHECK(more.output.find("epoch 1/2 done") == std::string::npos);
+}
+
+TEST_CASE("a checkpoint that does not match the model is exit 3 listing the differences") {
+  test::TempDir dir("cli_mismatch");
+  const std::string run = dir / "run";
+  test::write_file(dir / "c.yaml", test::small_config(run, "", 1, 320));
+  REQUIRE(test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "trainer.max_epochs=1"}).exit_code == 0);
+  // Same run directory, a wider model, more epochs so it is not "finished".
+  auto r = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "model.hidden=[48]", "--set",
+                            "trainer.max_epochs=3"});
+  CHECK(r.exit_code == 3);
+  CHECK(r.output.find("1.weight (checkpoint [32, 784], model [48, 784])") != std::string::npos);
+}
+
+TEST_CASE("a different thread count on resume warns that bitwise reproducibility is lost") {
+  test::TempDir dir("cli_threads");
+  const std::string run = dir / "run";
+  test::write_file(dir / "c.yaml", test::small_config(run, "", 1, 320));
+  REQUIRE(test::cairn_cli({"fit", "--config", dir / "c.yaml"}).exit_code == 0);
+  auto r = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "trainer.threads=2", "--set",
+                            "trainer.max_epochs=2"});
+  CHECK_MESSAGE(r.exit_code == 0, r.output);
+  CHECK(r.output.find("written with 1 intra-op thread(s), this run uses 2") != std::string::npos);
+}
