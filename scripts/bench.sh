@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up, builds, and runs the benchmarks; prints ratios measured in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+./build/bench_loop "$@"
+./build/bench_checkpoint "$@"

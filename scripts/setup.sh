@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what cairn needs on Debian 12 (as root, or with sudo) and builds it.
+# Idempotent: installs only missing packages, and rebuilds only what changed.
+#   bash scripts/setup.sh            # deps + build into ./build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  g++ cmake ninja-build                   # toolchain
+  libtorch-dev                            # LibTorch 1.13 (CPU)
+  libopenblas0-pthread                    # fast BLAS behind LibTorch (else the reference BLAS)
+  libyaml-cpp-dev libboost-dev            # YAML experiments, Boost.Signals2 events
+  doctest-dev zlib1g-dev libxxhash-dev    # tests, .gz datasets, checkpoint checksums
+  dataset-fashion-mnist                   # the real Fashion-MNIST (gzipped IDX files)
+  python3-torch                           # Python interop tests (/usr/bin/python3)
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "cairn setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCAIRN_BUILD_TESTS=ON -DCAIRN_BUILD_EXAMPLES=ON -DCAIRN_BUILD_BENCH=ON >/dev/null
+cmake --build build
