@@ -109,7 +109,7 @@ int main(int argc, char** argv) {
   std::printf("%-44s %10.1f %8.3f   target >= 0.97\n", "cairn Trainer + checkpoint/ES/CSV/progress", c, c / h);
 
   // The same loop in Python PyTorch, where installed.
-  const std::string cmd = "/usr/bin/python3 " + std::string(CAIRN_BENCH_DIR) + "/python_loop.py " +
+  const std::string cmd = std::string(CAIRN_PYTHON) + " " + std::string(CAIRN_BENCH_DIR) + "/python_loop.py " +
                           std::to_string(epochs) + " " + std::to_string(repeats) + " 2>/dev/null";
   if (std::FILE* p = ::popen(cmd.c_str(), "r")) {
     char buf[256] = {0};
@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
       std::printf("%-44s %10.1f %8.3f\n", "Python PyTorch, same loop", py, py / h);
       std::printf("%-44s %10s %8.3f\n", "cairn vs Python PyTorch", "", c / py);
     } else {
-      std::printf("Python PyTorch: not measured (/usr/bin/python3 with torch not found)\n");
+      std::printf("Python PyTorch: not measured (" CAIRN_PYTHON " with torch not found)\n");
     }
   }
   std::fclose(devnull);

@@ -4,6 +4,7 @@
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
+#define XXH_INLINE_ALL  // header-only: no library to link or carry
 #include <xxhash.h>
 
 #include <cerrno>

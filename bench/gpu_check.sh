@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU check, run on a machine with CUDA and a pip-installed PyTorch 2.x
+# (no Debian packages there): build cairn against that LibTorch with CUDA, run
+# the whole test suite (CUDA RNG round trip, training on the GPU, Python 2.x
+# reading checkpoints with weights_only=True), then the checkpoint benchmark.
+#
+# Needs, next to the tree (git-ignored, carried to the machine):
+#   .debs/  apt-get download libyaml-cpp-dev libyaml-cpp0.7 libboost1.74-dev doctest-dev libxxhash-dev zlib1g-dev zlib1g
+#   .data/fashion-mnist/  the four .gz files of dataset-fashion-mnist
+# Writes logs to $OUT (or ./gpu_out).
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT" /tmp/deps /usr/share/datasets
+for f in .debs/*.deb; do dpkg -x "$f" /tmp/deps; done
+[ -d /usr/share/datasets/fashion-mnist ] || cp -r .data/fashion-mnist /usr/share/datasets/
+export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+PY=$(command -v python3)
+TORCH_PREFIX=$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)')
+{ nvidia-smi -L; $PY -c 'import torch;print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())'; } 2>&1 | tee "$OUT/env.txt"
+
+build() {
+  cmake -S . -B /tmp/b -G Ninja -DCMAKE_BUILD_TYPE=Release -DCAIRN_CXX_STANDARD="$1" \
+    -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;/tmp/deps/usr" -DCAIRN_PYTHON="$PY" >"$OUT/cmake.log" 2>&1 &&
+    cmake --build /tmp/b -j "$(nproc)" >"$OUT/build.log" 2>&1
+}
+start=$(date +%s)
+if ! build 17; then
+  echo "C++17 build failed (see build17.log); trying C++20"
+  cp "$OUT/build.log" "$OUT/build17.log"
+  rm -rf /tmp/b
+  build 20 || { echo "BUILD FAILED"; tail -40 "$OUT/build.log"; exit 1; }
+fi
+echo "build: $(( $(date +%s) - start )) s"
+grep -c "warning:" "$OUT/build.log" | sed 's/^/compiler warnings: /'
+
+cd /tmp/b && timeout 300 ctest --output-on-failure -j 8 >"$OUT/ctest.log" 2>&1
+echo "ctest exit $?"; tail -25 "$OUT/ctest.log"
+./tests/cairn_tests --source-file='*test_cuda.cpp' 2>&1 | tail -4
+cd - >/dev/null
+timeout 120 /tmp/b/bench_checkpoint --dir /tmp/bench_ckpt --repeats 3 2>&1 | tee "$OUT/bench_checkpoint.txt" | tail -6
