@@ -7,6 +7,7 @@
 #include <chrono>
 #include <csignal>
 #include <fcntl.h>
+#include <ftw.h>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -21,18 +22,23 @@ namespace test {
 
 namespace fs = std::filesystem;
 
+//! Removes a folder tree. (std::filesystem::remove_all crashed on the GPU
+//! machine's toolchain, GCC 13 headers over another libstdc++; nftw is plain POSIX.)
+inline void remove_tree(const fs::path& p) {
+  ::nftw(
+      p.c_str(), [](const char* f, const struct stat*, int, struct FTW*) { return ::remove(f); }, 16,
+      FTW_DEPTH | FTW_PHYS);
+}
+
 //! A fresh folder under the build tree, removed at the end of the test.
 struct TempDir {
   fs::path path;
   explicit TempDir(const std::string& name) {
     path = fs::path(CAIRN_BINARY_DIR) / "test_tmp" / (name + "-" + std::to_string(::getpid()));
-    fs::remove_all(path);
+    remove_tree(path);
     fs::create_directories(path);
   }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+  ~TempDir() { remove_tree(path); }
   std::string operator/(const std::string& s) const { return (path / s).string(); }
   std::string str() const { return path.string(); }
 };
