@@ -4,6 +4,7 @@
 
 #include <cairn/callbacks.h>
 
+#include <future>
 #include <set>
 #include <sys/resource.h>
 
@@ -40,6 +41,13 @@ struct Scripted {
     loop.metrics().accumulate(metric, value);
     loop.validation_end();
     loop.epoch_end();
+    settle();
+  }
+  //! Waits for background writes so the test can look at the files.
+  void settle() {
+    for (const auto& cb : loop.callbacks()) {
+      if (auto c = std::dynamic_pointer_cast<cairn::Checkpoint>(cb)) c->wait_for_pending(loop);
+    }
   }
 };
 }  // namespace
@@ -91,6 +99,7 @@ TEST_CASE("a step-triggered save before the first validation writes last.ckpt on
   s.loop.epoch_begin();
   s.loop.batch_begin();
   s.loop.batch_end();
+  s.settle();
   CHECK(ckpt_files(dir / "checkpoints") == std::set<std::string>{"last.ckpt"});
   CHECK(cairn::read_checkpoint(dir / "checkpoints/last.ckpt").at("global_step").to_int() == 1);
 }
@@ -134,6 +143,7 @@ TEST_CASE("checkpoint callbacks with different monitors keep separate state") {
   s.loop.metrics().accumulate("valid/loss", 0.2);
   s.loop.validation_end();
   s.loop.epoch_end();
+  s.settle();
   // Each file holds its own callback's updated state under its own key.
   const cairn::Value a = cairn::read_checkpoint(dir / "acc/last.ckpt");
   const cairn::Value l = cairn::read_checkpoint(dir / "loss/last.ckpt");
@@ -237,4 +247,58 @@ TEST_CASE("a failed checkpoint write keeps the last good file; training warns an
     s.epoch(0.7);
     CHECK(cairn::read_checkpoint(last).at("epoch").to_int() == 3);
   }
+}
+
+TEST_CASE("an async save writes the state of its save point even if training changes it right after") {
+  test::TempDir dir("async_snapshot");
+  Scripted s(dir.str());
+  auto cb = std::make_shared<cairn::Checkpoint>(cairn::CheckpointOptions().save_top_k(0).async_save(true));
+  s.loop.add(cb);
+  s.begin();
+  s.loop.epoch_begin();
+  s.loop.validation_begin();
+  s.loop.validation_end();
+  const at::Tensor before = s.model->weight.detach().clone();
+  s.loop.epoch_end();  // the save is in flight now (or already done)
+  {
+    torch::NoGradGuard g;
+    s.model->weight.add_(1.0);  // training goes on, mutating the weights in place
+  }
+  REQUIRE(cb->wait_for_pending(s.loop));
+  const cairn::Value c = cairn::read_checkpoint(dir / "checkpoints/last.ckpt");
+  CHECK(c.at("state_dict").at("weight").to_tensor().equal(before));
+  CHECK(cb->last_save_bytes() > 0);
+  CHECK(cb->last_blocking_seconds() >= 0.0);
+}
+
+TEST_CASE("async and sync saves of the same state give the same checkpoint") {
+  test::TempDir dir("async_vs_sync");
+  cairn::Value files[2];
+  for (int async = 0; async < 2; ++async) {
+    torch::manual_seed(4);
+    Scripted s(dir / std::to_string(async));
+    s.loop.add(std::make_shared<cairn::Checkpoint>(cairn::CheckpointOptions().save_top_k(0).async_save(async == 1)));
+    s.epoch(0.5);
+    s.epoch(0.6);
+    files[async] = test::comparable(cairn::read_checkpoint(dir / (std::to_string(async) + "/checkpoints/last.ckpt")));
+  }
+  CHECK(files[0].first_difference(files[1]) == "");
+}
+
+TEST_CASE("the background writer runs one job at a time and reports its failure") {
+  cairn::BackgroundWriter w;
+  std::promise<void> release;
+  std::shared_future<void> gate = release.get_future().share();
+  w.submit([gate] { gate.wait(); });
+  CHECK(w.busy());
+  CHECK(w.pending());
+  CHECK_THROWS_AS(w.submit([] {}), std::logic_error);
+  release.set_value();
+  CHECK(w.wait() == nullptr);
+  CHECK(!w.busy());
+  CHECK(!w.pending());
+  w.submit([] { throw std::runtime_error("disk on fire"); });
+  std::exception_ptr e = w.wait();
+  REQUIRE(e != nullptr);
+  CHECK_THROWS_WITH(std::rethrow_exception(e), "disk on fire");
 }

@@ -54,6 +54,9 @@ Checkpoint::Checkpoint(CheckpointOptions options) : options_(std::move(options))
   if (options_.on_error() != "warn" && options_.on_error() != "stop") {
     throw std::invalid_argument("on_error must be 'warn' or 'stop'");
   }
+  if (options_.on_busy() != "wait" && options_.on_busy() != "skip") {
+    throw std::invalid_argument("on_busy must be 'wait' or 'skip'");
+  }
   if (options_.filename().empty()) {
     std::string f = "epoch={epoch}-step={step}";
     if (!options_.monitor().empty()) f += "-" + sanitize(options_.monitor()) + "={" + options_.monitor() + ":.4f}";
@@ -70,6 +73,18 @@ Checkpoint::Checkpoint(CheckpointOptions options) : options_(std::move(options))
     }
   }
   last_save_time_ = std::chrono::steady_clock::now();
+}
+
+Checkpoint::~Checkpoint() {
+  if (writer_.pending()) {
+    if (std::exception_ptr e = writer_.wait()) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        std::cerr << "cairn: warning: checkpoint not saved: " << ex.what() << "\n";
+      }
+    }
+  }
 }
 
 std::string Checkpoint::key() const {
@@ -136,6 +151,7 @@ bool Checkpoint::better(double a, double b) const {
 }
 
 void Checkpoint::on_batch_end(Loop& loop) {
+  if (writer_.pending() && !writer_.busy()) wait_for_pending(loop);  // report a finished write promptly
   bool due = options_.every_n_train_steps() > 0 && loop.state().global_step % options_.every_n_train_steps() == 0;
   if (!due && options_.train_time_interval() > 0) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count();
@@ -150,11 +166,16 @@ void Checkpoint::on_epoch_end(Loop& loop) {
 
 void Checkpoint::on_fit_end(Loop& loop) {
   // An interrupted run saves where it stopped; a finished one records that it finished.
+  // Either way nothing is left in flight when fit() returns.
   if (loop.state().stop.interrupt || loop.state().finished) save(loop, /*force_last_only=*/true);
+  wait_for_pending(loop);
 }
 
 void Checkpoint::on_exception(Loop& loop) {
-  if (!options_.save_on_exception()) return;
+  if (!options_.save_on_exception()) {
+    wait_for_pending(loop);
+    return;
+  }
   try {
     resolve_dir(loop);
     std::cerr << "cairn: a step threw; saving " << (fs::path(dirpath_) / "last.ckpt").string() << "\n";
@@ -167,6 +188,14 @@ void Checkpoint::on_exception(Loop& loop) {
 bool Checkpoint::save(Loop& loop, bool force_last_only) {
   resolve_dir(loop);
   const auto& st = loop.state();
+  if (writer_.busy() && !force_last_only && options_.on_busy() == "skip") {
+    ++skipped_saves_;
+    std::cerr << "cairn: warning: skipping the checkpoint at step " << st.global_step
+              << ": the previous one is still being written (on_busy: skip)\n";
+    return false;
+  }
+  // At most one write in flight: settle it before deciding anything new.
+  wait_for_pending(loop);
   if (!force_last_only && st.global_step == last_saved_step_ && st.epoch_finished == last_saved_epoch_end_) {
     return true;  // this exact state is already on disk
   }
@@ -234,14 +263,11 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
   const std::string primary = topk_file.empty() ? last : topk_file;
 
   // Commit the tentative bookkeeping so the saved state includes this file.
-  auto old = std::make_tuple(best_k_models_, newest_paths_, best_model_path_, best_model_score_,
-                             monitor_values_seen_, last_model_path_);
-  best_k_models_ = best_k;
-  newest_paths_ = newest;
-  best_model_path_ = best_path;
-  best_model_score_ = best_score;
-  monitor_values_seen_ = seen;
-  last_model_path_ = primary;
+  const Book old = book();
+  Book next{best_k, newest, best_path, best_score, seen, primary};
+  set_book(next);
+  const auto t0 = std::chrono::steady_clock::now();
+  const bool background = options_.async_save() && !force_last_only;
   try {
     Value ckpt = loop.make_checkpoint();
     if (options_.save_weights_only()) {
@@ -253,29 +279,84 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
       slim.set("weights_only", true);
       ckpt = std::move(slim);
     }
-    std::error_code ec;
-    if (keep_last && fs::exists(last, ec)) atomic_link(last, (fs::path(dirpath_) / "last.prev.ckpt").string());
-    const WriteStats stats = write_checkpoint(primary, ckpt);
-    if (keep_last && primary != last) atomic_link(primary, last);
-    last_save_seconds_ = stats.seconds;
-    last_save_bytes_ = stats.bytes;
+    if (background) {
+      // Phase 1 (blocking): copy the tensors into host buffers. Phase 2: write in the background.
+      Value snap = snapshot_.take(ckpt);
+      ckpt = Value();
+      before_pending_ = old;
+      writer_.submit([this, snap = std::move(snap), primary, keep_last, to_delete]() {
+        write_files(snap, primary, keep_last, to_delete);
+      });
+    } else {
+      write_files(ckpt, primary, keep_last, to_delete);
+      last_save_seconds_ = pending_write_seconds_;
+      last_save_bytes_ = pending_write_bytes_;
+    }
   } catch (const std::exception& e) {
-    std::tie(best_k_models_, newest_paths_, best_model_path_, best_model_score_, monitor_values_seen_,
-             last_model_path_) = old;
+    set_book(old);
     std::cerr << "cairn: warning: checkpoint not saved: " << e.what() << "\n";
     if (options_.on_error() == "stop") {
       loop.state().request_stop(std::string("checkpoint write failed: ") + e.what());
     }
     return false;
   }
-  for (const auto& f : to_delete) {
-    std::error_code ec;
-    if (f != primary) fs::remove(f, ec);
-  }
+  last_blocking_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   last_saved_step_ = st.global_step;
   last_saved_epoch_end_ = st.epoch_finished;
   last_save_time_ = std::chrono::steady_clock::now();
   return true;
+}
+
+void Checkpoint::write_files(const Value& ckpt, const std::string& primary, bool keep_last,
+                             const std::vector<std::string>& to_delete) {
+  const std::string last = (fs::path(dirpath_) / "last.ckpt").string();
+  std::error_code ec;
+  if (keep_last && fs::exists(last, ec)) atomic_link(last, (fs::path(dirpath_) / "last.prev.ckpt").string());
+  const WriteStats stats = write_checkpoint(primary, ckpt);
+  // last.ckpt and the top-k list change only once the new file is durable.
+  if (keep_last && primary != last) atomic_link(primary, last);
+  for (const auto& f : to_delete) {
+    if (f != primary) fs::remove(f, ec);
+  }
+  pending_write_seconds_ = stats.seconds;
+  pending_write_bytes_ = stats.bytes;
+}
+
+bool Checkpoint::wait_for_pending(Loop& loop) {
+  if (!writer_.pending()) return true;
+  std::exception_ptr e = writer_.wait();
+  settle(loop, e);
+  return e == nullptr;
+}
+
+void Checkpoint::settle(Loop& loop, std::exception_ptr error) {
+  if (!error) {
+    last_save_seconds_ = pending_write_seconds_;
+    last_save_bytes_ = pending_write_bytes_;
+    return;
+  }
+  set_book(before_pending_);
+  last_saved_step_ = -1;
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    std::cerr << "cairn: warning: checkpoint not saved: " << e.what() << "\n";
+    if (options_.on_error() == "stop") loop.state().request_stop(std::string("checkpoint write failed: ") + e.what());
+  }
+}
+
+Checkpoint::Book Checkpoint::book() const {
+  return Book{best_k_models_, newest_paths_, best_model_path_, best_model_score_, monitor_values_seen_,
+              last_model_path_};
+}
+
+void Checkpoint::set_book(const Book& b) {
+  best_k_models_ = b.best_k;
+  newest_paths_ = b.newest;
+  best_model_path_ = b.best_path;
+  best_model_score_ = b.best_score;
+  monitor_values_seen_ = b.seen;
+  last_model_path_ = b.last_path;
 }
 
 Value Checkpoint::state_dict() const {

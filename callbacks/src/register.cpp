@@ -23,6 +23,8 @@ void register_builtin_callbacks(Registry& r) {
     o.save_weights_only(c.get_bool("save_weights_only", false));
     o.save_on_exception(c.get_bool("save_on_exception", true));
     o.on_error(c.get_choice("on_error", std::string("warn"), {"warn", "stop"}));
+    o.async_save(c.get_bool("async", true));
+    o.on_busy(c.get_choice("on_busy", std::string("wait"), {"wait", "skip"}));
     try {
       Checkpoint check(o);  // validates the filename template now, with the config's location
     } catch (const std::invalid_argument& e) {

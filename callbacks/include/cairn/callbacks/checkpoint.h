@@ -11,6 +11,7 @@
 // file is durable, and the best and the newest files are never deleted.
 #pragma once
 
+#include "cairn/async_writer.h"
 #include "cairn/callback.h"
 #include "cairn/metrics.h"
 
@@ -53,11 +54,18 @@ struct CheckpointOptions {
   TORCH_ARG(bool, save_on_exception) = true;
   //! When a write fails: "warn" (keep training) or "stop" (stop the run).
   TORCH_ARG(std::string, on_error) = "warn";
+  //! Two-phase saving: a short blocking copy of the state into host memory,
+  //! then the write on a background thread (YAML `async`).
+  TORCH_ARG(bool, async_save) = true;
+  //! A save that comes due while one is still being written: "wait" for it,
+  //! or "skip" the new one with a warning.
+  TORCH_ARG(std::string, on_busy) = "wait";
 };
 
 class Checkpoint : public Callback {
  public:
   explicit Checkpoint(CheckpointOptions options = CheckpointOptions());
+  ~Checkpoint() override;  //!< waits for a save in flight
 
   std::string key() const override;
   Order order() const override { return Order::saver; }
@@ -72,8 +80,12 @@ class Checkpoint : public Callback {
   void load_state_dict(const Value& state) override;
   std::string checkpoint_dir(const Loop& loop) const override;
 
-  //! Saves now (as a step- or epoch-triggered save would). Returns false when the write failed.
+  //! Saves now (as a step- or epoch-triggered save would). Returns false when
+  //! the write failed (synchronous saves) or a due save was skipped.
   bool save(Loop& loop, bool force_last_only = false);
+  //! Waits for the background write in flight, if any, and settles its
+  //! bookkeeping. Returns false when that write failed.
+  bool wait_for_pending(Loop& loop);
 
   const CheckpointOptions& options() const { return options_; }
   std::string dirpath() const { return dirpath_; }
@@ -81,9 +93,13 @@ class Checkpoint : public Callback {
   std::optional<double> best_model_score() const { return best_model_score_; }
   const std::map<std::string, double>& best_k_models() const { return best_k_models_; }
   const std::string& last_model_path() const { return last_model_path_; }
-  //! Seconds spent in the last write, and its size.
+  //! Seconds spent in the last completed write (background part included), and its size.
   double last_save_seconds() const { return last_save_seconds_; }
   uint64_t last_save_bytes() const { return last_save_bytes_; }
+  //! Seconds the training thread was blocked by the last save (assembly + snapshot, or the whole write).
+  double last_blocking_seconds() const { return last_blocking_seconds_; }
+  //! Saves skipped because one was in flight (on_busy: skip).
+  int64_t skipped_saves() const { return skipped_saves_; }
 
   //! Renders the filename template (without ".ckpt") for the loop's state.
   std::string format_filename(const Loop& loop) const;
@@ -91,6 +107,21 @@ class Checkpoint : public Callback {
  private:
   bool better(double a, double b) const;
   void resolve_dir(const Loop& loop);
+  //! Bookkeeping that a save changes; restored when its write fails.
+  struct Book {
+    std::map<std::string, double> best_k;
+    std::vector<std::string> newest;
+    std::string best_path;
+    std::optional<double> best_score;
+    int64_t seen = 0;
+    std::string last_path;
+  };
+  Book book() const;
+  void set_book(const Book& b);
+  //! The file work of one save: link last.prev, write, link last, delete dropped files.
+  void write_files(const Value& ckpt, const std::string& primary, bool keep_last,
+                   const std::vector<std::string>& to_delete);
+  void settle(Loop& loop, std::exception_ptr error);
 
   CheckpointOptions options_;
   std::string dirpath_;                          //!< resolved folder
@@ -105,6 +136,13 @@ class Checkpoint : public Callback {
   std::chrono::steady_clock::time_point last_save_time_;
   double last_save_seconds_ = 0.0;
   uint64_t last_save_bytes_ = 0;
+  double last_blocking_seconds_ = 0.0;
+  int64_t skipped_saves_ = 0;
+  Book before_pending_;                //!< bookkeeping to restore if the write in flight fails
+  double pending_write_seconds_ = 0;   //!< set by the writer thread
+  uint64_t pending_write_bytes_ = 0;   //!< set by the writer thread
+  StateSnapshot snapshot_;             //!< reused host buffers
+  BackgroundWriter writer_;            //!< at most one write in flight
 };
 
 }  // namespace cairn

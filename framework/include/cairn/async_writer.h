@@ -1,0 +1,64 @@
+// Two-phase checkpoint saving: a short blocking snapshot of the state into
+// host memory, then serialisation and writing on a background thread.
+//
+// StateSnapshot copies every tensor of a checkpoint Value into host buffers
+// that are reused from one save to the next (pinned memory for CUDA tensors,
+// copied asynchronously and synchronised once). BackgroundWriter runs one job
+// at a time on its own thread; the training thread waits for it before the
+// next snapshot, so the buffers are never overwritten while being written.
+#pragma once
+
+#include "cairn/value.h"
+
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace cairn {
+
+class StateSnapshot {
+ public:
+  //! A copy of `v` whose tensors live in this snapshot's host buffers.
+  Value take(const Value& v);
+  //! Bytes held in host buffers.
+  uint64_t bytes() const;
+
+ private:
+  Value copy(const Value& v, bool* any_cuda);
+  std::vector<at::Tensor> buffers_;  //!< reused between takes, matched by position
+  size_t next_ = 0;
+};
+
+class BackgroundWriter {
+ public:
+  BackgroundWriter();
+  ~BackgroundWriter();  //!< waits for the job in flight
+  BackgroundWriter(const BackgroundWriter&) = delete;
+  BackgroundWriter& operator=(const BackgroundWriter&) = delete;
+
+  //! Starts `job` on the writer thread. Requires !busy().
+  void submit(std::function<void()> job);
+  //! A job was submitted and its result not yet collected by wait().
+  bool pending() const;
+  //! The job in flight is still running.
+  bool busy() const;
+  //! Waits for the job in flight and returns its exception (nullptr on success).
+  std::exception_ptr wait();
+
+ private:
+  void run();
+
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  std::function<void()> job_;
+  bool has_job_ = false;    //!< a job is queued or running
+  bool collected_ = true;   //!< its result was taken by wait()
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;
+};
+
+}  // namespace cairn
