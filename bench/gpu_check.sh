@@ -37,4 +37,5 @@ cd /tmp/b && timeout 300 ctest --output-on-failure -j 8 >"$OUT/ctest.log" 2>&1
 echo "ctest exit $?"; tail -25 "$OUT/ctest.log"
 ./tests/cairn_tests --source-file='*test_cuda.cpp' 2>&1 | tail -4
 cd - >/dev/null
-timeout 120 /tmp/b/bench_checkpoint --dir /tmp/bench_ckpt --repeats 3 2>&1 | tee "$OUT/bench_checkpoint.txt" | tail -6
+timeout 150 /tmp/b/bench_gpu --dir /tmp/cairn_gpu_bench 2>&1 | tee "$OUT/bench_gpu.txt" | tail -16
+timeout 100 /tmp/b/bench_checkpoint --dir /tmp/bench_ckpt --repeats 3 --steps 0 2>&1 | tee "$OUT/bench_checkpoint.txt" | tail -6

@@ -178,3 +178,16 @@ TEST_CASE("atomic_link replaces the target with the source's content") {
   cairn::atomic_link(dir / "a.ckpt", dir / "b.ckpt");
   CHECK(cairn::read_checkpoint(dir / "b.ckpt").at("v").to_int() == 1);
 }
+
+TEST_CASE("a flipped bit in a large tensor (hashed on a helper thread) is detected too") {
+  test::TempDir dir("ckpt_big_flip");
+  Value v = Value::dict();
+  v.set("big", torch::arange(3 << 20, torch::kFloat32));  // 12 MiB: over the parallel-hash threshold
+  cairn::write_checkpoint(dir / "a.ckpt", v);
+  CHECK(cairn::read_checkpoint(dir / "a.ckpt").equals(v));
+  std::string b = test::read_file(dir / "a.ckpt");
+  b[b.size() / 2] = static_cast<char>(b[b.size() / 2] ^ 0x04);
+  test::write_file(dir / "b.ckpt", b);
+  CHECK_THROWS_WITH_AS(cairn::read_checkpoint(dir / "b.ckpt"), doctest::Contains("checksum mismatch in record data/0"),
+                       cairn::CheckpointError);
+}
