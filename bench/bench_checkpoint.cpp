@@ -152,7 +152,7 @@ TrainResult train_overhead(int64_t layers, int64_t steps, int64_t every, int64_t
       r.plain_copy = std::chrono::duration<double>(Clock::now() - c0).count();
     }
   }
-  std::system(("rm -rf '" + dir + "/train_overhead'").c_str());
+  if (std::system(("rm -rf '" + dir + "/train_overhead'").c_str()) != 0) std::fprintf(stderr, "cleanup failed\n");
   return r;
 }
 }  // namespace

@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   auto x = torch::randn({batch, width}, dev);
 
   auto run = [&](bool checkpoints, int64_t steps) {
-    std::system(("rm -rf '" + dir + "'").c_str());
+    if (std::system(("rm -rf '" + dir + "'").c_str()) != 0) std::fprintf(stderr, "cleanup failed\n");
     cairn::Loop loop;
     loop.set_run_dir(dir);
     loop.track(*model);
@@ -135,7 +135,7 @@ int main(int argc, char** argv) {
   const int rc = std::system(("dd if=/dev/zero of=" + dir + "/dd.bin bs=1M count=" + std::to_string(blocks) +
                               " conv=fsync status=none").c_str());
   const double dd_s = seconds_since(d0) * static_cast<double>(ckpt_bytes) / (static_cast<double>(blocks) * 1048576.0);
-  std::system(("rm -rf '" + dir + "'").c_str());
+  if (std::system(("rm -rf '" + dir + "'").c_str()) != 0) std::fprintf(stderr, "cleanup failed\n");
 
   std::printf("\n== GPU checkpoints: %lld x Linear(%lld, %lld) = %.0fM parameters, AdamW, batch %lld, TF32 ==\n",
               static_cast<long long>(layers), static_cast<long long>(width), static_cast<long long>(width),

@@ -66,7 +66,7 @@ double hand_written(cairn::FashionMnist& data, int64_t epochs) {
 // cairn's Trainer with what `cairn fit` attaches by default plus early stopping.
 double with_cairn(const std::shared_ptr<cairn::FashionMnist>& data, int64_t epochs, const std::string& run_dir,
                   std::FILE* devnull) {
-  std::system(("rm -rf '" + run_dir + "'").c_str());
+  if (std::system(("rm -rf '" + run_dir + "'").c_str()) != 0) std::fprintf(stderr, "cleanup failed\n");
   torch::manual_seed(0);
   cairn::Trainer t(cairn::TrainerOptions().max_epochs(epochs).threads(1).run_test(false).device("cpu"));
   t.set_model(cairn::Model::wrap(make_model())).set_data(data);
@@ -124,6 +124,6 @@ int main(int argc, char** argv) {
     }
   }
   std::fclose(devnull);
-  std::system("rm -rf bench_tmp/loop_run");
+  if (std::system("rm -rf bench_tmp/loop_run") != 0) std::fprintf(stderr, "cleanup failed\n");
   return 0;
 }
