@@ -13,11 +13,16 @@ std::string config(const std::string& run) {
          "model: {name: mlp, hidden: [24, 12], dropout: 0.3}\n"
          "optimizer: {name: adamw, lr: 0.01}\n"
          "scheduler: {name: cosine, warmup_steps: 7, min_lr: 0.0001}\n"
-         "trainer: {max_epochs: 4, threads: 1, log_every_n_steps: 5, enable_progress_bar: false}\n"
+         "trainer: {max_epochs: 4, threads: 1, log_every_n_steps: 5, enable_progress_bar: false,\n"
+         "          gradient_clip_val: 0.5}\n"
          "callbacks:\n"
          "  - {name: checkpoint, monitor: valid/acc, mode: max, save_top_k: 2, every_n_train_steps: 4}\n"
          "  - {name: checkpoint, monitor: valid/loss, mode: min, save_top_k: 1, dirpath: " + run + "/by_loss}\n"
-         "  - {name: early_stopping, monitor: valid/loss, patience: 10}\n";
+         "  - {name: early_stopping, monitor: valid/loss, patience: 10}\n"
+         "  - {name: lr_monitor}\n"
+         "  - {name: jsonl_logger}\n"
+         "  - {name: tensorboard}\n"
+         "  - {name: terminate_on_nan}\n";
 }
 
 std::unique_ptr<cairn::Trainer> make(const std::string& dir) {
@@ -92,6 +97,7 @@ TEST_CASE("resumed runs equal the uninterrupted run bit for bit") {
     CHECK(got.at("metrics").equals(ref.at("metrics")));
     CHECK(got.at("callbacks").equals(ref.at("callbacks")));
     CHECK(test::read_file(run + "/metrics.csv") == ref_csv);
+    CHECK(test::read_file(run + "/metrics.jsonl") == test::read_file(dir / "ref/metrics.jsonl"));
     // The run knows where it was resumed.
     const auto resumes = cairn::read_checkpoint(run + "/checkpoints/last.ckpt").at("loop").at("resumes");
     CHECK(resumes.size() == c.stops.size());

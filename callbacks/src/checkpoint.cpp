@@ -157,7 +157,12 @@ void Checkpoint::on_batch_end(Loop& loop) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count();
     due = elapsed >= options_.train_time_interval();
   }
-  if (due) save(loop);
+  // Mid gradient-accumulation the state is not a resume point: save at the cycle's end.
+  due_ = due_ || due;
+  if (due_ && !loop.state().accumulating) {
+    due_ = false;
+    save(loop);
+  }
 }
 
 void Checkpoint::on_epoch_end(Loop& loop) {
@@ -188,6 +193,15 @@ void Checkpoint::on_exception(Loop& loop) {
 bool Checkpoint::save(Loop& loop, bool force_last_only) {
   resolve_dir(loop);
   const auto& st = loop.state();
+  if (st.invalid_state) {
+    if (!warned_invalid_) {
+      std::cerr << "cairn: warning: not saving a checkpoint of an invalid state (" << st.stop.reason
+                << "); the last good files are kept\n";
+    }
+    warned_invalid_ = true;
+    wait_for_pending(loop);
+    return false;
+  }
   if (writer_.busy() && !force_last_only && options_.on_busy() == "skip") {
     ++skipped_saves_;
     std::cerr << "cairn: warning: skipping the checkpoint at step " << st.global_step

@@ -3,6 +3,7 @@
 #include "cairn/loop.h"
 
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <stdexcept>
 
@@ -10,27 +11,47 @@ namespace cairn {
 
 namespace fs = std::filesystem;
 
-std::string csv_row(int64_t epoch, int64_t step, const std::string& name, double value) {
-  const auto parts = MetricLog::split_name(name);
+namespace {
+std::string shortest(double value) {
   char num[64];
   auto r = std::to_chars(num, num + sizeof num, value);
-  std::string row = std::to_string(epoch) + "," + std::to_string(step) + "," + parts.first + "," + parts.second + ",";
-  row.append(num, r.ptr);
-  row += "\n";
-  return row;
+  return std::string(num, r.ptr);
+}
+}  // namespace
+
+std::string csv_row(int64_t epoch, int64_t step, const std::string& name, double value) {
+  const auto parts = MetricLog::split_name(name);
+  return std::to_string(epoch) + "," + std::to_string(step) + "," + parts.first + "," + parts.second + "," +
+         shortest(value) + "\n";
 }
 
-CsvLogger::CsvLogger(CsvLoggerOptions options) : options_(std::move(options)) {}
+std::string CsvLogger::row(int64_t epoch, int64_t step, const std::string& name, double value) const {
+  return csv_row(epoch, step, name, value);
+}
 
-CsvLogger::~CsvLogger() {
+std::string JsonlLogger::row(int64_t epoch, int64_t step, const std::string& name, double value) const {
+  std::string escaped;
+  for (char c : name) {
+    if (c == '"' || c == '\\') escaped += '\\';
+    escaped += c;
+  }
+  return "{\"epoch\": " + std::to_string(epoch) + ", \"step\": " + std::to_string(step) + ", \"name\": \"" + escaped +
+         "\", \"value\": " + (std::isfinite(value) ? shortest(value) : std::string("null")) + "}\n";
+}
+
+MetricFileLogger::MetricFileLogger(std::string path, std::string default_name)
+    : requested_(std::move(path)), default_name_(std::move(default_name)) {}
+
+MetricFileLogger::~MetricFileLogger() {
   if (file_) std::fclose(file_);
 }
 
-void CsvLogger::rewrite(Loop& loop) {
-  if (path_.empty()) {
-    path_ = !options_.path.empty() ? options_.path
-                                   : (fs::path(loop.run_dir().empty() ? "." : loop.run_dir()) / "metrics.csv").string();
-  }
+std::string MetricFileLogger::next_path(const std::string& resolved_default) { return resolved_default; }
+
+void MetricFileLogger::rewrite(Loop& loop) {
+  path_ = next_path(!requested_.empty()
+                        ? requested_
+                        : (fs::path(loop.run_dir().empty() ? "." : loop.run_dir()) / default_name_).string());
   if (file_) std::fclose(file_);
   file_ = nullptr;
   const fs::path p(path_);
@@ -40,11 +61,10 @@ void CsvLogger::rewrite(Loop& loop) {
   const std::string tmp = path_ + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "w");
   if (!f) throw std::runtime_error("cannot write " + tmp);
-  std::fputs("epoch,step,split,name,value\n", f);
+  auto put = [](std::FILE* out, const std::string& bytes) { std::fwrite(bytes.data(), 1, bytes.size(), out); };
+  put(f, header());
   const auto& names = loop.metrics().names();
-  for (const auto& r : loop.metrics().rows()) {
-    std::fputs(csv_row(r.point.epoch, r.point.step, names[r.series], r.point.value).c_str(), f);
-  }
+  for (const auto& r : loop.metrics().rows()) put(f, row(r.point.epoch, r.point.step, names[r.series], r.point.value));
   std::fclose(f);
   fs::rename(tmp, path_);
   written_ = loop.metrics().rows().size();
@@ -52,17 +72,15 @@ void CsvLogger::rewrite(Loop& loop) {
   if (!file_) throw std::runtime_error("cannot append to " + path_);
 }
 
-void CsvLogger::on_fit_begin(Loop& loop) { rewrite(loop); }
-void CsvLogger::on_load_checkpoint(Loop& loop) { rewrite(loop); }
-
-void CsvLogger::append(Loop& loop) {
+void MetricFileLogger::append(Loop& loop) {
   if (!file_) return;
   const auto& rows = loop.metrics().rows();
   if (written_ >= rows.size()) return;
   const auto& names = loop.metrics().names();
   for (; written_ < rows.size(); ++written_) {
     const auto& r = rows[written_];
-    std::fputs(csv_row(r.point.epoch, r.point.step, names[r.series], r.point.value).c_str(), file_);
+    const std::string bytes = row(r.point.epoch, r.point.step, names[r.series], r.point.value);
+    std::fwrite(bytes.data(), 1, bytes.size(), file_);
   }
   std::fflush(file_);
 }

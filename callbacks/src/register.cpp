@@ -48,6 +48,29 @@ void register_builtin_callbacks(Registry& r) {
     o.path = c.get_string("path", std::string(""));
     return [o](BuildContext&) -> CallbackPtr { return std::make_shared<CsvLogger>(o); };
   });
+  r.add_callback("jsonl_logger", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    JsonlLoggerOptions o;
+    o.path = c.get_string("path", std::string(""));
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<JsonlLogger>(o); };
+  });
+  r.add_callback("tensorboard", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    TensorBoardLoggerOptions o;
+    o.dir = c.get_string("dir", std::string(""));
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<TensorBoardLogger>(o); };
+  });
+  r.add_callback("lr_monitor", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    LearningRateMonitorOptions o;
+    o.logging_interval = c.get_choice("logging_interval", std::string("step"), {"step", "epoch"});
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<LearningRateMonitor>(o); };
+  });
+  r.add_callback("terminate_on_nan", [](ConfigNode&) -> Builder<CallbackPtr> {
+    return [](BuildContext&) -> CallbackPtr { return std::make_shared<TerminateOnNaN>(); };
+  });
+  r.add_callback("timer", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    TimerOptions o;
+    o.max_time = c.get_double("max_time", std::nullopt, 0.0, 1e308, true);
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<Timer>(o); };
+  });
   r.add_callback("progress_bar", [](ConfigNode& c) -> Builder<CallbackPtr> {
     ProgressBarOptions o;
     o.log_every_n_steps = c.get_int("log_every_n_steps", 0, 0);

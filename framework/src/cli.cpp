@@ -3,6 +3,7 @@
 #include "cairn/checkpoint_file.h"
 #include "cairn/experiment.h"
 #include "cairn/loop.h"
+#include "cairn/report.h"
 #include "cairn/signals.h"
 
 #include <torch/torch.h>
@@ -27,6 +28,7 @@ const char* kUsage =
     "            [--resume auto|never|PATH] [--overwrite]\n"
     "  cairn print-config --config FILE [--set dotted.key=value]...\n"
     "  cairn inspect CHECKPOINT [--json]\n"
+    "  cairn report RUN_DIR|CHECKPOINT [--out report.html]\n"
     "  cairn --version\n"
     "\n"
     "fit trains the experiment in FILE. --resume auto (the default) continues from\n"
@@ -47,6 +49,7 @@ struct Args {
   std::string resume = "auto";
   bool overwrite = false;
   bool json = false;
+  std::string out;
   std::vector<std::string> positional;
 };
 
@@ -73,6 +76,8 @@ Args parse_args(int argc, char** argv) {
       a.run_dir = value("--run-dir");
     } else if (is("--resume")) {
       a.resume = value("--resume");
+    } else if (is("--out")) {
+      a.out = value("--out");
     } else if (arg == "--overwrite") {
       a.overwrite = true;
     } else if (arg == "--json") {
@@ -200,6 +205,46 @@ int cmd_inspect(const Args& a) {
   return kExitOk;
 }
 
+int cmd_report(const Args& a) {
+  if (a.positional.size() != 1) throw UsageError("report needs a run directory or a checkpoint");
+  const std::string target = a.positional[0];
+  std::error_code ec;
+  Value c;
+  std::string source = target;
+  if (fs::is_directory(target, ec)) {
+    std::string dir = (fs::path(target) / "checkpoints").string();
+    if (!fs::is_directory(dir, ec)) dir = target;
+    const auto files = list_checkpoints(dir);
+    if (files.empty()) throw CheckpointError("no checkpoint in " + dir);
+    bool found = false;
+    for (const auto& f : files) {
+      try {
+        c = read_checkpoint(f);
+        source = f;
+        found = true;
+        break;
+      } catch (const CheckpointError& e) {
+        std::cerr << "cairn: warning: skipping " << e.what() << "\n";
+      }
+    }
+    if (!found) throw CheckpointError("no usable checkpoint in " + dir);
+  } else {
+    c = read_checkpoint(target);
+  }
+  std::string title = "cairn report";
+  if (const Value* hp = c.find("hyper_parameters")) {
+    if (hp->is_dict() && hp->contains("name") && hp->at("name").is_string()) title = hp->at("name").to_string();
+  }
+  const std::string out = a.out.empty()
+                              ? (fs::is_directory(target, ec) ? (fs::path(target) / "report.html").string() : "report.html")
+                              : a.out;
+  std::ofstream f(out);
+  if (!f) throw UsageError("cannot write " + out);
+  f << render_report(c, title);
+  std::cout << "cairn: wrote " << out << " from " << source << "\n";
+  return kExitOk;
+}
+
 std::string checkpoint_dir_of(Trainer& t) {
   for (const auto& cb : t.loop().callbacks()) {
     const std::string d = cb->checkpoint_dir(t.loop());
@@ -265,6 +310,11 @@ int cmd_fit(const Args& a) {
               << "; nothing to do\n";
   }
   auto& metrics = trainer->loop().metrics();
+  if (r.interrupted && r.signal == 0) {
+    std::cout << "cairn: stopped at epoch " << r.epochs_completed << ", step " << r.global_step << " ("
+              << trainer->loop().state().stop.reason << "); checkpoint saved, run the same command to continue\n";
+    return kExitOk;
+  }
   if (r.interrupted) {
     std::cout << "cairn: interrupted at epoch " << r.epochs_completed << ", step " << r.global_step
               << "; checkpoint saved, run the same command to resume\n";
@@ -297,6 +347,7 @@ int cli_main(int argc, char** argv) {
     if (a.command == "fit") return cmd_fit(a);
     if (a.command == "print-config") return cmd_print_config(a);
     if (a.command == "inspect") return cmd_inspect(a);
+    if (a.command == "report") return cmd_report(a);
     throw UsageError("unknown command '" + a.command + "'");
   } catch (const UsageError& e) {
     std::cerr << "cairn: " << e.what() << "\n\n" << kUsage;

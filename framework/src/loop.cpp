@@ -31,6 +31,40 @@ Connection Loop::on(Event e, std::function<void(Loop&)> fn, Order order) {
   return bus_.connect(e, std::move(fn), order);
 }
 
+EventFilter every(int64_t n) {
+  if (n <= 0) throw std::invalid_argument("every(n) needs n > 0");
+  return EventFilter{[n](const Loop&, int64_t count) { return count > 0 && count % n == 0; }};
+}
+EventFilter once(int64_t n) {
+  return EventFilter{[n](const Loop&, int64_t count) { return count == n; }};
+}
+EventFilter when(std::function<bool(const Loop&)> predicate) {
+  return EventFilter{[p = std::move(predicate)](const Loop& l, int64_t) { return p(l); }};
+}
+
+int64_t event_count(const Loop& loop, Event e) {
+  const LoopState& st = loop.state();
+  switch (e) {
+    case Event::batch_begin:
+    case Event::after_backward:
+    case Event::before_optimizer_step:
+      return st.global_step + 1;  // the batch being run
+    case Event::batch_end:
+      return st.global_step;
+    default:
+      return st.epoch + 1;
+  }
+}
+
+Connection Loop::on(Event e, EventFilter filter, std::function<void(Loop&)> fn, Order order) {
+  return bus_.connect(
+      e,
+      [e, f = std::move(filter), fn = std::move(fn)](Loop& l) {
+        if (f.accept(l, event_count(l, e))) fn(l);
+      },
+      order);
+}
+
 void Loop::add(std::shared_ptr<Callback> cb) {
   if (!cb) throw std::invalid_argument("Loop::add: null callback");
   for (const auto& c : callbacks_) {

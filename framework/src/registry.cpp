@@ -132,6 +132,60 @@ void register_schedulers(Registry& r) {
       return std::make_shared<StepLR>(*ctx.optimizer, step_size, gamma, interval);
     };
   });
+  r.add_scheduler("multistep", [](ConfigNode& c) {
+    const Interval interval = read_interval(c, "epoch");
+    const auto milestones = c.get_int_list("milestones", std::nullopt, 1);
+    const double gamma = c.get_double("gamma", 0.1, 0.0, 1e308, true);
+    return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      return std::make_shared<MultiStepLR>(*ctx.optimizer, milestones, gamma, interval);
+    };
+  });
+  r.add_scheduler("exponential", [](ConfigNode& c) {
+    const Interval interval = read_interval(c, "epoch");
+    const double gamma = c.get_double("gamma", std::nullopt, 0.0, 1e308, true);
+    return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      return std::make_shared<ExponentialLR>(*ctx.optimizer, gamma, interval);
+    };
+  });
+  r.add_scheduler("linear_warmup", [](ConfigNode& c) {
+    const Interval interval = read_interval(c, "step");
+    const int64_t warmup = c.get_int("warmup_steps", std::nullopt, 1);
+    const double start = c.get_double("start_factor", 0.1, 0.0, 1.0, true);
+    const double end = c.get_double("end_factor", 1.0, 0.0, 1.0, true);
+    return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      return std::make_shared<LinearWarmupLR>(*ctx.optimizer, warmup, start, end, interval);
+    };
+  });
+  r.add_scheduler("one_cycle", [](ConfigNode& c) {
+    const Interval interval = read_interval(c, "step");
+    const auto max_lr = c.get_optional_double("max_lr", 0.0);
+    const double pct = c.get_double("pct_start", 0.3, 0.0, 1.0, true);
+    const double div = c.get_double("div_factor", 25.0, 0.0, 1e308, true);
+    const double final_div = c.get_double("final_div_factor", 1e4, 0.0, 1e308, true);
+    const auto total = c.get_optional_int("total_steps", 2);
+    if (pct >= 1.0) c.fail("pct_start", "expected a number in (0, 1)");
+    return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      const int64_t t = total ? *total
+                              : (interval == Interval::step ? ctx.max_epochs * ctx.steps_per_epoch : ctx.max_epochs);
+      return std::make_shared<OneCycleLR>(*ctx.optimizer, std::max<int64_t>(2, t), max_lr.value_or(0.0), pct, div,
+                                          final_div, interval);
+    };
+  });
+  r.add_scheduler("plateau", [](ConfigNode& c) {
+    ReduceLROnPlateau::Options o;
+    o.monitor = c.get_string("monitor", o.monitor);
+    o.mode = parse_mode(c.get_choice("mode", std::string("min"), {"min", "max"}));
+    o.factor = c.get_double("factor", 0.1, 0.0, 0.999999, true);
+    o.patience = c.get_int("patience", 10, 0);
+    o.threshold = c.get_double("threshold", 1e-4, 0.0);
+    o.relative = c.get_choice("threshold_mode", std::string("rel"), {"rel", "abs"}) == "rel";
+    o.cooldown = c.get_int("cooldown", 0, 0);
+    o.min_lr = c.get_double("min_lr", 0.0, 0.0);
+    c.get_choice("interval", std::string("epoch"), {"epoch"});
+    return [o](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      return std::make_shared<ReduceLROnPlateau>(*ctx.optimizer, o);
+    };
+  });
   r.add_scheduler("cosine", [](ConfigNode& c) {
     const Interval interval = read_interval(c, "step");
     const int64_t warmup = c.get_int("warmup_steps", 0, 0);

@@ -126,23 +126,39 @@ void Trainer::setup() {
   st.batches_per_epoch = (data().train.size() + bs - 1) / bs;
 }
 
+void Trainer::clip_gradients() {
+  const double v = options_.gradient_clip_val();
+  if (v <= 0) return;
+  if (options_.gradient_clip_algorithm() == "value") {
+    torch::nn::utils::clip_grad_value_(model_.module->parameters(), v);
+  } else {
+    torch::nn::utils::clip_grad_norm_(model_.module->parameters(), v);
+  }
+}
+
 void Trainer::train_epoch(EpochSampler& sampler) {
   auto& st = loop_.state();
   const int64_t n = sampler.batches_per_epoch();
+  const int64_t accumulate = std::max<int64_t>(1, options_.accumulate_grad_batches());
   model_.module->train();
   for (int64_t k = st.batch_in_epoch; k < n; ++k) {
     Batch batch = to_device(data().train.gather(sampler.batch_indices(st.epoch, k)));
     st.batch_size = batch.size();
     loop_.batch_begin();
-    optimizer_->zero_grad();
+    if (k % accumulate == 0) optimizer_->zero_grad();
     at::Tensor loss = training_step(batch);
-    loss.backward();
+    (accumulate > 1 ? loss / static_cast<double>(accumulate) : loss).backward();
+    const bool cycle_end = (k + 1) % accumulate == 0 || k + 1 == n;
+    st.accumulating = !cycle_end;
     loop_.after_backward();
-    loop_.before_optimizer_step();
-    optimizer_->step();
-    if (scheduler_ && scheduler_->interval() == Interval::step) scheduler_->step();
+    if (cycle_end) {
+      clip_gradients();
+      loop_.before_optimizer_step();
+      optimizer_->step();
+      if (scheduler_ && scheduler_->interval() == Interval::step) scheduler_->step();
+    }
     loop_.batch_end();
-    if (loop_.should_stop()) return;
+    if (loop_.should_stop() && !st.accumulating) return;
   }
 }
 

@@ -52,6 +52,22 @@ namespace cairn {
 
 class Scheduler;
 
+//! When a filtered slot runs (as Ignite's event filters). The count an event
+//! is compared with is the loop's own: global_step for batch events, completed
+//! epochs (epoch + 1) for epoch and validation events. Counts come from the
+//! loop state, so filters behave the same after a resume.
+//!   loop.on(Event::batch_end, cairn::every(100), log_something);
+//!   loop.on(Event::epoch_end, cairn::once(3), [](cairn::Loop&) { ... });
+//!   loop.on(Event::batch_end, cairn::when([](const cairn::Loop& l) { return l.state().batch_loss > 10; }), warn);
+struct EventFilter {
+  std::function<bool(const Loop&, int64_t count)> accept;
+};
+EventFilter every(int64_t n);
+EventFilter once(int64_t n);
+EventFilter when(std::function<bool(const Loop&)> predicate);
+//! The count `filter`s see for event `e` in the loop's current state.
+int64_t event_count(const Loop& loop, Event e);
+
 //! The user's own key-values, saved with the run: numbers, strings, lists, tensors.
 //!   loop.values().set("n_classes", 1000);  loop.values().get<int64_t>("n_classes");
 class UserValues {
@@ -105,6 +121,8 @@ class Loop {
 
   // --- events and callbacks ------------------------------------------------
   Connection on(Event e, std::function<void(Loop&)> fn, Order order = Order::normal);
+  //! `fn` runs only when `filter` accepts the event's count (see EventFilter).
+  Connection on(Event e, EventFilter filter, std::function<void(Loop&)> fn, Order order = Order::normal);
   EventBus& bus() { return bus_; }
   //! Connects every hook of `cb` in its order group; its state goes into checkpoints
   //! under cb->key(). Adding two callbacks with the same key is an error.

@@ -14,8 +14,8 @@ const char* stage_name(Stage s);
 struct StopRequest {
   bool requested = false;
   std::string reason;     //!< e.g. "early stopping: valid/loss did not improve for 3 checks"
-  bool interrupt = false; //!< true for signals: the run is not finished and will resume
-  int signal = 0;         //!< the signal number for interrupts (SIGTERM, SIGINT)
+  bool interrupt = false; //!< the run is not finished and will resume (signals, max_time)
+  int signal = 0;         //!< the signal number for signal interrupts (SIGTERM, SIGINT); 0 otherwise
 };
 
 struct LoopState {
@@ -28,6 +28,13 @@ struct LoopState {
   bool epoch_finished = false;    //!< true from validation's end until the next epoch begins
   bool finished = false;          //!< the fit completed (max_epochs, or a callback's stop)
   StopRequest stop;
+
+  //! Set when the current state must never be saved (a non-finite loss):
+  //! checkpoint callbacks then keep the last good files.
+  bool invalid_state = false;
+  //! True while gradients of an accumulation cycle are pending (no optimizer
+  //! step yet): the state is not a resume point, so saves and stops wait.
+  bool accumulating = false;
 
   double batch_loss = 0.0;        //!< loss of the latest training batch
   int64_t batch_size = 0;         //!< size of the latest batch

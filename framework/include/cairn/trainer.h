@@ -44,6 +44,14 @@ struct TrainerOptions {
   TORCH_ARG(int64_t, check_val_every_n_epoch) = 1;
   //! Run the test split after fit (when the data has one).
   TORCH_ARG(bool, run_test) = true;
+  //! Clip gradients before each optimizer step (0: off).
+  TORCH_ARG(double, gradient_clip_val) = 0.0;
+  //! "norm" (total 2-norm of all gradients) or "value" (each element).
+  TORCH_ARG(std::string, gradient_clip_algorithm) = "norm";
+  //! Sum gradients over N batches per optimizer step (the loss is divided by
+  //! N). global_step still counts batches; saves and stops happen only at the
+  //! end of a cycle, so resume stays exact.
+  TORCH_ARG(int64_t, accumulate_grad_batches) = 1;
 };
 
 //! How fit() ended.
@@ -111,6 +119,7 @@ class Trainer {
   void run_validation();
   void run_test();
   void train_epoch(EpochSampler& sampler);
+  void clip_gradients();
 
   TrainerOptions options_;
   Loop loop_;

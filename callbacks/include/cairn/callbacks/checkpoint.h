@@ -132,6 +132,8 @@ class Checkpoint : public Callback {
   std::string last_model_path_;                  //!< newest file written
   int64_t monitor_values_seen_ = 0;              //!< monitor series length at the last top-k decision
   int64_t last_saved_step_ = -1;                 //!< global step of the last save
+  bool due_ = false;                             //!< a step save came due mid-accumulation
+  bool warned_invalid_ = false;                  //!< the invalid-state warning was printed
   bool last_saved_epoch_end_ = false;            //!< whether that save was at an epoch's end
   std::chrono::steady_clock::time_point last_save_time_;
   double last_save_seconds_ = 0.0;

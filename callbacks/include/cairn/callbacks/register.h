@@ -1,5 +1,6 @@
 // Registers cairn's callbacks in the Registry under their YAML names:
-// checkpoint, early_stopping, csv_logger, progress_bar.
+// checkpoint, early_stopping, csv_logger, jsonl_logger, tensorboard,
+// lr_monitor, terminate_on_nan, timer, progress_bar.
 #pragma once
 
 namespace cairn {

@@ -1,0 +1,70 @@
+#include "cairn/callbacks/guards.h"
+
+#include "cairn/loop.h"
+
+#include <torch/optim/optimizer.h>
+
+#include <cmath>
+#include <sstream>
+
+namespace cairn {
+
+void TerminateOnNaN::on_batch_end(Loop& loop) {
+  auto& st = loop.state();
+  if (std::isfinite(st.batch_loss)) return;
+  std::ostringstream why;
+  why << "terminate on NaN: the training loss is " << st.batch_loss << " at step " << st.global_step;
+  st.invalid_state = true;
+  st.request_stop(why.str());
+}
+
+Timer::Timer(TimerOptions options) : options_(options) {
+  if (options_.max_time <= 0) throw std::invalid_argument("max_time must be > 0 seconds");
+  start_ = std::chrono::steady_clock::now();
+}
+
+void Timer::on_fit_begin(Loop&) { start_ = std::chrono::steady_clock::now(); }
+
+double Timer::elapsed() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+}
+
+void Timer::check(Loop& loop) {
+  if (loop.state().stop.requested || elapsed() < options_.max_time) return;
+  std::ostringstream why;
+  why << "max_time of " << options_.max_time << " s reached";
+  // Not finished: the run resumes from the checkpoint saved at this point.
+  loop.state().request_interrupt(0, why.str());
+}
+
+LearningRateMonitor::LearningRateMonitor(LearningRateMonitorOptions options) : options_(std::move(options)) {
+  if (options_.logging_interval != "step" && options_.logging_interval != "epoch") {
+    throw std::invalid_argument("logging_interval must be 'step' or 'epoch'");
+  }
+}
+
+void LearningRateMonitor::log(Loop& loop) {
+  size_t groups = 0;
+  for (auto* opt : loop.optimizers()) groups += opt->param_groups().size();
+  size_t g = 0;
+  for (auto* opt : loop.optimizers()) {
+    for (auto& group : opt->param_groups()) {
+      const double lr = group.options().get_lr();
+      if (g == 0) loop.log("train/lr", lr);
+      if (groups > 1) loop.log("train/lr/pg" + std::to_string(g), lr);
+      ++g;
+    }
+  }
+}
+
+void LearningRateMonitor::on_batch_begin(Loop& loop) {
+  // The lr used by the batch about to run, at the step the loop will count for it.
+  const int64_t every = std::max<int64_t>(1, loop.log_every_n_steps());
+  if (options_.logging_interval == "step" && loop.state().global_step % every == 0) log(loop);
+}
+
+void LearningRateMonitor::on_epoch_begin(Loop& loop) {
+  if (options_.logging_interval == "epoch" && loop.state().batch_in_epoch == 0) log(loop);
+}
+
+}  // namespace cairn
