@@ -107,6 +107,16 @@ inline ProcessResult python(const std::string& script, std::vector<std::string> 
   return run(args);
 }
 
+//! Synthetic data (16 features, 4 classes) with 32 validation and 32 test examples.
+inline std::shared_ptr<cairn::SyntheticData> synthetic(int64_t train, int64_t batch) {
+  cairn::SyntheticOptions o;
+  o.train_size = train;
+  o.valid_size = 32;
+  o.test_size = 32;
+  o.batch_size = batch;
+  return std::make_shared<cairn::SyntheticData>(o);
+}
+
 //! A small, fast experiment on real Fashion-MNIST (or synthetic data).
 inline std::string small_config(const std::string& run_dir, const std::string& extra_callbacks = "",
                                 int epochs = 2, int limit_train = 640, const std::string& data = "") {

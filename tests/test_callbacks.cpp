@@ -12,14 +12,7 @@
 using cairn::Event;
 
 namespace {
-std::shared_ptr<cairn::SyntheticData> data(int64_t train = 128, int64_t batch = 16) {
-  cairn::SyntheticOptions o;
-  o.train_size = train;
-  o.valid_size = 32;
-  o.test_size = 32;
-  o.batch_size = batch;
-  return std::make_shared<cairn::SyntheticData>(o);
-}
+std::shared_ptr<cairn::SyntheticData> data(int64_t train = 128, int64_t batch = 16) { return test::synthetic(train, batch); }
 cairn::Model model(double dropout = 0.0) { return cairn::Model::wrap(cairn::make_mlp({{16}, {12}, 4, dropout})); }
 
 // Scripted validation values, one per epoch, for monitor tests.

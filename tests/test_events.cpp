@@ -4,14 +4,7 @@
 using cairn::Event;
 
 namespace {
-std::shared_ptr<cairn::SyntheticData> tiny_data(int64_t train = 64, int64_t batch = 32) {
-  cairn::SyntheticOptions o;
-  o.train_size = train;
-  o.valid_size = 32;
-  o.test_size = 32;
-  o.batch_size = batch;
-  return std::make_shared<cairn::SyntheticData>(o);
-}
+std::shared_ptr<cairn::SyntheticData> tiny_data(int64_t train = 64, int64_t batch = 32) { return test::synthetic(train, batch); }
 
 cairn::Model tiny_model() { return cairn::Model::wrap(cairn::make_mlp({{16}, {8}, 4, 0.0})); }
 
