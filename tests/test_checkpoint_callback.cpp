@@ -302,3 +302,48 @@ TEST_CASE("the background writer runs one job at a time and reports its failure"
   REQUIRE(e != nullptr);
   CHECK_THROWS_WITH(std::rethrow_exception(e), "disk on fire");
 }
+
+TEST_CASE("save_weights_only files hold the model and are skipped by resume") {
+  test::TempDir dir("weights_only");
+  {
+    Scripted s(dir.str());
+    s.loop.add(std::make_shared<cairn::Checkpoint>(cairn::CheckpointOptions(dir / "full").save_top_k(0)));
+    s.loop.add(std::make_shared<cairn::Checkpoint>(
+        cairn::CheckpointOptions(dir / "weights").save_top_k(0).save_weights_only(true).every_n_epochs(1).monitor("valid/acc")));
+    s.epoch(0.5);
+  }
+  const cairn::Value w = cairn::read_checkpoint(dir / "weights/last.ckpt");
+  CHECK(w.at("weights_only").to_bool());
+  CHECK(w.at("state_dict").contains("weight"));
+  CHECK(!w.contains("optimizer_states"));
+  auto model = torch::nn::Linear(4, 2);
+  cairn::load_weights(*model, dir / "weights/last.ckpt");  // fine-tuning from it works
+  cairn::Loop loop;
+  loop.track(*model);
+  CHECK_THROWS_WITH_AS(loop.resume(dir / "weights/last.ckpt"), doctest::Contains("holds weights only"),
+                       cairn::CheckpointError);
+  CHECK(loop.resume(dir / "full").resumed);
+}
+
+namespace {
+struct ThrowsAt : cairn::Trainer {
+  int64_t bad_step;
+  ThrowsAt(cairn::TrainerOptions o, int64_t s) : cairn::Trainer(std::move(o)), bad_step(s) {}
+  at::Tensor training_step(const cairn::Batch& b) override {
+    if (loop().state().global_step + 1 == bad_step) throw std::runtime_error("bad batch");
+    return cairn::Trainer::training_step(b);
+  }
+};
+}  // namespace
+
+TEST_CASE("a step that throws saves last.ckpt (save_on_exception), then the exception propagates") {
+  test::TempDir dir("on_exception");
+  ThrowsAt t(cairn::TrainerOptions().max_epochs(2), 7);
+  t.set_model(cairn::Model::wrap(cairn::make_mlp({{16}, {8}, 4, 0.0}))).set_data(test::synthetic(128, 16));
+  t.loop().set_run_dir(dir.str());
+  t.add_callback(std::make_shared<cairn::Checkpoint>(cairn::CheckpointOptions().every_n_train_steps(100)));
+  CHECK_THROWS_WITH_AS(t.fit(), "bad batch", std::runtime_error);
+  const cairn::Value c = cairn::read_checkpoint(dir / "checkpoints/last.ckpt");
+  CHECK(c.at("global_step").to_int() == 6);
+  CHECK(!c.at("loop").at("finished").to_bool());
+}

@@ -128,3 +128,29 @@ TEST_CASE("SIGTERM saves at the next batch and exits 143; the run then resumes t
   CHECK(final_state(ref).first_difference(final_state(run)) == "");
   CHECK(test::read_file(ref + "/metrics.csv") == test::read_file(run + "/metrics.csv"));
 }
+
+TEST_CASE("a second SIGINT exits at once, without saving") {
+  test::TempDir dir("sigint2");
+  test::write_file(dir / "c.yaml", config(dir / "run"));
+  // Two signals sent back to back would merge into one pending signal, so the
+  // second follows after 1 ms; if the first save and exit beat it, try again.
+  bool seen = false;
+  for (int attempt = 0; attempt < 5 && !seen; ++attempt) {
+    test::remove_tree(dir / "run");
+    const pid_t pid = test::spawn({CAIRN_CLI, "fit", "--config", dir / "c.yaml"}, dir / "log.txt");
+    for (int i = 0; i < 3000 && !test::fs::exists(dir / "run/checkpoints/last.ckpt"); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    ::kill(pid, SIGINT);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ::kill(pid, SIGINT);
+    const int code = test::wait_exit(pid);
+    const std::string log = test::read_file(dir / "log.txt");
+    CHECK(code == 128 + SIGINT);
+    if (log.find("second interrupt, exiting without saving") != std::string::npos) {
+      seen = true;
+      CHECK(log.find("checkpoint saved") == std::string::npos);
+    }
+  }
+  CHECK(seen);
+}

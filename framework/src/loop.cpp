@@ -267,7 +267,10 @@ void load_weights(torch::nn::Module& model, const std::string& path, bool strict
   Value v = read_checkpoint(path, ro);
   if (!v.is_dict()) throw CheckpointError(path + " does not hold a dict of tensors");
   if (const Value* sd = v.find("state_dict")) {
-    if (sd->is_dict()) v = *sd;
+    if (sd->is_dict()) {
+      Value inner = *sd;  // copy first: *sd lives inside v
+      v = std::move(inner);
+    }
   }
   load_model_state(model, v, strict);
 }
@@ -417,6 +420,9 @@ ResumeInfo Loop::resume(const std::string& path) {
     Value c;
     try {
       c = read_checkpoint(file);
+      if (c.is_dict() && c.contains("weights_only")) {
+        throw CheckpointError("checkpoint " + file + " holds weights only (save_weights_only) and cannot resume a run");
+      }
     } catch (const CheckpointError& e) {
       if (!is_dir) throw;
       info.skipped.push_back(e.what());
