@@ -152,6 +152,15 @@ bool Checkpoint::better(double a, double b) const {
 
 void Checkpoint::on_batch_end(Loop& loop) {
   if (writer_.pending() && !writer_.busy()) wait_for_pending(loop);  // report a finished write promptly
+  if (options_.async_save() && !reserved_ && !writer_.pending() && !loop.state().accumulating) {
+    // After the first optimizer step every tensor a checkpoint holds exists (optimizer
+    // state included): allocate the snapshot buffers now, in the background, so the
+    // first save blocks training no longer than the later ones.
+    reserved_ = true;
+    job_is_save_ = false;
+    auto slots = StateSnapshot::layout(loop.make_checkpoint(/*emit_event=*/false));
+    writer_.submit([this, slots = std::move(slots)] { snapshot_.reserve(slots); });
+  }
   bool due = options_.every_n_train_steps() > 0 && loop.state().global_step % options_.every_n_train_steps() == 0;
   if (!due && options_.train_time_interval() > 0) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count();
@@ -202,7 +211,7 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
     wait_for_pending(loop);
     return false;
   }
-  if (writer_.busy() && !force_last_only && options_.on_busy() == "skip") {
+  if (job_is_save_ && writer_.busy() && !force_last_only && options_.on_busy() == "skip") {
     ++skipped_saves_;
     std::cerr << "cairn: warning: skipping the checkpoint at step " << st.global_step
               << ": the previous one is still being written (on_busy: skip)\n";
@@ -298,6 +307,7 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
       Value snap = snapshot_.take(ckpt);
       ckpt = Value();
       before_pending_ = old;
+      job_is_save_ = true;
       writer_.submit([this, snap = std::move(snap), primary, keep_last, to_delete]() {
         write_files(snap, primary, keep_last, to_delete);
       });
@@ -344,6 +354,10 @@ bool Checkpoint::wait_for_pending(Loop& loop) {
 }
 
 void Checkpoint::settle(Loop& loop, std::exception_ptr error) {
+  if (!job_is_save_) {  // the buffer reservation: nothing to settle; a failure only costs speed
+    return;
+  }
+  job_is_save_ = false;
   if (!error) {
     last_save_seconds_ = pending_write_seconds_;
     last_save_bytes_ = pending_write_bytes_;

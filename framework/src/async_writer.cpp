@@ -5,18 +5,47 @@
 
 namespace cairn {
 
+namespace {
+void collect(const Value& v, std::vector<StateSnapshot::Slot>& out) {
+  if (v.is_tensor()) {
+    const at::Tensor& t = v.to_tensor();
+    if (t.defined()) out.push_back({t.sizes().vec(), t.scalar_type(), t.is_cuda()});
+  } else if (v.is_list() || v.is_dict()) {
+    for (const auto& item : v.items()) collect(item, out);
+  }
+}
+}  // namespace
+
+std::vector<StateSnapshot::Slot> StateSnapshot::layout(const Value& v) {
+  std::vector<Slot> out;
+  collect(v, out);
+  return out;
+}
+
+at::Tensor& StateSnapshot::buffer_for(size_t index, const Slot& slot) {
+  if (buffers_.size() <= index) buffers_.resize(index + 1);
+  at::Tensor& buf = buffers_[index];
+  if (!buf.defined() || buf.scalar_type() != slot.dtype || buf.sizes() != at::IntArrayRef(slot.sizes) ||
+      buf.is_pinned() != slot.cuda) {
+    buf = at::empty(slot.sizes, at::TensorOptions().dtype(slot.dtype).pinned_memory(slot.cuda));
+  }
+  return buf;
+}
+
+void StateSnapshot::reserve(const std::vector<Slot>& slots) {
+  for (size_t i = 0; i < slots.size(); ++i) {
+    at::Tensor& buf = buffer_for(i, slots[i]);
+    if (!slots[i].cuda) buf.zero_();  // fault the pages in now (pinned memory already is)
+  }
+}
+
 Value StateSnapshot::copy(const Value& v, bool* any_cuda) {
   switch (v.kind()) {
     case Value::Kind::Tensor: {
       const at::Tensor& src = v.to_tensor();
       if (!src.defined()) return v;
-      at::Tensor& buf = next_ < buffers_.size() ? buffers_[next_] : buffers_.emplace_back();
-      ++next_;
       const bool cuda = src.is_cuda();
-      if (!buf.defined() || buf.scalar_type() != src.scalar_type() || buf.sizes() != src.sizes() ||
-          buf.is_pinned() != cuda) {
-        buf = at::empty(src.sizes(), at::TensorOptions().dtype(src.scalar_type()).pinned_memory(cuda));
-      }
+      at::Tensor& buf = buffer_for(next_++, Slot{src.sizes().vec(), src.scalar_type(), cuda});
       buf.copy_(src, /*non_blocking=*/cuda);
       *any_cuda = *any_cuda || cuda;
       return Value(buf);

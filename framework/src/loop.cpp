@@ -275,7 +275,7 @@ void load_weights(torch::nn::Module& model, const std::string& path, bool strict
   load_model_state(model, v, strict);
 }
 
-Value Loop::make_checkpoint() {
+Value Loop::make_checkpoint(bool emit_event) {
   pending_ = Value::dict();
   Value& c = pending_;
   c.set("format_version", kFormatVersion);
@@ -312,7 +312,7 @@ Value Loop::make_checkpoint() {
   for (const auto& kv : objects_) objects.set(kv.first, kv.second->state_dict());
   loop.set("objects", std::move(objects));
   c.set("loop", std::move(loop));
-  emit(Event::save_checkpoint);
+  if (emit_event) emit(Event::save_checkpoint);
   Value out = std::move(pending_);
   pending_ = Value();
   return out;

@@ -21,12 +21,25 @@ namespace cairn {
 
 class StateSnapshot {
  public:
+  //! Shape, dtype and device of one tensor, in traversal order.
+  struct Slot {
+    std::vector<int64_t> sizes;
+    c10::ScalarType dtype;
+    bool cuda;
+  };
+  //! The tensors `v` holds, as slots (cheap; read on the training thread).
+  static std::vector<Slot> layout(const Value& v);
+  //! Allocates (and touches) buffers for `slots` ahead of the first take(), so
+  //! that save does not pay for page faults or pinning. Safe on another thread
+  //! as long as no take() runs at the same time.
+  void reserve(const std::vector<Slot>& slots);
   //! A copy of `v` whose tensors live in this snapshot's host buffers.
   Value take(const Value& v);
   //! Bytes held in host buffers.
   uint64_t bytes() const;
 
  private:
+  at::Tensor& buffer_for(size_t index, const Slot& slot);
   Value copy(const Value& v, bool* any_cuda);
   std::vector<at::Tensor> buffers_;  //!< reused between takes, matched by position
   size_t next_ = 0;

@@ -199,9 +199,9 @@ class Loop {
   bool should_stop() const { return state_.stop.requested; }
 
   // --- checkpoints -----------------------------------------------------------
-  //! Assembles the full checkpoint dict (emits save_checkpoint first, so
-  //! callbacks can amend pending_checkpoint()).
-  Value make_checkpoint();
+  //! Assembles the full checkpoint dict, with references to the live tensors
+  //! (then emits save_checkpoint, so callbacks can amend pending_checkpoint()).
+  Value make_checkpoint(bool emit_event = true);
   Value& pending_checkpoint() { return pending_; }
   //! Restores everything from a checkpoint dict. Throws CheckpointMismatch.
   void load_checkpoint(const Value& checkpoint, const std::string& source = "");

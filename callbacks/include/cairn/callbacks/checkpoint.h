@@ -144,6 +144,8 @@ class Checkpoint : public Callback {
   double pending_write_seconds_ = 0;   //!< set by the writer thread
   uint64_t pending_write_bytes_ = 0;   //!< set by the writer thread
   StateSnapshot snapshot_;             //!< reused host buffers
+  bool reserved_ = false;              //!< snapshot buffers were allocated ahead of the first save
+  bool job_is_save_ = false;           //!< the background job is a save (not the buffer reservation)
   BackgroundWriter writer_;            //!< at most one write in flight
 };
 
