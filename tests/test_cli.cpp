@@ -107,3 +107,22 @@ TEST_CASE("a different thread count on resume warns that bitwise reproducibility
   CHECK_MESSAGE(r.exit_code == 0, r.output);
   CHECK(r.output.find("written with 1 intra-op thread(s), this run uses 2") != std::string::npos);
 }
+
+TEST_CASE("on a terminal the progress bar redraws one line; in a log it prints plain lines") {
+  test::TempDir dir("tty");
+  test::write_file(dir / "c.yaml",
+                   "name: tty\ndata: {name: synthetic, train_size: 512, batch_size: 16}\nmodel: {name: mlp, hidden: [8]}\n"
+                   "trainer: {max_epochs: 1, log_every_n_steps: 8}\nrun: {dir: " + dir / "run" + "}\n"
+                   "callbacks: [{name: progress_bar, refresh_seconds: 0}]\n");
+  // `script` (util-linux, in every Debian) runs the program on a pseudo-terminal.
+  auto tty = test::run({"/usr/bin/script", "-qfec", std::string(CAIRN_CLI) + " fit --config " + (dir / "c.yaml"), "/dev/null"});
+  REQUIRE_MESSAGE(tty.exit_code == 0, tty.output);
+  CHECK(tty.output.find("\repoch 1/1 [") != std::string::npos);
+  CHECK(tty.output.find("it/s ETA") != std::string::npos);
+  CHECK(tty.output.find("epoch 1/1 step 8/32") == std::string::npos);
+  auto log = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--resume", "never", "--overwrite"});
+  REQUIRE(log.exit_code == 0);
+  CHECK(log.output.find("\r") == std::string::npos);
+  CHECK(log.output.find("epoch 1/1 step 8/32") != std::string::npos);
+  CHECK(log.output.find("epoch 1/1 done in") != std::string::npos);
+}
