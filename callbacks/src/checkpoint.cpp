@@ -161,7 +161,9 @@ void Checkpoint::on_batch_end(Loop& loop) {
     auto slots = StateSnapshot::layout(loop.make_checkpoint(/*emit_event=*/false));
     writer_.submit([this, slots = std::move(slots)] { snapshot_.reserve(slots); });
   }
-  bool due = options_.every_n_train_steps() > 0 && loop.state().global_step % options_.every_n_train_steps() == 0;
+  const bool stepped = !loop.state().accumulating;  // this batch ended with an optimizer step
+  bool due = stepped && options_.every_n_train_steps() > 0 &&
+             loop.state().global_step % options_.every_n_train_steps() == 0;
   if (!due && options_.train_time_interval() > 0) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count();
     due = elapsed >= options_.train_time_interval();

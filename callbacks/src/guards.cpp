@@ -60,7 +60,10 @@ void LearningRateMonitor::log(Loop& loop) {
 void LearningRateMonitor::on_batch_begin(Loop& loop) {
   // The lr used by the batch about to run, at the step the loop will count for it.
   const int64_t every = std::max<int64_t>(1, loop.log_every_n_steps());
-  if (options_.logging_interval == "step" && loop.state().global_step % every == 0) log(loop);
+  // accumulating still describes the previous batch here: false means this batch starts a cycle.
+  if (options_.logging_interval == "step" && !loop.state().accumulating && loop.state().global_step % every == 0) {
+    log(loop);
+  }
 }
 
 void LearningRateMonitor::on_epoch_begin(Loop& loop) {

@@ -89,7 +89,7 @@ void ProgressBar::on_batch_end(Loop& loop) {
     }
   } else {
     const int64_t every = options_.log_every_n_steps > 0 ? options_.log_every_n_steps : loop.log_every_n_steps();
-    if (every > 0 && loop.state().global_step % every == 0) draw(loop, false);
+    if (every > 0 && !loop.state().accumulating && loop.state().global_step % every == 0) draw(loop, false);
   }
 }
 

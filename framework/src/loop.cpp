@@ -60,6 +60,8 @@ Connection Loop::on(Event e, EventFilter filter, std::function<void(Loop&)> fn, 
   return bus_.connect(
       e,
       [e, f = std::move(filter), fn = std::move(fn)](Loop& l) {
+        // Mid gradient-accumulation batches share the step count of the cycle: count them once.
+        if (e == Event::batch_end && l.state().accumulating) return;
         if (f.accept(l, event_count(l, e))) fn(l);
       },
       order);
@@ -154,10 +156,14 @@ void Loop::after_backward() { emit(Event::after_backward); }
 void Loop::before_optimizer_step() { emit(Event::before_optimizer_step); }
 
 void Loop::batch_end() {
-  ++state_.global_step;
   ++state_.batch_in_epoch;
-  if (log_every_n_steps_ > 0 && state_.global_step % log_every_n_steps_ == 0) {
-    for (const auto& kv : step_values_) metrics_.log(kv.first + "_step", kv.second, state_.epoch, state_.global_step);
+  // global_step counts optimizer steps: a batch in the middle of a gradient
+  // accumulation cycle does not advance it.
+  if (!state_.accumulating) {
+    ++state_.global_step;
+    if (log_every_n_steps_ > 0 && state_.global_step % log_every_n_steps_ == 0) {
+      for (const auto& kv : step_values_) metrics_.log(kv.first + "_step", kv.second, state_.epoch, state_.global_step);
+    }
   }
   step_values_.clear();
   check_signals();

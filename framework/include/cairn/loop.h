@@ -179,8 +179,9 @@ class Loop {
   void batch_begin();
   void after_backward();
   void before_optimizer_step();
-  //! Counts the batch (global_step, batch_in_epoch), logs step metrics, emits
-  //! batch_end and turns a pending SIGTERM/SIGINT into a stop request.
+  //! Counts the batch (batch_in_epoch; global_step unless state().accumulating),
+  //! logs step metrics, emits batch_end and turns a pending SIGTERM/SIGINT into
+  //! a stop request.
   void batch_end();
   void validation_begin();
   void validation_batch_end();

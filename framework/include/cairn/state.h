@@ -20,7 +20,7 @@ struct StopRequest {
 
 struct LoopState {
   int64_t epoch = 0;              //!< current epoch, 0-based
-  int64_t global_step = 0;        //!< training batches completed over the whole run
+  int64_t global_step = 0;        //!< optimizer steps over the whole run (= batches without accumulation)
   int64_t batch_in_epoch = 0;     //!< training batches completed in the current epoch
   int64_t max_epochs = 0;         //!< planned epochs (0: unknown)
   int64_t batches_per_epoch = 0;  //!< training batches per epoch (0: unknown)

@@ -49,8 +49,8 @@ struct TrainerOptions {
   //! "norm" (total 2-norm of all gradients) or "value" (each element).
   TORCH_ARG(std::string, gradient_clip_algorithm) = "norm";
   //! Sum gradients over N batches per optimizer step (the loss is divided by
-  //! N). global_step still counts batches; saves and stops happen only at the
-  //! end of a cycle, so resume stays exact.
+  //! N). global_step counts optimizer steps; saves and stops happen only at
+  //! the end of a cycle, so resume stays exact.
   TORCH_ARG(int64_t, accumulate_grad_batches) = 1;
 };
 
