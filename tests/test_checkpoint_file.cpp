@@ -67,9 +67,11 @@ TEST_CASE("corrupt checkpoints are detected, never loaded half-way") {
   const std::string good = dir / "good.ckpt";
   cairn::write_checkpoint(good, sample());
   const std::string bytes = test::read_file(good);
+  REQUIRE(bytes.size() > 1000);
 
   SUBCASE("truncated") {
     test::write_file(dir / "bad.ckpt", bytes.substr(0, bytes.size() / 2));
+    REQUIRE(test::fs::file_size(dir / "bad.ckpt") == bytes.size() / 2);
   }
   SUBCASE("one flipped bit inside the pickled data") {
     std::string b = bytes;
@@ -86,8 +88,14 @@ TEST_CASE("corrupt checkpoints are detected, never loaded half-way") {
     b[pos + 5] = 0x03;
     test::write_file(dir / "bad.ckpt", b);
   }
-  SUBCASE("empty file") { test::write_file(dir / "bad.ckpt", ""); }
-  SUBCASE("not a checkpoint") { test::write_file(dir / "bad.ckpt", "epoch,step\n1,2\n"); }
+  SUBCASE("empty file") {
+    test::write_file(dir / "bad.ckpt", "");
+    REQUIRE(test::fs::file_size(dir / "bad.ckpt") == 0);
+  }
+  SUBCASE("not a checkpoint") {
+    test::write_file(dir / "bad.ckpt", "epoch,step\n1,2\n");
+    REQUIRE(test::fs::file_size(dir / "bad.ckpt") == 15);
+  }
   SUBCASE("a zip without cairn's checksums") {
     // A Python-style file is readable as weights but is not a resumable checkpoint.
     auto r = test::python("save_state_dict.py", {dir / "bad.ckpt", "plain"});
