@@ -238,7 +238,7 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
   if (!force_last_only && k != 0) {
     const std::string path = (fs::path(dirpath_) / (format_filename(loop) + ".ckpt")).string();
     if (!options_.monitor().empty()) {
-      const auto series_len = static_cast<int64_t>(loop.metrics().series(options_.monitor()).size());
+      const auto series_len = static_cast<int64_t>(loop.metrics().count(options_.monitor()));
       const auto value = loop.metrics().last(options_.monitor());
       if (series_len > seen && value && std::isfinite(*value)) {
         seen = series_len;

@@ -17,10 +17,10 @@ std::string EarlyStopping::key() const {
 }
 
 void EarlyStopping::on_epoch_end(Loop& loop) {
-  const auto series = loop.metrics().series(options_.monitor());
-  if (static_cast<int64_t>(series.size()) <= seen_) return;  // no new value: nothing to judge
-  seen_ = static_cast<int64_t>(series.size());
-  const double v = series.back().value;
+  const auto n = static_cast<int64_t>(loop.metrics().count(options_.monitor()));
+  if (n <= seen_) return;  // no new value: nothing to judge
+  seen_ = n;
+  const double v = *loop.metrics().last(options_.monitor());
   const bool lower_better = options_.mode() == Mode::min;
   std::ostringstream why;
   why.precision(6);

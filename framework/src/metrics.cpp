@@ -18,6 +18,7 @@ size_t MetricLog::series_index(const std::string& name) {
   names_.push_back(name);
   index_[name] = i;
   last_row_.emplace_back();
+  counts_.push_back(0);
   return i;
 }
 
@@ -25,6 +26,7 @@ void MetricLog::log(const std::string& name, double value, int64_t epoch, int64_
   const size_t s = series_index(name);
   rows_.push_back(Row{s, MetricPoint{epoch, step, value}});
   last_row_[s] = rows_.size() - 1;
+  ++counts_[s];
 }
 
 void MetricLog::accumulate(const std::string& name, double value, double weight) {
@@ -66,6 +68,11 @@ std::optional<double> MetricLog::last(const std::string& name) const {
   return rows_[*last_row_[it->second]].point.value;
 }
 
+size_t MetricLog::count(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? 0 : counts_[it->second];
+}
+
 std::vector<MetricPoint> MetricLog::series(const std::string& name) const {
   std::vector<MetricPoint> out;
   auto it = index_.find(name);
@@ -103,6 +110,7 @@ void MetricLog::load_state_dict(const Value& state) {
   index_.clear();
   rows_.clear();
   last_row_.clear();
+  counts_.clear();
   size_t total = 0;
   for (const auto& v : state.values()) total += v.at("value").size();
   std::vector<Row> rows(total);
@@ -128,7 +136,10 @@ void MetricLog::load_state_dict(const Value& state) {
     }
   }
   rows_ = std::move(rows);
-  for (size_t i = 0; i < rows_.size(); ++i) last_row_[rows_[i].series] = i;
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    last_row_[rows_[i].series] = i;
+    ++counts_[rows_[i].series];
+  }
 }
 
 Value MetricLog::accumulator_state() const {

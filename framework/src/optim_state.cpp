@@ -57,20 +57,47 @@ std::string kind_of(optim::OptimizerOptions& o) {
   return "unknown";
 }
 
+// Adam and AdamW have separate but identically shaped option and state types.
+template <class Options>
+void adam_options_to(const Options& a, Value& g) {
+  g.set("lr", a.lr());
+  g.set("betas", Value(std::vector<double>{std::get<0>(a.betas()), std::get<1>(a.betas())}));
+  g.set("eps", a.eps());
+  g.set("weight_decay", a.weight_decay());
+  g.set("amsgrad", a.amsgrad());
+}
+
+template <class Options>
+void adam_options_from(const Value& g, Options& a) {
+  const auto b = g.at("betas").to_double_list();
+  a.lr(g.at("lr").to_double()).betas({b.at(0), b.at(1)}).eps(g.at("eps").to_double());
+  a.weight_decay(g.at("weight_decay").to_double()).amsgrad(g.at("amsgrad").to_bool());
+}
+
+template <class State>
+void adam_state_to(const State& a, Value& d) {
+  d.set("step", step_value(a.step()));
+  d.set("exp_avg", a.exp_avg());
+  d.set("exp_avg_sq", a.exp_avg_sq());
+  if (a.max_exp_avg_sq().defined()) d.set("max_exp_avg_sq", a.max_exp_avg_sq());
+}
+
+template <class State, class OptTensor>
+std::unique_ptr<State> adam_state_from(const Value& d, const at::Tensor& p, OptTensor opt_tensor) {
+  auto s = std::make_unique<State>();
+  s->step(step_from(d.at("step")));
+  s->exp_avg(like_param(d.at("exp_avg"), p, "exp_avg"));
+  s->exp_avg_sq(like_param(d.at("exp_avg_sq"), p, "exp_avg_sq"));
+  s->max_exp_avg_sq(opt_tensor("max_exp_avg_sq"));
+  return s;
+}
+
 Value group_options(optim::OptimizerOptions& o) {
   Value g = Value::dict();
   if (auto* a = dynamic_cast<optim::AdamOptions*>(&o)) {
-    g.set("lr", a->lr());
-    g.set("betas", Value(std::vector<double>{std::get<0>(a->betas()), std::get<1>(a->betas())}));
-    g.set("eps", a->eps());
-    g.set("weight_decay", a->weight_decay());
-    g.set("amsgrad", a->amsgrad());
+    adam_options_to(*a, g);
   } else if (auto* w = dynamic_cast<optim::AdamWOptions*>(&o)) {
-    g.set("lr", w->lr());
-    g.set("betas", Value(std::vector<double>{std::get<0>(w->betas()), std::get<1>(w->betas())}));
-    g.set("eps", w->eps());
-    g.set("weight_decay", w->weight_decay());
-    g.set("amsgrad", w->amsgrad());
+    adam_options_to(*w, g);
   } else if (auto* s = dynamic_cast<optim::SGDOptions*>(&o)) {
     g.set("lr", s->lr());
     g.set("momentum", s->momentum());
@@ -99,13 +126,9 @@ Value group_options(optim::OptimizerOptions& o) {
 
 void set_group_options(optim::OptimizerOptions& o, const Value& g) {
   if (auto* a = dynamic_cast<optim::AdamOptions*>(&o)) {
-    const auto b = g.at("betas").to_double_list();
-    a->lr(g.at("lr").to_double()).betas({b.at(0), b.at(1)}).eps(g.at("eps").to_double());
-    a->weight_decay(g.at("weight_decay").to_double()).amsgrad(g.at("amsgrad").to_bool());
+    adam_options_from(g, *a);
   } else if (auto* w = dynamic_cast<optim::AdamWOptions*>(&o)) {
-    const auto b = g.at("betas").to_double_list();
-    w->lr(g.at("lr").to_double()).betas({b.at(0), b.at(1)}).eps(g.at("eps").to_double());
-    w->weight_decay(g.at("weight_decay").to_double()).amsgrad(g.at("amsgrad").to_bool());
+    adam_options_from(g, *w);
   } else if (auto* s = dynamic_cast<optim::SGDOptions*>(&o)) {
     s->lr(g.at("lr").to_double()).momentum(g.at("momentum").to_double());
     s->dampening(g.at("dampening").to_double()).weight_decay(g.at("weight_decay").to_double());
@@ -124,15 +147,9 @@ void set_group_options(optim::OptimizerOptions& o, const Value& g) {
 Value param_state(optim::OptimizerParamState& s) {
   Value d = Value::dict();
   if (auto* a = dynamic_cast<optim::AdamParamState*>(&s)) {
-    d.set("step", step_value(a->step()));
-    d.set("exp_avg", a->exp_avg());
-    d.set("exp_avg_sq", a->exp_avg_sq());
-    if (a->max_exp_avg_sq().defined()) d.set("max_exp_avg_sq", a->max_exp_avg_sq());
+    adam_state_to(*a, d);
   } else if (auto* w = dynamic_cast<optim::AdamWParamState*>(&s)) {
-    d.set("step", step_value(w->step()));
-    d.set("exp_avg", w->exp_avg());
-    d.set("exp_avg_sq", w->exp_avg_sq());
-    if (w->max_exp_avg_sq().defined()) d.set("max_exp_avg_sq", w->max_exp_avg_sq());
+    adam_state_to(*w, d);
   } else if (auto* m = dynamic_cast<optim::SGDParamState*>(&s)) {
     d.set("momentum_buffer", tensor_or_none(m->momentum_buffer()));
   } else if (auto* r = dynamic_cast<optim::RMSpropParamState*>(&s)) {
@@ -153,22 +170,8 @@ std::unique_ptr<optim::OptimizerParamState> make_param_state(const std::string& 
     const Value* v = d.find(k);
     return (v && v->is_tensor()) ? like_param(*v, p, k) : at::Tensor();
   };
-  if (kind == "adam") {
-    auto s = std::make_unique<optim::AdamParamState>();
-    s->step(step_from(d.at("step")));
-    s->exp_avg(like_param(d.at("exp_avg"), p, "exp_avg"));
-    s->exp_avg_sq(like_param(d.at("exp_avg_sq"), p, "exp_avg_sq"));
-    s->max_exp_avg_sq(opt_tensor("max_exp_avg_sq"));
-    return s;
-  }
-  if (kind == "adamw") {
-    auto s = std::make_unique<optim::AdamWParamState>();
-    s->step(step_from(d.at("step")));
-    s->exp_avg(like_param(d.at("exp_avg"), p, "exp_avg"));
-    s->exp_avg_sq(like_param(d.at("exp_avg_sq"), p, "exp_avg_sq"));
-    s->max_exp_avg_sq(opt_tensor("max_exp_avg_sq"));
-    return s;
-  }
+  if (kind == "adam") return adam_state_from<optim::AdamParamState>(d, p, opt_tensor);
+  if (kind == "adamw") return adam_state_from<optim::AdamWParamState>(d, p, opt_tensor);
   if (kind == "sgd") {
     auto s = std::make_unique<optim::SGDParamState>();
     s->momentum_buffer(opt_tensor("momentum_buffer"));

@@ -39,6 +39,8 @@ class MetricLog : public Stateful {
 
   bool has(const std::string& name) const;
   std::optional<double> last(const std::string& name) const;
+  //! Points logged for `name` so far (O(1)).
+  size_t count(const std::string& name) const;
   std::vector<MetricPoint> series(const std::string& name) const;
   const std::vector<std::string>& names() const { return names_; }
   const std::vector<Row>& rows() const { return rows_; }
@@ -62,6 +64,7 @@ class MetricLog : public Stateful {
   std::map<std::string, size_t> index_;
   std::vector<Row> rows_;
   std::vector<std::optional<size_t>> last_row_;  //!< per series: its newest row
+  std::vector<size_t> counts_;                   //!< per series: its number of points
   struct Accumulator { double sum = 0.0; double weight = 0.0; };
   std::vector<std::pair<std::string, Accumulator>> accumulators_;  //!< insertion-ordered
 };
