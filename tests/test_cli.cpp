@@ -75,12 +75,22 @@ TEST_CASE("--resume PATH continues from that file; a missing or corrupt one is e
   test::write_file(dir / "junk.ckpt", "not a checkpoint");
   auto junk = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--resume", dir / "junk.ckpt"});
   CHECK(junk.exit_code == 3);
-  // A finished 1-epoch run resumed with max_epochs 2 trains its second epoch (as Lightning does).
-  auto more = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "trainer.max_epochs=2", "--resume",
-                               run + "/checkpoints/last.ckpt", "--run-dir", dir / "run2"});
+  // More epochs under a cosine schedule whose length came from max_epochs: refused, the
+  // extra epochs would train at lr 0.
+  auto refused = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "trainer.max_epochs=2", "--resume",
+                                  run + "/checkpoints/last.ckpt", "--run-dir", dir / "run2"});
+  CHECK(refused.exit_code == 2);
+  CHECK(refused.output.find("trainer.max_epochs: 1 -> 2") != std::string::npos);
+  CHECK(refused.output.find("scheduler.total_steps") != std::string::npos);
+  // With the schedule's length explicit, a finished 1-epoch run resumed with max_epochs 2
+  // trains its second epoch (as Lightning does), and says at which learning rate.
+  auto more = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "trainer.max_epochs=2", "--set",
+                               "scheduler.total_steps=40", "--resume", run + "/checkpoints/last.ckpt", "--run-dir",
+                               dir / "run2"});
   CHECK_MESSAGE(more.exit_code == 0, more.output);
   CHECK(more.output.find("already finished") == std::string::npos);
   CHECK(more.output.find("resumed from") != std::string::npos);
+  CHECK(more.output.find("; learning rate ") != std::string::npos);
   CHECK(more.output.find("epoch 2/2 done") != std::string::npos);
   CHECK(more.output.find("epoch 1/2 done") == std::string::npos);
 }
@@ -91,8 +101,9 @@ TEST_CASE("a checkpoint that does not match the model is exit 3 listing the diff
   test::write_file(dir / "c.yaml", test::small_config(run, "", 1, 320));
   REQUIRE(test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "trainer.max_epochs=1"}).exit_code == 0);
   // Same run directory, a wider model, more epochs so it is not "finished".
+  // (The config-drift check refuses this first; accepting the change reaches the model check.)
   auto r = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "model.hidden=[48]", "--set",
-                            "trainer.max_epochs=3"});
+                            "trainer.max_epochs=3", "--allow-config-change"});
   CHECK(r.exit_code == 3);
   CHECK(r.output.find("1.weight (checkpoint [32, 784], model [48, 784])") != std::string::npos);
 }
@@ -103,7 +114,7 @@ TEST_CASE("a different thread count on resume warns that bitwise reproducibility
   test::write_file(dir / "c.yaml", test::small_config(run, "", 1, 320));
   REQUIRE(test::cairn_cli({"fit", "--config", dir / "c.yaml"}).exit_code == 0);
   auto r = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "trainer.threads=2", "--set",
-                            "trainer.max_epochs=2"});
+                            "trainer.max_epochs=2", "--set", "scheduler.total_steps=40"});
   CHECK_MESSAGE(r.exit_code == 0, r.output);
   CHECK(r.output.find("written with 1 intra-op thread(s), this run uses 2") != std::string::npos);
 }

@@ -2,6 +2,7 @@
 
 #include "cairn/checkpoint_file.h"
 #include "cairn/loop.h"
+#include "cairn/run_lock.h"
 
 #include <cmath>
 #include <cstdio>
@@ -109,11 +110,30 @@ void Checkpoint::on_fit_begin(Loop& loop) {
   resolve_dir(loop);
   std::error_code ec;
   fs::create_directories(dirpath_, ec);
-  // Temp files left by a process killed mid-write are garbage: the rename never happened.
-  for (const auto& e : fs::directory_iterator(dirpath_, ec)) {
-    if (e.path().extension() == ".tmp") fs::remove(e.path(), ec);
+  loop.lock_directory(dirpath_);  // throws RunLocked when another process trains here
+  // Temp files whose writer is gone are garbage: the rename never happened.
+  // (A live writer's are left alone; with the lock held there should be none.)
+  if (!writer_.pending()) {
+    for (const auto& e : fs::directory_iterator(dirpath_, ec)) {
+      if (e.path().extension() == ".tmp" && temp_file_is_stale(e.path().string(), /*include_self=*/true)) {
+        fs::remove(e.path(), ec);
+      }
+    }
+  }
+  // What is durable now: the file this run resumed from, when it is ours.
+  const ResumeInfo& ri = loop.resume_info();
+  const std::string last = (fs::path(dirpath_) / "last.ckpt").string();
+  if (ri.resumed) {
+    durable_path_ = ri.path;
+    durable_step_ = ri.global_step;
+    if (fs::equivalent(ri.path, last, ec)) last_good_ = true;
   }
   last_save_time_ = std::chrono::steady_clock::now();
+}
+
+std::string Checkpoint::durable_text() const {
+  if (durable_path_.empty()) return "there is no durable checkpoint of this run yet";
+  return "the newest durable checkpoint is " + durable_path_ + " (global step " + std::to_string(durable_step_) + ")";
 }
 
 std::string Checkpoint::format_filename(const Loop& loop) const {
@@ -182,28 +202,52 @@ void Checkpoint::on_epoch_end(Loop& loop) {
 
 void Checkpoint::on_fit_end(Loop& loop) {
   // An interrupted run saves where it stopped; a finished one records that it finished.
-  // Either way nothing is left in flight when fit() returns.
-  if (loop.state().stop.interrupt || loop.state().finished) save(loop, /*force_last_only=*/true);
-  wait_for_pending(loop);
+  // Either way nothing is left in flight when fit() returns, and a failure is loud.
+  bool ok = true;
+  if (loop.state().stop.interrupt || loop.state().finished) ok = save(loop, /*force_last_only=*/true);
+  ok = wait_for_pending(loop) && ok;
+  if (!ok && !last_error_.empty()) report_failure(loop, last_error_);
+}
+
+void Checkpoint::report_failure(Loop& loop, const std::string& what) {
+  std::string& slot = loop.state().final_save_error;
+  if (!slot.empty()) return;  // the first failing saver's message stands
+  slot = "the run's final checkpoint was not saved (" + what + "); " + durable_text();
+  std::cerr << "cairn: error: " << slot << "\n";
 }
 
 void Checkpoint::on_exception(Loop& loop) {
-  if (!options_.save_on_exception()) {
+  resolve_dir(loop);
+  const auto& st = loop.state();
+  if (st.dirty || !options_.save_on_exception()) {
     wait_for_pending(loop);
+    std::cerr << "cairn: a step threw"
+              << (st.dirty ? " in the middle of an optimizer step (that state cannot be saved)" : "")
+              << "; a resume continues from " << durable_text() << "\n";
     return;
   }
   try {
-    resolve_dir(loop);
-    std::cerr << "cairn: a step threw; saving " << (fs::path(dirpath_) / "last.ckpt").string() << "\n";
-    save(loop, /*force_last_only=*/true);
+    std::cerr << "cairn: a step threw; saving the state of the last batch boundary (epoch " << st.resume_epoch()
+              << ", batch " << st.resume_batch() << ", global step " << st.global_step << ") to "
+              << (fs::path(dirpath_) / "last.ckpt").string() << "\n";
+    if (save(loop, /*force_last_only=*/true) && wait_for_pending(loop)) {
+      std::cerr << "cairn: a resume continues from global step " << st.global_step << "\n";
+    } else {
+      report_failure(loop, last_error_.empty() ? "the save after the exception failed" : last_error_);
+    }
   } catch (const std::exception& e) {
-    std::cerr << "cairn: could not save after the exception: " << e.what() << "\n";
+    report_failure(loop, e.what());
   }
 }
 
 bool Checkpoint::save(Loop& loop, bool force_last_only) {
   resolve_dir(loop);
   const auto& st = loop.state();
+  last_error_.clear();
+  if (st.dirty) {
+    wait_for_pending(loop);
+    return false;
+  }
   if (st.invalid_state) {
     if (!warned_invalid_) {
       std::cerr << "cairn: warning: not saving a checkpoint of an invalid state (" << st.stop.reason
@@ -310,6 +354,8 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
       ckpt = Value();
       before_pending_ = old;
       job_is_save_ = true;
+      pending_path_ = keep_last ? last : primary;
+      pending_step_ = st.global_step;
       writer_.submit([this, snap = std::move(snap), primary, keep_last, to_delete]() {
         write_files(snap, primary, keep_last, to_delete);
       });
@@ -317,9 +363,12 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
       write_files(ckpt, primary, keep_last, to_delete);
       last_save_seconds_ = pending_write_seconds_;
       last_save_bytes_ = pending_write_bytes_;
+      durable_path_ = keep_last ? last : primary;
+      durable_step_ = st.global_step;
     }
   } catch (const std::exception& e) {
     set_book(old);
+    last_error_ = e.what();
     std::cerr << "cairn: warning: checkpoint not saved: " << e.what() << "\n";
     if (options_.on_error() == "stop") {
       loop.state().request_stop(std::string("checkpoint write failed: ") + e.what());
@@ -337,12 +386,29 @@ void Checkpoint::write_files(const Value& ckpt, const std::string& primary, bool
                              const std::vector<std::string>& to_delete) {
   const std::string last = (fs::path(dirpath_) / "last.ckpt").string();
   std::error_code ec;
-  if (keep_last && fs::exists(last, ec)) atomic_link(last, (fs::path(dirpath_) / "last.prev.ckpt").string());
-  const WriteStats stats = write_checkpoint(primary, ckpt);
+  // Only a last.ckpt known to be good becomes the fallback: a damaged or
+  // foreign one is overwritten below, and the existing last.prev stays.
+  if (keep_last && last_good_ && fs::exists(last, ec)) atomic_link(last, (fs::path(dirpath_) / "last.prev.ckpt").string());
+  WriteStats stats;
+  std::vector<std::string> deleted;
+  try {
+    stats = write_checkpoint(primary, ckpt);
+  } catch (const CheckpointWriteError& e) {
+    if (!e.no_space()) throw;
+    // Disk full: free what the retention policy drops after this save anyway, then retry once.
+    for (const auto& f : to_delete) {
+      if (f != primary && fs::remove(f, ec)) deleted.push_back(f);
+    }
+    std::cerr << "cairn: warning: " << e.what() << "; freed " << deleted.size()
+              << " file(s) that the retention policy drops anyway, retrying once\n";
+    if (deleted.empty()) throw;
+    stats = write_checkpoint(primary, ckpt);
+  }
   // last.ckpt and the top-k list change only once the new file is durable.
   if (keep_last && primary != last) atomic_link(primary, last);
+  if (keep_last) last_good_ = true;
   for (const auto& f : to_delete) {
-    if (f != primary) fs::remove(f, ec);
+    if (f != primary && std::find(deleted.begin(), deleted.end(), f) == deleted.end()) fs::remove(f, ec);
   }
   pending_write_seconds_ = stats.seconds;
   pending_write_bytes_ = stats.bytes;
@@ -363,6 +429,8 @@ void Checkpoint::settle(Loop& loop, std::exception_ptr error) {
   if (!error) {
     last_save_seconds_ = pending_write_seconds_;
     last_save_bytes_ = pending_write_bytes_;
+    durable_path_ = pending_path_;
+    durable_step_ = pending_step_;
     return;
   }
   set_book(before_pending_);
@@ -370,6 +438,7 @@ void Checkpoint::settle(Loop& loop, std::exception_ptr error) {
   try {
     std::rethrow_exception(error);
   } catch (const std::exception& e) {
+    last_error_ = e.what();
     std::cerr << "cairn: warning: checkpoint not saved: " << e.what() << "\n";
     if (options_.on_error() == "stop") loop.state().request_stop(std::string("checkpoint write failed: ") + e.what());
   }

@@ -2,6 +2,8 @@
 // container (PyTorch's own stream writer/reader), checksums, atomic writes.
 #include "cairn/checkpoint_file.h"
 
+#include "cairn/run_lock.h"
+
 #include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 #define XXH_INLINE_ALL  // header-only: no library to link or carry
@@ -560,10 +562,11 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
   std::vector<at::Tensor> tensors;
   const std::string pkl = pickle::dumps(root, &tensors);
 
-  const std::string tmp = path + ".tmp";
+  const std::string tmp = unique_temp_name(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
-    throw CheckpointWriteError("cannot create " + tmp + ": " + errno_text(errno));
+    const int e = errno;
+    throw CheckpointWriteError("cannot create " + tmp + ": " + errno_text(e), e);
   }
   FdSink sink(fd);
   std::string checksums = std::string(kChecksumHeader) + "\n";
@@ -607,13 +610,14 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
   if (::close(fd) != 0 && !err) err = errno;
   if (err || !zip_error.empty()) {
     ::unlink(tmp.c_str());
-    throw CheckpointWriteError("writing " + path + " failed: " +
-                               (err ? errno_text(err) : zip_error) + " (previous file, if any, is intact)");
+    throw CheckpointWriteError("writing " + path + " failed: " + (err ? errno_text(err) : zip_error) +
+                                   " (previous file, if any, is intact)",
+                               err);
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int e = errno;
     ::unlink(tmp.c_str());
-    throw CheckpointWriteError("renaming " + tmp + " to " + path + " failed: " + errno_text(e));
+    throw CheckpointWriteError("renaming " + tmp + " to " + path + " failed: " + errno_text(e), e);
   }
   fsync_directory(dir.string());
   WriteStats stats;
@@ -623,19 +627,21 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
 }
 
 void atomic_link(const std::string& source, const std::string& target) {
-  const std::string tmp = target + ".tmp";
-  ::unlink(tmp.c_str());
+  const std::string tmp = unique_temp_name(target);
   if (::link(source.c_str(), tmp.c_str()) != 0) {
     std::error_code ec;
     fs::copy_file(source, tmp, fs::copy_options::overwrite_existing, ec);
-    if (ec) throw CheckpointWriteError("cannot link or copy " + source + " to " + tmp + ": " + ec.message());
+    if (ec) {
+      ::unlink(tmp.c_str());
+      throw CheckpointWriteError("cannot link or copy " + source + " to " + tmp + ": " + ec.message(), ec.value());
+    }
     const int fd = ::open(tmp.c_str(), O_RDONLY);
     if (fd >= 0) { ::fsync(fd); ::close(fd); }
   }
   if (::rename(tmp.c_str(), target.c_str()) != 0) {
     const int e = errno;
     ::unlink(tmp.c_str());
-    throw CheckpointWriteError("renaming " + tmp + " to " + target + " failed: " + errno_text(e));
+    throw CheckpointWriteError("renaming " + tmp + " to " + target + " failed: " + errno_text(e), e);
   }
   const fs::path t(target);
   fsync_directory(t.has_parent_path() ? t.parent_path().string() : ".");
@@ -733,6 +739,10 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
   auto pkl = get("data.pkl");
   const char* pdata = static_cast<const char*>(std::get<0>(pkl).get());
   StorageLoader loader = [&](const std::string& key, c10::ScalarType t, int64_t numel) {
+    if (options.header_only) {
+      // Shape and dtype only: a storage with no memory behind it.
+      return at::empty({numel}, at::TensorOptions().dtype(t).device(at::kMeta));
+    }
     auto rec = get("data/" + key);
     const size_t elem = c10::elementSize(t);
     if (std::get<1>(rec) < static_cast<size_t>(numel) * elem) throw corrupt("storage " + key + " is short");
@@ -752,6 +762,7 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
     throw corrupt(std::string("malformed content: ") + e.what());
   }
   check_pending();
+  if (options.header_only) return root;
   if (has_checksums && verified + 0 < expected.size()) {
     // Records listed but never referenced (e.g. byteorder): verify them too.
     for (const auto& kv : expected) {
@@ -762,4 +773,10 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
   return root;
 }
 
+}  // namespace cairn
+
+namespace cairn {
+bool CheckpointWriteError::no_space() const {
+  return error_number_ == ENOSPC || error_number_ == EDQUOT || error_number_ == EFBIG;
+}
 }  // namespace cairn

@@ -1,9 +1,12 @@
 #include "cairn/cli.h"
 
 #include "cairn/checkpoint_file.h"
+#include "cairn/config_drift.h"
 #include "cairn/experiment.h"
 #include "cairn/loop.h"
+#include "cairn/optim_state.h"
 #include "cairn/report.h"
+#include "cairn/run_lock.h"
 #include "cairn/signals.h"
 
 #include <torch/torch.h>
@@ -20,12 +23,14 @@ namespace cairn {
 namespace fs = std::filesystem;
 
 namespace {
-constexpr int kExitOk = 0, kExitError = 1, kExitUsage = 2, kExitCheckpoint = 3;
+// The documented exit codes (README, "Exit codes").
+constexpr int kExitOk = 0, kExitError = 1, kExitUsage = 2, kExitCheckpoint = 3, kExitLocked = 4,
+              kExitNotSaved = 5;
 
 const char* kUsage =
     "usage:\n"
     "  cairn fit --config FILE [--set dotted.key=value]... [--run-dir DIR]\n"
-    "            [--resume auto|never|PATH] [--overwrite]\n"
+    "            [--resume auto|never|PATH] [--overwrite] [--allow-config-change]\n"
     "  cairn print-config --config FILE [--set dotted.key=value]...\n"
     "  cairn inspect CHECKPOINT [--json]\n"
     "  cairn report RUN_DIR|CHECKPOINT [--out report.html]\n"
@@ -34,8 +39,12 @@ const char* kUsage =
     "fit trains the experiment in FILE. --resume auto (the default) continues from\n"
     "the newest checkpoint in the run directory that verifies; never starts fresh\n"
     "(refusing to overwrite an existing run's checkpoints without --overwrite);\n"
-    "PATH resumes from that file. Exit codes: 0 done, 2 bad usage/config,\n"
-    "3 unusable checkpoint, 128+N stopped by signal N (a checkpoint was saved).\n";
+    "PATH resumes from that file. A resume whose config changes the model, the\n"
+    "data, the sample order or the schedule is refused unless\n"
+    "--allow-config-change is given. Exit codes: 0 done, 1 unexpected error,\n"
+    "2 bad usage/config (or a refused config change), 3 unusable checkpoint,\n"
+    "4 the run directory is in use by another process, 5 the final checkpoint\n"
+    "could not be saved, 128+N stopped by signal N (a checkpoint was saved).\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -48,6 +57,7 @@ struct Args {
   std::string run_dir;
   std::string resume = "auto";
   bool overwrite = false;
+  bool allow_config_change = false;
   bool json = false;
   std::string out;
   std::vector<std::string> positional;
@@ -80,6 +90,8 @@ Args parse_args(int argc, char** argv) {
       a.out = value("--out");
     } else if (arg == "--overwrite") {
       a.overwrite = true;
+    } else if (arg == "--allow-config-change") {
+      a.allow_config_change = true;
     } else if (arg == "--json") {
       a.json = true;
     } else if (!arg.empty() && arg[0] == '-') {
@@ -175,9 +187,9 @@ int cmd_inspect(const Args& a) {
     }
     o << "], \"metrics\": {";
     for (size_t i = 0; i < metrics.keys().size(); ++i) {
-      const Value& values = metrics.values()[i].at("value");
+      const auto values = metrics.values()[i].at("value").to_double_list();
       o << (i ? ", " : "") << json_escape(metrics.keys()[i].to_string()) << ": {\"length\": " << values.size()
-        << ", \"last\": " << (values.size() ? json_number(values.items().back().to_double()) : "null") << "}";
+        << ", \"last\": " << (values.size() ? json_number(values.back()) : "null") << "}";
     }
     o << "}}";
     std::cout << o.str() << "\n";
@@ -196,10 +208,10 @@ int cmd_inspect(const Args& a) {
   }
   std::cout << "metrics      " << metrics.keys().size() << "\n";
   for (size_t i = 0; i < metrics.keys().size(); ++i) {
-    const Value& values = metrics.values()[i].at("value");
+    const auto values = metrics.values()[i].at("value").to_double_list();
     char buf[200];
     std::snprintf(buf, sizeof buf, "  %-22s %6zu values  last %s\n", metrics.keys()[i].to_string().c_str(),
-                  values.size(), values.size() ? json_number(values.items().back().to_double()).c_str() : "-");
+                  values.size(), values.size() ? json_number(values.back()).c_str() : "-");
     std::cout << buf;
   }
   return kExitOk;
@@ -214,20 +226,11 @@ int cmd_report(const Args& a) {
   if (fs::is_directory(target, ec)) {
     std::string dir = (fs::path(target) / "checkpoints").string();
     if (!fs::is_directory(dir, ec)) dir = target;
-    const auto files = list_checkpoints(dir);
-    if (files.empty()) throw CheckpointError("no checkpoint in " + dir);
-    bool found = false;
-    for (const auto& f : files) {
-      try {
-        c = read_checkpoint(f);
-        source = f;
-        found = true;
-        break;
-      } catch (const CheckpointError& e) {
-        std::cerr << "cairn: warning: skipping " << e.what() << "\n";
-      }
-    }
-    if (!found) throw CheckpointError("no usable checkpoint in " + dir);
+    CheckpointChoice choice = newest_checkpoint(dir);
+    for (const auto& r : choice.rejected) std::cerr << "cairn: warning: skipping " << r.second << "\n";
+    if (!choice.found) throw CheckpointError("no usable checkpoint in " + dir);
+    c = std::move(choice.checkpoint);
+    source = choice.path;
   } else {
     c = read_checkpoint(target);
   }
@@ -253,18 +256,51 @@ std::string checkpoint_dir_of(Trainer& t) {
   return (fs::path(t.loop().run_dir()) / "checkpoints").string();
 }
 
+//! Refuses a resume whose config changes what the checkpoint means (exit 2),
+//! unless --allow-config-change; safe changes are listed as notes.
+void check_config_drift(Loop& loop, const Value& saved, const Value& current, const std::string& path,
+                        const std::string& config_file, bool allow) {
+  const auto changes = diff_configs(saved, current);
+  std::vector<const ConfigChange*> unsafe;
+  for (const auto& c : changes) {
+    if (!c.safe) unsafe.push_back(&c);
+  }
+  for (const auto& c : changes) {
+    if (c.safe) std::cerr << "cairn: note: config change on resume: " << c.line() << "\n";
+  }
+  if (unsafe.empty()) return;
+  if (!allow) {
+    std::ostringstream os;
+    os << "the config differs from the one " << path << " was trained with, in keys that change what it means:";
+    for (const auto* c : unsafe) os << "\n  " << c->line() << "   (" << c->why << ")";
+    os << "\nrevert them, train in a new --run-dir, or pass --allow-config-change to continue anyway"
+          " (the change is recorded in the checkpoint)";
+    throw ConfigError(config_file, "", os.str());
+  }
+  for (const auto* c : unsafe) {
+    std::cerr << "cairn: warning: config change accepted (--allow-config-change): " << c->line() << " (" << c->why
+              << ")\n";
+    loop.add_resume_warning("config change accepted with --allow-config-change: " + c->line());
+  }
+}
+
 int cmd_fit(const Args& a) {
   if (a.config.empty()) throw UsageError("fit needs --config FILE");
   if (a.resume.empty()) throw UsageError("--resume needs auto, never or a checkpoint path");
   ExperimentSpec spec = parse_experiment(a.config, a.sets);
   const std::string run_dir = a.run_dir.empty() ? spec.run_dir : a.run_dir;
+  // One owner per run: refuse at once, before loading data or touching a file.
+  std::shared_ptr<RunLock> lock = RunLock::acquire(run_dir);
   signals::install();
   std::unique_ptr<Trainer> trainer = build_trainer(spec, run_dir);
   const std::string ckpt_dir = checkpoint_dir_of(*trainer);
   std::error_code ec;
-  fs::create_directories(run_dir, ec);
-  if (ec) throw UsageError("cannot create the run directory " + run_dir + ": " + ec.message());
 
+  const Value current = yaml_to_value(spec.resolved());
+  trainer->loop().set_resume_check([&](const Value& ckpt, const std::string& path) {
+    const Value* hp = ckpt.find("hyper_parameters");
+    if (hp && hp->is_dict() && hp->size() > 0) check_config_drift(trainer->loop(), *hp, current, path, a.config, a.allow_config_change);
+  });
   if (a.resume == "never") {
     const auto existing = list_checkpoints(ckpt_dir);
     if (!existing.empty()) {
@@ -281,30 +317,37 @@ int cmd_fit(const Args& a) {
     trainer->resume_from(a.resume);
   }
 
-  // The resolved config: warn when a resumed run's config changed.
+  // config.yaml is rewritten only once the resume (and its drift check) passed.
   const std::string config_path = (fs::path(run_dir) / "config.yaml").string();
   const std::string resolved = yaml_to_string(spec.resolved());
-  {
-    std::ifstream old(config_path);
-    std::stringstream prev;
-    prev << old.rdbuf();
-    if (old && a.resume != "never" && !prev.str().empty() && prev.str() != resolved) {
-      std::cerr << "cairn: note: the config differs from the one in " << config_path << "; writing the new one\n";
-    }
-    std::ofstream out(config_path);
-    out << resolved;
-  }
-
-  trainer->loop().on(Event::fit_begin, [&trainer](Loop&) {
+  trainer->loop().on(Event::fit_begin, [&](Loop& loop) {
+    std::ofstream(config_path) << resolved;
     const ResumeInfo& ri = trainer->resume_info();
-    if (ri.resumed) {
-      std::cout << "cairn: resumed from " << ri.path << " at epoch " << ri.epoch << ", batch " << ri.batch_in_epoch
-                << ", step " << ri.global_step << "\n";
+    if (!ri.resumed) return;
+    std::ostringstream lrs;
+    bool zero = false;
+    for (auto* o : loop.optimizers()) {
+      for (auto& g : o->param_groups()) {
+        const double lr = g.options().get_lr();
+        lrs << (lrs.tellp() > 0 ? ", " : "") << lr;
+        zero = zero || lr == 0.0;
+      }
+    }
+    std::cout << "cairn: resumed from " << ri.path << " at epoch " << ri.epoch << ", batch " << ri.batch_in_epoch
+              << ", step " << ri.global_step << "; learning rate " << lrs.str() << "\n";
+    if (zero) {
+      std::cerr << "cairn: warning: the run continues at learning rate 0 (its schedule has ended); the weights will "
+                   "not change. Set scheduler.total_steps (or a new schedule with --allow-config-change) to train on\n";
     }
   }, Order::producer);
   std::cout << "cairn: run '" << spec.name << "' in " << run_dir << " (threads " << torch::get_num_threads()
             << ", device " << trainer->options().device() << ")\n";
   const FitResult r = trainer->fit();
+  if (!r.save_error.empty()) {
+    std::cerr << "cairn: the run is NOT saved where it stopped (epoch " << r.epochs_completed << ", step "
+              << r.global_step << "): " << r.save_error << "\n";
+    return kExitNotSaved;
+  }
   if (r.already_finished) {
     std::cout << "cairn: this run already finished" << (r.stop_reason.empty() ? "" : " (" + r.stop_reason + ")")
               << "; nothing to do\n";
@@ -352,6 +395,9 @@ int cli_main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "cairn: " << e.what() << "\n\n" << kUsage;
     return kExitUsage;
+  } catch (const RunLocked& e) {
+    std::cerr << "cairn: " << e.what() << "\n";
+    return kExitLocked;
   } catch (const ConfigError& e) {
     std::cerr << "cairn: config error: " << e.what() << "\n";
     return kExitUsage;

@@ -100,7 +100,11 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   torch::manual_seed(spec.seed);
   ctx.data = spec.data(ctx);
   ctx.data->setup();
-  ctx.steps_per_epoch = (ctx.data->train.size() + ctx.data->batch_size - 1) / ctx.data->batch_size;
+  // Step-interval schedules count optimizer steps: one per accumulation cycle
+  // (the epoch's last, possibly short, cycle steps too).
+  const int64_t batches = (ctx.data->train.size() + ctx.data->batch_size - 1) / ctx.data->batch_size;
+  const int64_t accumulate = std::max<int64_t>(1, spec.trainer.accumulate_grad_batches());
+  ctx.steps_per_epoch = (batches + accumulate - 1) / accumulate;
   ctx.model = spec.model(ctx);
   if (spec.init_from) load_weights(*ctx.model.module, *spec.init_from, true);
   ctx.model.module->to(resolve_device(spec.trainer.device()));

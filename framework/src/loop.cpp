@@ -3,6 +3,7 @@
 #include "cairn/checkpoint_file.h"
 #include "cairn/optim_state.h"
 #include "cairn/rng.h"
+#include "cairn/run_lock.h"
 #include "cairn/schedulers.h"
 #include "cairn/signals.h"
 
@@ -22,7 +23,8 @@ namespace cairn {
 
 namespace fs = std::filesystem;
 
-constexpr int64_t kFormatVersion = 1;
+// 2: metric series are 1-D tensors (1: lists). Both are read.
+constexpr int64_t kFormatVersion = 2;
 
 Loop::Loop() = default;
 Loop::~Loop() = default;
@@ -102,6 +104,12 @@ void Loop::track(torch::optim::Optimizer& optimizer) {
   for (auto* o : optimizers_) {
     if (o == &optimizer) return;
   }
+  if (optimizer_kind(optimizer) == "unknown") {
+    throw std::invalid_argument(std::string("Loop::track: cairn cannot save the state of this optimizer (") +
+                                typeid(optimizer).name() +
+                                "); supported: SGD, Adam, AdamW, RMSprop, Adagrad. Save its state yourself through "
+                                "track(key, Stateful&) instead");
+  }
   optimizers_.push_back(&optimizer);
 }
 void Loop::track(Scheduler& scheduler) {
@@ -130,14 +138,17 @@ void Loop::log(const std::string& name, double value) {
 }
 
 void Loop::log_step(const std::string& name, double value, double weight) {
+  if (name == loss_metric_ && state_.stage == Stage::train) state_.batch_loss = value;
   metrics_.accumulate(name, value, weight);
   step_values_.emplace_back(name, value);
 }
 
 void Loop::fit_begin() {
   state_.stop = StopRequest{};
+  state_.dirty = false;
   check_signals();
   emit(Event::fit_begin);
+  mark_boundary();
 }
 
 void Loop::epoch_begin() {
@@ -149,11 +160,17 @@ void Loop::epoch_begin() {
 void Loop::batch_begin() {
   state_.stage = Stage::train;
   step_values_.clear();
+  if (phase_ == Phase::at_boundary) phase_ = Phase::in_step;
   emit(Event::batch_begin);
 }
 
 void Loop::after_backward() { emit(Event::after_backward); }
-void Loop::before_optimizer_step() { emit(Event::before_optimizer_step); }
+void Loop::before_optimizer_step() {
+  // From here on the parameters change: an exception can no longer be rolled back.
+  phase_ = Phase::stepped;
+  optimizer_hook_seen_ = true;
+  emit(Event::before_optimizer_step);
+}
 
 void Loop::batch_end() {
   ++state_.batch_in_epoch;
@@ -168,11 +185,15 @@ void Loop::batch_end() {
   step_values_.clear();
   check_signals();
   emit(Event::batch_end);
+  if (!state_.accumulating) mark_boundary();
 }
 
 void Loop::validation_begin() {
-  state_.stage = Stage::validate;
   metrics_.reset_accumulators("valid");
+  // The training part of the epoch is done: a resume point (it re-runs validation).
+  if (phase_ == Phase::at_boundary) mark_boundary();
+  phase_ = Phase::in_step;
+  state_.stage = Stage::validate;
   emit(Event::validation_begin);
 }
 void Loop::validation_batch_end() { emit(Event::validation_batch_end); }
@@ -181,6 +202,8 @@ void Loop::validation_end() {
   check_signals();
   emit(Event::validation_end);
   state_.stage = Stage::train;
+  // Until epoch_end, an epoch-interval scheduler may step: no roll-back past here.
+  phase_ = Phase::stepped;
 }
 
 void Loop::epoch_end() {
@@ -191,11 +214,14 @@ void Loop::epoch_end() {
   state_.epoch += 1;
   state_.batch_in_epoch = 0;
   state_.epoch_finished = false;
+  mark_boundary();
 }
 
 void Loop::test_begin() {
-  state_.stage = Stage::test;
   metrics_.reset_accumulators("test");
+  if (phase_ == Phase::at_boundary) mark_boundary();
+  phase_ = Phase::in_step;
+  state_.stage = Stage::test;
   emit(Event::test_begin);
 }
 void Loop::test_batch_end() { emit(Event::test_batch_end); }
@@ -203,17 +229,89 @@ void Loop::test_end() {
   metrics_.flush("test", state_.epoch, state_.global_step);
   emit(Event::test_end);
   state_.stage = Stage::idle;
+  mark_boundary();
 }
 
 void Loop::fit_end() {
   if (!state_.stop.interrupt) state_.finished = true;
   state_.stage = Stage::idle;
   emit(Event::fit_end);
+  locks_.clear();
 }
 
 void Loop::exception(std::exception_ptr e) {
   current_exception_ = e;
+  state_.dirty = !roll_back_to_boundary();
   emit(Event::exception);
+  locks_.clear();
+}
+
+void Loop::mark_boundary() {
+  Boundary& b = boundary_;
+  b.valid = true;
+  b.epoch = state_.epoch;
+  b.global_step = state_.global_step;
+  b.batch_in_epoch = state_.batch_in_epoch;
+  b.epoch_finished = state_.epoch_finished;
+  b.stage = state_.stage;
+  b.rng = capture_rng_states(generators_);
+  b.accumulators = metrics_.accumulator_state();
+  b.values = values_.raw();
+  b.metric_rows = metrics_.size();
+  b.buffers.clear();
+  if (model_) {
+    for (const auto& buf : model_->named_buffers(true)) b.buffers.push_back(buf.value().detach().clone());
+  }
+  phase_ = Phase::at_boundary;
+}
+
+bool Loop::roll_back_to_boundary() {
+  if (phase_ == Phase::at_boundary && !boundary_.valid) return true;  // nothing ran yet
+  if (!boundary_.valid || phase_ == Phase::stepped) return false;
+  // In a hand-written loop that never calls before_optimizer_step(), an
+  // optimizer step is invisible: a training-stage exception cannot be trusted.
+  if (phase_ == Phase::in_step && state_.stage == Stage::train && !optimizer_hook_seen_ && !optimizers_.empty()) {
+    return false;
+  }
+  const Boundary& b = boundary_;
+  if (model_) {
+    auto buffers = model_->named_buffers(true);
+    if (buffers.size() != b.buffers.size()) return false;
+    torch::NoGradGuard no_grad;
+    size_t i = 0;
+    for (auto& buf : buffers) buf.value().copy_(b.buffers[i++]);
+  }
+  restore_rng_states(b.rng, generators_);
+  metrics_.load_accumulator_state(b.accumulators);
+  metrics_.truncate(b.metric_rows);
+  values_.load(b.values);
+  step_values_.clear();
+  state_.epoch = b.epoch;
+  state_.global_step = b.global_step;
+  state_.batch_in_epoch = b.batch_in_epoch;
+  state_.epoch_finished = b.epoch_finished;
+  state_.stage = b.stage;
+  state_.accumulating = false;
+  phase_ = Phase::at_boundary;
+  return true;
+}
+
+void Loop::add_resume_warning(const std::string& text) { pending_warnings_.push_back(text); }
+
+void Loop::flush_resume_warnings() {
+  for (const auto& w : pending_warnings_) {
+    resume_warnings_.push_back("resumed at epoch " + std::to_string(state_.epoch) + ", step " +
+                               std::to_string(state_.global_step) + ": " + w);
+  }
+  pending_warnings_.clear();
+}
+
+void Loop::lock_directory(const std::string& dir) {
+  auto lock = RunLock::acquire(dir);
+  for (const auto& l : locks_) {
+    if (l == lock) return;
+  }
+  locks_.push_back(std::move(lock));
 }
 
 // ---------------------------------------------------------------------------
@@ -314,6 +412,8 @@ Value Loop::make_checkpoint(bool emit_event) {
   Value resumes = Value::list();
   for (const auto& r : resume_points_) resumes.push_back(Value(std::vector<int64_t>{r.first, r.second}));
   loop.set("resumes", std::move(resumes));
+  flush_resume_warnings();
+  loop.set("resume_warnings", Value(resume_warnings_));
   Value objects = Value::dict();
   for (const auto& kv : objects_) objects.set(kv.first, kv.second->state_dict());
   loop.set("objects", std::move(objects));
@@ -364,6 +464,10 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
     const auto v = r.to_int_list();
     resume_points_.emplace_back(v.at(0), v.at(1));
   }
+  resume_warnings_.clear();
+  if (const Value* w = loop.find("resume_warnings")) {
+    for (const auto& item : w->items()) resume_warnings_.push_back(item.to_string());
+  }
   if (const Value* objects = loop.find("objects")) {
     for (const auto& kv : objects_) {
       if (const Value* s = objects->find(kv.first)) kv.second->load_state_dict(*s);
@@ -382,70 +486,158 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
               << at::get_num_threads() << "; the resumed run will not be bitwise identical to an uninterrupted one\n";
   }
   if (!state_.finished) resume_points_.emplace_back(state_.epoch, state_.global_step);
-  emit(Event::load_checkpoint);
+  flush_resume_warnings();  // those of the check that accepted this resume, at its position
+  boundary_ = Boundary{};
+  mark_boundary();
+  loaded_ = &c;
+  try {
+    emit(Event::load_checkpoint);
+  } catch (...) {
+    loaded_ = nullptr;
+    throw;
+  }
+  loaded_ = nullptr;
 }
 
-std::vector<std::string> list_checkpoints(const std::string& dir) {
-  std::vector<std::pair<fs::file_time_type, std::string>> found;
+namespace {
+//! What a checkpoint's header says about where it stands.
+struct Candidate {
+  std::string path;
+  bool readable = false;
+  std::string error;
+  int64_t global_step = 0, epoch = 0, batch = 0;
+  bool finished = false, weights_only = false, is_last = false;
+};
+
+std::vector<Candidate> scan_checkpoints(const std::string& dir) {
+  std::vector<Candidate> out;
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return {};
+  if (!fs::is_directory(dir, ec)) return out;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
-    if (e.path().extension() == ".ckpt" && e.is_regular_file(ec)) {
-      found.emplace_back(e.last_write_time(ec), e.path().string());
+    if (e.path().extension() != ".ckpt" || !e.is_regular_file(ec)) continue;
+    Candidate c;
+    c.path = e.path().string();
+    c.is_last = e.path().filename() == "last.ckpt";
+    try {
+      ReadOptions header;
+      header.header_only = true;
+      const Value h = read_checkpoint(c.path, header);
+      c.global_step = h.at("global_step").to_int();
+      c.epoch = h.at("epoch").to_int();
+      c.batch = h.at("batch_in_epoch").to_int();
+      c.weights_only = h.contains("weights_only");
+      if (const Value* loop = h.find("loop")) {
+        if (const Value* f = loop->find("finished")) c.finished = f->to_bool();
+      }
+      c.readable = true;
+    } catch (const std::exception& ex) {
+      c.error = ex.what();
+    }
+    out.push_back(std::move(c));
+  }
+  // Newest position first; last.ckpt wins ties, then names for determinism.
+  std::sort(out.begin(), out.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.readable != b.readable) return a.readable;
+    const auto ka = std::make_tuple(a.global_step, a.epoch, a.batch, a.finished, a.is_last);
+    const auto kb = std::make_tuple(b.global_step, b.epoch, b.batch, b.finished, b.is_last);
+    if (ka != kb) return ka > kb;
+    return a.path < b.path;
+  });
+  return out;
+}
+}  // namespace
+
+std::vector<std::string> list_checkpoints(const std::string& dir) {
+  std::vector<std::string> out;
+  for (auto& c : scan_checkpoints(dir)) out.push_back(std::move(c.path));
+  return out;
+}
+
+CheckpointChoice newest_checkpoint(const std::string& dir) {
+  CheckpointChoice choice;
+  const auto candidates = scan_checkpoints(dir);
+  // Damaged headers first in the report; they are never chosen.
+  for (const auto& c : candidates) {
+    if (!c.readable) choice.rejected.emplace_back(c.path, c.error);
+  }
+  for (const auto& c : candidates) {
+    if (!c.readable || c.weights_only) continue;
+    try {
+      choice.checkpoint = read_checkpoint(c.path);
+      choice.path = c.path;
+      choice.found = true;
+      return choice;
+    } catch (const CheckpointError& e) {
+      choice.rejected.emplace_back(c.path, e.what());
     }
   }
-  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
-    if (a.first != b.first) return a.first > b.first;
-    // Same instant: prefer last.ckpt, then by name for determinism.
-    const bool al = fs::path(a.second).filename() == "last.ckpt";
-    const bool bl = fs::path(b.second).filename() == "last.ckpt";
-    if (al != bl) return al;
-    return a.second < b.second;
-  });
-  std::vector<std::string> out;
-  for (auto& f : found) out.push_back(std::move(f.second));
-  return out;
+  return choice;
 }
 
 ResumeInfo Loop::resume(const std::string& path) {
   ResumeInfo info;
   std::error_code ec;
-  std::vector<std::string> candidates;
   const bool is_dir = fs::is_directory(path, ec);
-  if (is_dir) {
-    candidates = list_checkpoints(path);
-    if (candidates.empty()) return info;
-  } else if (!fs::exists(path, ec)) {
+  if (!is_dir && !fs::exists(path, ec)) {
     // A run directory that does not exist yet is a fresh start; a missing file is an error.
-    if (fs::path(path).extension() != ".ckpt") return info;
-    throw CheckpointError("checkpoint " + path + " does not exist");
-  } else {
-    candidates.push_back(path);
-  }
-  for (const auto& file : candidates) {
-    Value c;
-    try {
-      c = read_checkpoint(file);
-      if (c.is_dict() && c.contains("weights_only")) {
-        throw CheckpointError("checkpoint " + file + " holds weights only (save_weights_only) and cannot resume a run");
-      }
-    } catch (const CheckpointError& e) {
-      if (!is_dir) throw;
-      info.skipped.push_back(e.what());
-      std::cerr << "cairn: warning: skipping " << e.what() << "\n";
-      continue;
+    if (fs::path(path).extension() != ".ckpt") {
+      resume_info_ = info;
+      return info;
     }
-    load_checkpoint(c, file);
-    info.resumed = true;
-    info.path = file;
-    info.epoch = state_.epoch;
-    info.batch_in_epoch = state_.batch_in_epoch;
-    info.global_step = state_.global_step;
-    info.finished = state_.finished;
-    return info;
+    throw CheckpointError("checkpoint " + path + " does not exist");
   }
-  throw CheckpointError("no usable checkpoint in " + path + ": all " + std::to_string(candidates.size()) +
-                        " file(s) are corrupt");
+  const size_t locks_before = locks_.size();
+  try {
+    resume_into(path, is_dir, info);
+  } catch (...) {
+    locks_.resize(locks_before);  // a failed resume does not keep the folder locked
+    throw;
+  }
+  resume_info_ = info;
+  return info;
+}
+
+void Loop::resume_into(const std::string& path, bool is_dir, ResumeInfo& info) {
+  Value c;
+  if (is_dir) {
+    lock_directory(path);
+    CheckpointChoice choice = newest_checkpoint(path);
+    if (!choice.found) {
+      if (choice.rejected.empty()) return;  // nothing to resume (weights-only files are not run states)
+      // Nothing is renamed: the next attempt fails just as loudly.
+      std::string why;
+      for (const auto& r : choice.rejected) why += "\n  " + r.second;
+      throw CheckpointError("no usable checkpoint in " + path + ": all " + std::to_string(choice.rejected.size()) +
+                            " file(s) are corrupt:" + why);
+    }
+    if (resume_check_) resume_check_(choice.checkpoint, choice.path);
+    for (const auto& r : choice.rejected) {
+      const std::string aside = r.first + ".corrupt";
+      if (::rename(r.first.c_str(), aside.c_str()) == 0) {
+        std::cerr << "cairn: warning: " << r.second << "; set aside as " << aside << "\n";
+        info.set_aside.push_back(aside);
+      } else {
+        std::cerr << "cairn: warning: skipping " << r.second << "\n";
+      }
+      info.skipped.push_back(r.second);
+    }
+    if (!info.set_aside.empty()) fsync_directory(path);
+    c = std::move(choice.checkpoint);
+    info.path = choice.path;
+  } else {
+    c = read_checkpoint(path);
+    if (c.is_dict() && c.contains("weights_only")) {
+      throw CheckpointError("checkpoint " + path + " holds weights only (save_weights_only) and cannot resume a run");
+    }
+    if (resume_check_) resume_check_(c, path);
+    info.path = path;
+  }
+  load_checkpoint(c, info.path);
+  info.resumed = true;
+  info.epoch = state_.epoch;
+  info.batch_in_epoch = state_.batch_in_epoch;
+  info.global_step = state_.global_step;
+  info.finished = state_.finished;
 }
 
 }  // namespace cairn

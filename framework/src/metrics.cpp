@@ -1,5 +1,7 @@
 #include "cairn/metrics.h"
 
+#include <ATen/ATen.h>
+
 #include <cmath>
 #include <stdexcept>
 
@@ -19,14 +21,59 @@ size_t MetricLog::series_index(const std::string& name) {
   index_[name] = i;
   last_row_.emplace_back();
   counts_.push_back(0);
+  columns_.emplace_back();
   return i;
+}
+
+void MetricLog::Columns::append(const MetricPoint& p, int64_t seq_no, size_t count) {
+  const auto n = static_cast<int64_t>(count);
+  if (!value.defined() || value.size(0) <= n) {
+    const int64_t cap = std::max<int64_t>(16, 2 * n);
+    auto grow = [&](at::Tensor& t, at::ScalarType dtype) {
+      at::Tensor bigger = at::empty({cap}, at::TensorOptions().dtype(dtype));
+      if (t.defined() && n > 0) bigger.narrow(0, 0, n).copy_(t.narrow(0, 0, n));
+      t = bigger;  // views handed out earlier keep the old storage alive, unchanged
+    };
+    grow(epoch, at::kLong);
+    grow(step, at::kLong);
+    grow(value, at::kDouble);
+    grow(seq, at::kLong);
+  }
+  epoch.data_ptr<int64_t>()[n] = p.epoch;
+  step.data_ptr<int64_t>()[n] = p.step;
+  value.data_ptr<double>()[n] = p.value;
+  seq.data_ptr<int64_t>()[n] = seq_no;
 }
 
 void MetricLog::log(const std::string& name, double value, int64_t epoch, int64_t step) {
   const size_t s = series_index(name);
-  rows_.push_back(Row{s, MetricPoint{epoch, step, value}});
+  const MetricPoint p{epoch, step, value};
+  columns_[s].append(p, static_cast<int64_t>(rows_.size()), counts_[s]);
+  rows_.push_back(Row{s, p});
   last_row_[s] = rows_.size() - 1;
   ++counts_[s];
+}
+
+void MetricLog::rebuild_columns() {
+  // Fresh storage: views handed to a checkpoint in flight are never written again.
+  columns_.assign(names_.size(), Columns{});
+  std::vector<size_t> n(names_.size(), 0);
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    const size_t s = rows_[i].series;
+    columns_[s].append(rows_[i].point, static_cast<int64_t>(i), n[s]++);
+  }
+}
+
+void MetricLog::truncate(size_t rows) {
+  if (rows >= rows_.size()) return;
+  rows_.resize(rows);
+  std::fill(counts_.begin(), counts_.end(), 0);
+  std::fill(last_row_.begin(), last_row_.end(), std::nullopt);
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    last_row_[rows_[i].series] = i;
+    ++counts_[rows_[i].series];
+  }
+  rebuild_columns();
 }
 
 void MetricLog::accumulate(const std::string& name, double value, double weight) {
@@ -84,22 +131,18 @@ std::vector<MetricPoint> MetricLog::series(const std::string& name) const {
 }
 
 Value MetricLog::state_dict() const {
-  std::vector<std::vector<int64_t>> epochs(names_.size()), steps(names_.size()), seqs(names_.size());
-  std::vector<std::vector<double>> values(names_.size());
-  for (size_t i = 0; i < rows_.size(); ++i) {
-    const auto& r = rows_[i];
-    epochs[r.series].push_back(r.point.epoch);
-    steps[r.series].push_back(r.point.step);
-    values[r.series].push_back(r.point.value);
-    seqs[r.series].push_back(static_cast<int64_t>(i));
-  }
   Value d = Value::dict();
   for (size_t s = 0; s < names_.size(); ++s) {
+    const auto n = static_cast<int64_t>(counts_[s]);
+    const Columns& c = columns_[s];
+    auto view = [n](const at::Tensor& t, at::ScalarType dtype) {
+      return t.defined() ? t.narrow(0, 0, n) : at::empty({0}, at::TensorOptions().dtype(dtype));
+    };
     Value series = Value::dict();
-    series.set("epoch", Value(epochs[s]));
-    series.set("step", Value(steps[s]));
-    series.set("value", Value(values[s]));
-    series.set("seq", Value(seqs[s]));
+    series.set("epoch", view(c.epoch, at::kLong));
+    series.set("step", view(c.step, at::kLong));
+    series.set("value", view(c.value, at::kDouble));
+    series.set("seq", view(c.seq, at::kLong));
     d.set(names_[s], std::move(series));
   }
   return d;
@@ -111,27 +154,35 @@ void MetricLog::load_state_dict(const Value& state) {
   rows_.clear();
   last_row_.clear();
   counts_.clear();
+  columns_.clear();
+  // Each column is a 1-D tensor (format 2) or a list (format 1).
+  auto ints = [](const Value& v) { return v.to_int_list(); };
+  auto doubles = [](const Value& v) { return v.to_double_list(); };
+  std::vector<std::vector<int64_t>> ep, st, sq;
+  std::vector<std::vector<double>> va;
   size_t total = 0;
-  for (const auto& v : state.values()) total += v.at("value").size();
+  for (size_t k = 0; k < state.keys().size(); ++k) {
+    const Value& s = state.values()[k];
+    ep.push_back(ints(s.at("epoch")));
+    st.push_back(ints(s.at("step")));
+    va.push_back(doubles(s.at("value")));
+    sq.push_back(ints(s.at("seq")));
+    total += va.back().size();
+  }
   std::vector<Row> rows(total);
   std::vector<bool> filled(total, false);
   for (size_t k = 0; k < state.keys().size(); ++k) {
     const std::string& name = state.keys()[k].to_string();
-    const Value& s = state.values()[k];
     const size_t si = series_index(name);
-    const auto& ep = s.at("epoch").items();
-    const auto& st = s.at("step").items();
-    const auto& va = s.at("value").items();
-    const auto& sq = s.at("seq").items();
-    if (ep.size() != va.size() || st.size() != va.size() || sq.size() != va.size()) {
+    if (ep[k].size() != va[k].size() || st[k].size() != va[k].size() || sq[k].size() != va[k].size()) {
       throw std::runtime_error("metric '" + name + "': epoch/step/value/seq lengths differ");
     }
-    for (size_t i = 0; i < va.size(); ++i) {
-      const int64_t seq = sq[i].to_int();
+    for (size_t i = 0; i < va[k].size(); ++i) {
+      const int64_t seq = sq[k][i];
       if (seq < 0 || static_cast<size_t>(seq) >= total || filled[seq]) {
         throw std::runtime_error("metric '" + name + "': bad sequence number");
       }
-      rows[seq] = Row{si, MetricPoint{ep[i].to_int(), st[i].to_int(), va[i].to_double()}};
+      rows[seq] = Row{si, MetricPoint{ep[k][i], st[k][i], va[k][i]}};
       filled[seq] = true;
     }
   }
@@ -140,6 +191,7 @@ void MetricLog::load_state_dict(const Value& state) {
     last_row_[rows_[i].series] = i;
     ++counts_[rows_[i].series];
   }
+  rebuild_columns();
 }
 
 Value MetricLog::accumulator_state() const {

@@ -190,8 +190,11 @@ void register_schedulers(Registry& r) {
     const Interval interval = read_interval(c, "step");
     const int64_t warmup = c.get_int("warmup_steps", 0, 0);
     const double min_lr = c.get_double("min_lr", 0.0, 0.0);
+    const auto total_steps = c.get_optional_int("total_steps", 1);
     return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
-      const int64_t total = interval == Interval::step ? ctx.max_epochs * ctx.steps_per_epoch : ctx.max_epochs;
+      const int64_t total = total_steps ? *total_steps
+                                        : (interval == Interval::step ? ctx.max_epochs * ctx.steps_per_epoch
+                                                                      : ctx.max_epochs);
       return std::make_shared<CosineLR>(*ctx.optimizer, std::max<int64_t>(1, total), warmup, min_lr, interval);
     };
   });

@@ -147,6 +147,8 @@ void Trainer::train_epoch(EpochSampler& sampler) {
     loop_.batch_begin();
     if (k % accumulate == 0) optimizer_->zero_grad();
     at::Tensor loss = training_step(batch);
+    // The loss training_step returns is the batch loss that TerminateOnNaN and the progress bar read.
+    st.batch_loss = loss.detach().item<double>();
     (accumulate > 1 ? loss / static_cast<double>(accumulate) : loss).backward();
     const bool cycle_end = (k + 1) % accumulate == 0 || k + 1 == n;
     st.accumulating = !cycle_end;
@@ -245,6 +247,7 @@ FitResult Trainer::fit() {
   }
   result.interrupted = st.stop.interrupt;
   result.signal = st.stop.signal;
+  result.save_error = st.final_save_error;
   result.stop_reason = st.stop.interrupt ? "" : st.stop.reason;
   result.epochs_completed = st.epoch;
   result.global_step = st.global_step;

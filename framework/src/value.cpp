@@ -91,11 +91,19 @@ const at::Tensor& Value::to_tensor() const {
   return tensor_;
 }
 std::vector<double> Value::to_double_list() const {
+  if (kind_ == Kind::Tensor && tensor_.defined() && tensor_.dim() == 1) {
+    const at::Tensor t = tensor_.to(at::kDouble).contiguous();
+    return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+  }
   std::vector<double> out;
   for (const auto& v : items()) out.push_back(v.to_double());
   return out;
 }
 std::vector<int64_t> Value::to_int_list() const {
+  if (kind_ == Kind::Tensor && tensor_.defined() && tensor_.dim() == 1 && !at::isFloatingType(tensor_.scalar_type())) {
+    const at::Tensor t = tensor_.to(at::kLong).contiguous();
+    return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+  }
   std::vector<int64_t> out;
   for (const auto& v : items()) out.push_back(v.to_int());
   return out;

@@ -149,9 +149,14 @@ for name, t in ckpt["state_dict"].items():
 for name, series in ckpt["metrics"].items():
     if "/" not in name:
         fail("metric name %s is not split/name" % name)
-    lens = {k: len(series[k]) for k in ("epoch", "step", "value")}
+    expected = {"epoch": torch.int64, "step": torch.int64, "value": torch.float64, "seq": torch.int64}
+    for k, dtype in expected.items():
+        col = series[k]
+        if not isinstance(col, torch.Tensor) or col.dim() != 1 or col.dtype != dtype:
+            fail("metric %s: %s is not a 1-D %s tensor" % (name, k, dtype))
+    lens = {k: len(series[k]) for k in expected}
     if len(set(lens.values())) != 1:
-        fail("metric %s has lists of different lengths %r" % (name, lens))
+        fail("metric %s has columns of different lengths %r" % (name, lens))
 if not isinstance(ckpt["rng_states"]["cpu"], torch.Tensor) or ckpt["rng_states"]["cpu"].dtype != torch.uint8:
     fail("rng_states.cpu is not a uint8 tensor")
 

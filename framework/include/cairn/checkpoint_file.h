@@ -31,7 +31,15 @@ class CheckpointError : public std::runtime_error {
 //! target file, if it existed, is untouched.
 class CheckpointWriteError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit CheckpointWriteError(const std::string& what, int error_number = 0)
+      : std::runtime_error(what), error_number_(error_number) {}
+  //! The errno behind the failure (0 when none): ENOSPC, EDQUOT, EFBIG, EACCES, ...
+  int error_number() const { return error_number_; }
+  //! The disk (or quota, or file-size limit) is full: freeing space may help.
+  bool no_space() const;
+
+ private:
+  int error_number_;
 };
 
 struct WriteStats {
@@ -47,6 +55,10 @@ struct ReadOptions {
   //! Require the cairn checksum record (true for checkpoints; false lets cairn
   //! read plain `torch.save` files, e.g. pretrained weights).
   bool require_checksum = true;
+  //! Read and verify `data.pkl` only: every value but the tensor data, with
+  //! tensors as meta tensors (shape and dtype, no memory). Cheap for any file
+  //! size; used to order checkpoints by the position they hold.
+  bool header_only = false;
 };
 
 /// Reads and verifies a checkpoint. Throws CheckpointError with the path and

@@ -13,8 +13,9 @@
 //     loop.epoch_begin();
 //     for (int64_t k = loop.state().batch_in_epoch; k < n && !loop.should_stop(); ++k) {
 //       loop.batch_begin();
-//       ... forward, backward, step ...
-//       loop.log_step("train/loss", loss.item<double>());
+//       ... forward, backward ...
+//       loop.before_optimizer_step();               // then optimizer.step()
+//       loop.log_step("train/loss", loss.item<double>());  // also sets state().batch_loss
 //       loop.batch_end();
 //     }
 //     if (loop.should_stop()) break;
@@ -33,6 +34,7 @@
 #include <ATen/core/Generator.h>
 
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -51,6 +53,7 @@ class Optimizer;
 namespace cairn {
 
 class Scheduler;
+class RunLock;
 
 //! When a filtered slot runs (as Ignite's event filters). The count an event
 //! is compared with is the loop's own: global_step for batch events, completed
@@ -110,7 +113,21 @@ struct ResumeInfo {
   int64_t batch_in_epoch = 0;
   int64_t global_step = 0;
   bool finished = false;             //!< the checkpoint's run had already completed
+  std::vector<std::string> set_aside;  //!< damaged files renamed to NAME.corrupt
 };
+
+//! The newest checkpoint of a folder that verifies, chosen by the position it
+//! holds (global step, then epoch and batch, a finished run after an unfinished
+//! one; `last.ckpt` wins ties), never by modification time: a folder copied
+//! with `cp -r` resumes the right file. Weights-only files are not candidates.
+struct CheckpointChoice {
+  bool found = false;
+  std::string path;   //!< the file chosen
+  Value checkpoint;   //!< its whole content, verified
+  //! Newer candidates that failed verification: (path, reason).
+  std::vector<std::pair<std::string, std::string>> rejected;
+};
+CheckpointChoice newest_checkpoint(const std::string& dir);
 
 class Loop {
  public:
@@ -145,6 +162,8 @@ class Loop {
   // --- what checkpoints save -----------------------------------------------
   void track(torch::nn::Module& model);
   void track(const std::shared_ptr<torch::nn::Module>& model) { track(*model); }
+  //! Throws std::invalid_argument naming the optimizer when cairn cannot save
+  //! its state (see optim_state.h for the supported kinds).
   void track(torch::optim::Optimizer& optimizer);
   void track(const std::shared_ptr<torch::optim::Optimizer>& optimizer) { track(*optimizer); }
   void track(Scheduler& scheduler);
@@ -169,7 +188,12 @@ class Loop {
   void log(const std::string& name, double value);
   //! A per-batch value: averaged over the epoch (weighted) into `name`, and
   //! logged as a point `name + "_step"` every log_every_n_steps training steps.
+  //! Logging the loss metric (`train/loss`, see set_loss_metric) during
+  //! training also sets state().batch_loss, which TerminateOnNaN and the
+  //! progress bar read: a hand-written loop needs nothing else.
   void log_step(const std::string& name, double value, double weight = 1.0);
+  //! The metric whose log_step() sets the batch loss ("train/loss").
+  void set_loss_metric(std::string name) { loss_metric_ = std::move(name); }
   void set_log_every_n_steps(int64_t n) { log_every_n_steps_ = n; }
   int64_t log_every_n_steps() const { return log_every_n_steps_; }
 
@@ -194,7 +218,12 @@ class Loop {
   void test_end();
   //! Marks the run finished unless it was interrupted, then emits fit_end.
   void fit_end();
-  //! Emits `exception` with the exception available through current_exception().
+  //! A step threw. When the loop can put its state back to the last batch
+  //! boundary (nothing was changed by an optimizer step since), it does so
+  //! (RNG, metric accumulators and journal, counters, model buffers) and the
+  //! state may be saved; otherwise state().dirty is set and checkpoints keep
+  //! the newest clean file. Then emits `exception`; current_exception() holds it.
+  //! Hand-written loops get the roll-back by calling before_optimizer_step().
   void exception(std::exception_ptr e);
   std::exception_ptr current_exception() const { return current_exception_; }
   bool should_stop() const { return state_.stop.requested; }
@@ -206,17 +235,53 @@ class Loop {
   Value& pending_checkpoint() { return pending_; }
   //! Restores everything from a checkpoint dict. Throws CheckpointMismatch.
   void load_checkpoint(const Value& checkpoint, const std::string& source = "");
+  //! The checkpoint being restored, while `load_checkpoint` callbacks run
+  //! (nullptr otherwise): keys added through pending_checkpoint() read back here.
+  const Value* loaded_checkpoint() const { return loaded_; }
+  //! Called by resume() with the chosen checkpoint before anything is loaded
+  //! or written; throwing refuses the resume (the CLI checks config drift here).
+  void set_resume_check(std::function<void(const Value& checkpoint, const std::string& path)> check) {
+    resume_check_ = std::move(check);
+  }
+  //! Records a warning in the checkpoint's resume history (`loop.resume_warnings`).
+  void add_resume_warning(const std::string& text);
+  const std::vector<std::string>& resume_warnings() const { return resume_warnings_; }
   //! `path` is a checkpoint file, or a directory in which the newest file that
-  //! verifies is used (newer corrupt ones are skipped and reported). A missing
-  //! or empty directory is a fresh start. Throws CheckpointError when a file
-  //! was named and cannot be used, or every file in the directory is corrupt.
+  //! verifies is used (see newest_checkpoint; newer damaged ones are renamed
+  //! NAME.corrupt with a warning, once a good one is found). A missing or
+  //! empty directory is a fresh start. A directory is locked for this process
+  //! (RunLock; throws RunLocked when another process trains there). Throws
+  //! CheckpointError when a file was named and cannot be used, or every file
+  //! in the directory is damaged (then nothing is renamed).
   ResumeInfo resume(const std::string& path);
+  //! What the last resume() found.
+  const ResumeInfo& resume_info() const { return resume_info_; }
+  //! Locks `dir` for this loop until fit_end (see RunLock). Throws RunLocked.
+  void lock_directory(const std::string& dir);
   //! Where this run resumed before: (epoch, global_step) pairs.
   const std::vector<std::pair<int64_t, int64_t>>& resume_points() const { return resume_points_; }
 
  private:
   void emit(Event e);
   void check_signals();
+  //! Remembers the current state as the point exception() can roll back to.
+  void mark_boundary();
+  //! Puts the state back to the last boundary; false when that is not safe.
+  bool roll_back_to_boundary();
+
+  //! The state at the last batch boundary (see exception()).
+  struct Boundary {
+    bool valid = false;
+    int64_t epoch = 0, global_step = 0, batch_in_epoch = 0;
+    bool epoch_finished = false;
+    Stage stage = Stage::idle;
+    Value rng, accumulators, values;
+    size_t metric_rows = 0;
+    std::vector<at::Tensor> buffers;
+  };
+  //! Where the loop is relative to the boundary: at it, past it without an
+  //! optimizer step (can roll back), or past an optimizer step (cannot).
+  enum class Phase { at_boundary, in_step, stepped };
 
   EventBus bus_;
   LoopState state_;
@@ -235,9 +300,22 @@ class Loop {
   std::vector<std::pair<int64_t, int64_t>> resume_points_;
   std::exception_ptr current_exception_;
   Value pending_;
+  const Value* loaded_ = nullptr;
+  std::function<void(const Value&, const std::string&)> resume_check_;
+  std::vector<std::string> resume_warnings_;
+  std::vector<std::string> pending_warnings_;  //!< added by a resume check, stamped once loaded
+  void flush_resume_warnings();
+  void resume_into(const std::string& path, bool is_dir, ResumeInfo& info);
+  ResumeInfo resume_info_;
+  std::vector<std::shared_ptr<RunLock>> locks_;
+  std::string loss_metric_ = "train/loss";
+  Boundary boundary_;
+  Phase phase_ = Phase::at_boundary;
+  bool optimizer_hook_seen_ = false;  //!< before_optimizer_step() was called: steps are visible
 };
 
-//! Every *.ckpt file in `dir`, newest first (by modification time).
+//! Every *.ckpt file in `dir`, newest first by the position each holds (see
+//! newest_checkpoint); files whose header cannot be read come last.
 std::vector<std::string> list_checkpoints(const std::string& dir);
 
 //! Copies a state_dict (name -> tensor) into `model`'s parameters and buffers.

@@ -9,6 +9,8 @@
 
 #include "cairn/stateful.h"
 
+#include <ATen/Tensor.h>
+
 #include <map>
 #include <optional>
 #include <string>
@@ -46,13 +48,19 @@ class MetricLog : public Stateful {
   const std::vector<Row>& rows() const { return rows_; }
   size_t size() const { return rows_.size(); }
 
-  //! The series, as the checkpoint's `metrics` key: name -> {epoch, step, value, seq}
-  //! (lists; `seq` is each point's position in the journal).
+  //! The series, as the checkpoint's `metrics` key: name -> {epoch, step, value, seq},
+  //! each a 1-D tensor (int64, int64, float64, int64; `seq` is each point's
+  //! position in the journal). The tensors are views of the log's own
+  //! append-only columns: no copy is made, whatever the length of the run.
+  //! (Checkpoints of format 1 held lists; load_state_dict reads both.)
   Value state_dict() const override;
   void load_state_dict(const Value& state) override;
   //! Running epoch means not yet flushed: name -> [sum, weight].
   Value accumulator_state() const;
   void load_accumulator_state(const Value& state);
+
+  //! Drops every point logged after the first `rows` (rolls the journal back).
+  void truncate(size_t rows);
 
   //! Splits "valid/acc" into ("valid", "acc"); a name without '/' has split "".
   static std::pair<std::string, std::string> split_name(const std::string& name);
@@ -65,6 +73,14 @@ class MetricLog : public Stateful {
   std::vector<Row> rows_;
   std::vector<std::optional<size_t>> last_row_;  //!< per series: its newest row
   std::vector<size_t> counts_;                   //!< per series: its number of points
+  //! Per series, the points as columns with spare capacity (grown by doubling),
+  //! so that a checkpoint takes views of them instead of building lists.
+  struct Columns {
+    at::Tensor epoch, step, value, seq;
+    void append(const MetricPoint& p, int64_t seq_no, size_t count);
+  };
+  std::vector<Columns> columns_;
+  void rebuild_columns();
   struct Accumulator { double sum = 0.0; double weight = 0.0; };
   std::vector<std::pair<std::string, Accumulator>> accumulators_;  //!< insertion-ordered
 };

@@ -41,7 +41,7 @@ struct BuildContext {
   std::shared_ptr<DataModule> data;           //!< set up (loaded) before models are built
   Model model;
   std::shared_ptr<torch::optim::Optimizer> optimizer;
-  int64_t steps_per_epoch = 0;                //!< training batches per epoch
+  int64_t steps_per_epoch = 0;                //!< optimizer steps per epoch (batches / accumulate_grad_batches, rounded up)
 };
 
 template <class T>

@@ -35,6 +35,13 @@ struct LoopState {
   //! True while gradients of an accumulation cycle are pending (no optimizer
   //! step yet): the state is not a resume point, so saves and stops wait.
   bool accumulating = false;
+  //! Set when a step threw and the loop could not roll back to the last batch
+  //! boundary: the state is half a step and must never be saved.
+  bool dirty = false;
+  //! Set by a checkpoint callback when the run's last save (finish, signal,
+  //! timer, exception) failed: what the run reached is not on disk. The
+  //! message names the newest durable checkpoint. The CLI exits 5.
+  std::string final_save_error;
 
   double batch_loss = 0.0;        //!< loss of the latest training batch
   int64_t batch_size = 0;         //!< size of the latest batch

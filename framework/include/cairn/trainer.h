@@ -5,7 +5,7 @@
 //     at::Tensor training_step(const cairn::Batch& b) override {
 //       auto loss = torch::nll_loss(torch::log_softmax(forward(b.x), 1), b.y);
 //       loop().log_step("train/loss", loss.item<double>(), b.size());
-//       return loss;
+//       return loss;  // also becomes loop().state().batch_loss
 //     }
 //   };
 //   MyTrainer t(cairn::TrainerOptions().max_epochs(5));
@@ -62,6 +62,9 @@ struct FitResult {
   std::string stop_reason;       //!< why a callback stopped the run early ("" if it ran to max_epochs)
   int64_t epochs_completed = 0;
   int64_t global_step = 0;
+  //! Non-empty when the run's last save failed: what it reached is not on disk.
+  //! The message names the newest durable checkpoint. (`cairn fit` exits 5.)
+  std::string save_error;
 };
 
 class Trainer {

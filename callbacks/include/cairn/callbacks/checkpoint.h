@@ -6,9 +6,18 @@
 //
 // Files: `<dirpath>/last.ckpt` (the newest state, when save_last), the top-k
 // files named by `filename`, and `last.prev.ckpt` (the previous last, kept as
-// a hard link so a damaged last.ckpt always has a fallback). Every write is
-// atomic (see checkpoint_file.h); top-k bookkeeping changes only after the
-// file is durable, and the best and the newest files are never deleted.
+// a hard link so a damaged last.ckpt always has a fallback; only a last.ckpt
+// known to be good is rotated there). Every write is atomic (see
+// checkpoint_file.h); top-k bookkeeping changes only after the file is
+// durable, and the best and the newest files are never deleted.
+//
+// Only clean states are saved: at a batch boundary or after validation. When
+// a step throws, the loop rolls back to the last boundary if it can and that
+// state is saved; otherwise nothing is written and the newest durable file
+// stays the resume point (both are reported). When the disk is full, the files
+// the retention policy drops anyway are deleted and the write is tried once
+// more. If the run's last save fails, LoopState::final_save_error says so.
+// The folder is locked for this process while it trains (RunLock).
 #pragma once
 
 #include "cairn/async_writer.h"
@@ -17,6 +26,7 @@
 
 #include <torch/arg.h>
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -100,6 +110,12 @@ class Checkpoint : public Callback {
   double last_blocking_seconds() const { return last_blocking_seconds_; }
   //! Saves skipped because one was in flight (on_busy: skip).
   int64_t skipped_saves() const { return skipped_saves_; }
+  //! The newest file known to be on disk and verified or written by this
+  //! process ("" when none), and the global step it holds.
+  const std::string& durable_path() const { return durable_path_; }
+  int64_t durable_step() const { return durable_step_; }
+  //! "the newest durable checkpoint is ... (step N)" or "there is no durable checkpoint yet".
+  std::string durable_text() const;
 
   //! Renders the filename template (without ".ckpt") for the loop's state.
   std::string format_filename(const Loop& loop) const;
@@ -122,6 +138,7 @@ class Checkpoint : public Callback {
   void write_files(const Value& ckpt, const std::string& primary, bool keep_last,
                    const std::vector<std::string>& to_delete);
   void settle(Loop& loop, std::exception_ptr error);
+  void report_failure(Loop& loop, const std::string& what);
 
   CheckpointOptions options_;
   std::string dirpath_;                          //!< resolved folder
@@ -140,6 +157,12 @@ class Checkpoint : public Callback {
   uint64_t last_save_bytes_ = 0;
   double last_blocking_seconds_ = 0.0;
   int64_t skipped_saves_ = 0;
+  std::string last_error_;             //!< why the latest save failed ("" when it did not)
+  std::string durable_path_;           //!< newest file known durable
+  int64_t durable_step_ = -1;          //!< its global step
+  std::string pending_path_;           //!< the file of the write in flight
+  int64_t pending_step_ = -1;          //!< its global step
+  std::atomic<bool> last_good_{false}; //!< last.ckpt was verified or written by this process
   Book before_pending_;                //!< bookkeeping to restore if the write in flight fails
   double pending_write_seconds_ = 0;   //!< set by the writer thread
   uint64_t pending_write_bytes_ = 0;   //!< set by the writer thread

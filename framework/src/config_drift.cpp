@@ -1,0 +1,103 @@
+#include "cairn/config_drift.h"
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+
+namespace cairn {
+
+namespace {
+bool scalar(const Value& v) { return !v.is_list() && !v.is_dict(); }
+
+std::string text(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::None: return "null";
+    case Value::Kind::Bool: return v.to_bool() ? "true" : "false";
+    case Value::Kind::Int: return std::to_string(v.to_int());
+    case Value::Kind::Double: {
+      std::ostringstream os;
+      os.precision(10);
+      os << v.to_double();
+      return os.str();
+    }
+    case Value::Kind::String: return v.to_string();
+    case Value::Kind::List: {
+      std::string s = "[";
+      for (size_t i = 0; i < v.items().size(); ++i) s += (i ? ", " : "") + text(v.items()[i]);
+      return s + "]";
+    }
+    default: return v.repr();
+  }
+}
+
+//! Leaves by dotted path; lists of scalars are one leaf, lists of maps are indexed.
+void flatten(const Value& v, const std::string& path, std::map<std::string, std::string>& out) {
+  if (v.is_dict()) {
+    if (v.keys().empty() && !path.empty()) out[path] = "{}";
+    for (size_t i = 0; i < v.keys().size(); ++i) {
+      const Value& k = v.keys()[i];
+      const std::string name = k.is_string() ? k.to_string() : std::to_string(k.to_int());
+      flatten(v.values()[i], path.empty() ? name : path + "." + name, out);
+    }
+  } else if (v.is_list() && !std::all_of(v.items().begin(), v.items().end(), scalar)) {
+    for (size_t i = 0; i < v.items().size(); ++i) flatten(v.items()[i], path + "[" + std::to_string(i) + "]", out);
+  } else {
+    out[path] = text(v);
+  }
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
+
+std::string unsafe_reason(const std::string& key) {
+  if (key == "seed") return "the seed fixes the sample order and the validation split";
+  if (starts_with(key, "data.") || key == "data") return "the data and the saved position in its sample order";
+  if (starts_with(key, "model.") || key == "model") return "the model the checkpoint's weights belong to";
+  if (starts_with(key, "optimizer.") || key == "optimizer") return "the checkpoint's optimizer state and options would override it";
+  if (starts_with(key, "scheduler.") || key == "scheduler") return "the learning-rate schedule the run follows";
+  if (key == "trainer.accumulate_grad_batches") return "what a step and the saved position mean";
+  if (starts_with(key, "trainer.gradient_clip")) return "the update rule";
+  return "";
+}
+
+std::string get(const std::map<std::string, std::string>& m, const std::string& k) {
+  auto it = m.find(k);
+  return it == m.end() ? "null" : it->second;
+}
+}  // namespace
+
+std::string ConfigChange::line() const { return key + ": " + old_value + " -> " + new_value; }
+
+std::vector<ConfigChange> diff_configs(const Value& saved, const Value& current) {
+  std::map<std::string, std::string> a, b;
+  flatten(saved, "", a);
+  flatten(current, "", b);
+  std::vector<std::string> keys;
+  for (const auto& kv : a) keys.push_back(kv.first);
+  for (const auto& kv : b) {
+    if (!a.count(kv.first)) keys.push_back(kv.first);
+  }
+  std::sort(keys.begin(), keys.end());
+  std::vector<ConfigChange> out;
+  for (const auto& k : keys) {
+    ConfigChange c{k, get(a, k), get(b, k), true, ""};
+    if (c.old_value == c.new_value) continue;
+    c.why = unsafe_reason(k);
+    // An explicit schedule length is the user's own decision (and the way to
+    // extend a run whose schedule was derived from max_epochs); the resumed
+    // run prints the learning rate it continues at.
+    if (k == "scheduler.total_steps") c.why.clear();
+    c.safe = c.why.empty();
+    if (k == "trainer.max_epochs") {
+      const std::string sched = get(b, "scheduler.name");
+      if ((sched == "cosine" || sched == "one_cycle") && get(b, "scheduler.total_steps") == "null") {
+        c.safe = false;
+        c.why = "the " + sched + " schedule's length was derived from trainer.max_epochs; set scheduler.total_steps "
+                "to choose its length explicitly";
+      }
+    }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+}  // namespace cairn
