@@ -64,9 +64,11 @@ int main(int argc, char** argv) {
         auto logits = model->forward(b.x);
         auto loss = torch::cross_entropy_loss(logits, b.y);
         loss.backward();
+        loop.before_optimizer_step();  // past here a failing step cannot be rolled back
         optimizer.step();
-        loop.state().batch_loss = loss.item<double>();
-        loop.log_step("train/loss", loop.state().batch_loss, static_cast<double>(b.size()));
+        // The one way to report the loss: it also becomes loop.state().batch_loss,
+        // which TerminateOnNaN and the progress bar read.
+        loop.log_step("train/loss", loss.item<double>(), static_cast<double>(b.size()));
         loop.batch_end();
       }
       if (loop.should_stop() && loop.state().batch_in_epoch < sampler.batches_per_epoch()) break;
@@ -83,9 +85,12 @@ int main(int argc, char** argv) {
     }
     loop.fit_end();
   } catch (const std::exception& e) {
+    // Lets the checkpoint keep a clean state (rolled back to the last batch boundary).
+    if (loop.state().stage != cairn::Stage::idle) loop.exception(std::current_exception());
     std::cerr << "error: " << e.what() << "\n";
     return 3;
   }
+  if (!loop.state().final_save_error.empty()) return 5;  // what the run reached is not on disk
   if (loop.state().stop.interrupt) return 128 + loop.state().stop.signal;
   const double acc = loop.metrics().last("valid/acc").value_or(0.0);
   std::cout << "final valid/acc " << acc << "\n";

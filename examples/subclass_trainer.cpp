@@ -24,8 +24,7 @@ class SmoothedTrainer : public cairn::Trainer {
     target.scatter_(1, batch.y.unsqueeze(1), 1.0 - smoothing + smoothing / static_cast<double>(classes));
     at::Tensor loss = -(target * torch::log_softmax(logits, 1)).sum(1).mean();
     const double n = static_cast<double>(batch.size());
-    loop().state().batch_loss = loss.item<double>();
-    loop().log_step("train/loss", loop().state().batch_loss, n);
+    loop().log_step("train/loss", loss.item<double>(), n);  // the returned loss is the batch loss
     loop().log_step("train/acc", logits.argmax(1).eq(batch.y).sum().item<double>() / n, n);
     return loss;
   }

@@ -13,6 +13,8 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -60,10 +62,16 @@ struct ProcessResult {
   std::string output;   //!< stdout and stderr together
 };
 
-//! Starts `args` with stdout+stderr to `log`; returns the pid.
-inline pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
+//! Starts `args` with stdout+stderr to `log`; returns the pid. `file_size_limit`
+//! > 0 sets the child's RLIMIT_FSIZE (writes past it fail with EFBIG).
+inline pid_t spawn(const std::vector<std::string>& args, const std::string& log, long file_size_limit = 0) {
   const pid_t pid = ::fork();
   if (pid == 0) {
+    if (file_size_limit > 0) {
+      struct rlimit rl {static_cast<rlim_t>(file_size_limit), static_cast<rlim_t>(file_size_limit)};
+      ::setrlimit(RLIMIT_FSIZE, &rl);
+      ::signal(SIGXFSZ, SIG_IGN);
+    }
     const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
@@ -85,21 +93,49 @@ inline int wait_exit(pid_t pid) {
   return -1;
 }
 
-inline ProcessResult run(const std::vector<std::string>& args) {
+inline ProcessResult run(const std::vector<std::string>& args, long file_size_limit = 0) {
   static int counter = 0;
   const std::string log = (fs::temp_directory_path() / ("cairn-test-" + std::to_string(::getpid()) + "-" +
                                                        std::to_string(counter++) + ".log")).string();
   ProcessResult r;
-  r.exit_code = wait_exit(spawn(args, log));
+  r.exit_code = wait_exit(spawn(args, log, file_size_limit));
   r.output = read_file(log);
   fs::remove(log);
   return r;
 }
 
-inline ProcessResult cairn_cli(std::vector<std::string> args) {
+inline ProcessResult cairn_cli(std::vector<std::string> args, long file_size_limit = 0) {
   args.insert(args.begin(), CAIRN_CLI);
-  return run(args);
+  return run(args, file_size_limit);
 }
+
+//! A real small filesystem: a tmpfs of `bytes` mounted at `dir` (needs root,
+//! as in CI). mounted() is false where mounting is not allowed.
+struct SmallDisk {
+  std::string dir;
+  bool ok = false;
+  SmallDisk(const std::string& d, long bytes) : dir(d) {
+    fs::create_directories(dir);
+    const std::string opts = "size=" + std::to_string(bytes);
+    ok = ::mount("tmpfs", dir.c_str(), "tmpfs", 0, opts.c_str()) == 0;
+  }
+  ~SmallDisk() {
+    if (ok) ::umount2(dir.c_str(), MNT_DETACH);
+  }
+  bool mounted() const { return ok; }
+  //! Fills the disk until only `free_bytes` remain (a file named filler).
+  void leave_free(long free_bytes) {
+    const auto space = fs::space(dir);
+    const long avail = static_cast<long>(space.available);
+    const long fill = std::max<long>(0, avail - free_bytes);
+    std::ofstream f(dir + "/filler", std::ios::binary);
+    std::string block(1 << 16, 'x');
+    for (long left = fill; left > 0; left -= static_cast<long>(block.size())) {
+      f.write(block.data(), static_cast<std::streamsize>(std::min<long>(left, static_cast<long>(block.size()))));
+    }
+  }
+  void remove_filler() { fs::remove(dir + "/filler"); }
+};
 
 inline ProcessResult python(const std::string& script, std::vector<std::string> args) {
   args.insert(args.begin(), std::string(CAIRN_SOURCE_DIR) + "/tests/python/" + script);

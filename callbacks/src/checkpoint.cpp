@@ -223,7 +223,7 @@ void Checkpoint::on_exception(Loop& loop) {
     wait_for_pending(loop);
     std::cerr << "cairn: a step threw"
               << (st.dirty ? " in the middle of an optimizer step (that state cannot be saved)" : "")
-              << "; a resume continues from " << durable_text() << "\n";
+              << "; " << durable_text() << ": a resume continues from there\n";
     return;
   }
   try {
