@@ -448,3 +448,32 @@ TEST_CASE("metric series are saved as 1-D tensors whose cost does not grow with 
   CHECK(back.rows().back().point.value == 7.0);
   CHECK(back.series("valid/acc").size() == 500);
 }
+
+TEST_CASE("the progress bar shows the batch loss of a hand-written loop (log_step is the one way)") {
+  test::TempDir dir("own_loop_progress");
+  std::FILE* out = std::fopen((dir / "progress.txt").c_str(), "w+");
+  REQUIRE(out != nullptr);
+  {
+    cairn::Loop loop;
+    cairn::ProgressBarOptions o;
+    o.log_every_n_steps = 1;
+    o.model_summary = false;
+    loop.add(std::make_shared<cairn::ProgressBar>(o, out));
+    loop.state().max_epochs = 1;
+    loop.state().batches_per_epoch = 3;
+    loop.fit_begin();
+    loop.epoch_begin();
+    for (int k = 0; k < 3; ++k) {
+      loop.batch_begin();
+      loop.log_step("train/loss", 2.5 - k);
+      loop.batch_end();
+    }
+    loop.epoch_end();
+    loop.fit_end();
+  }
+  std::fclose(out);
+  const std::string text = test::read_file(dir / "progress.txt");
+  CHECK(text.find("step 1/3") != std::string::npos);
+  CHECK(text.find("loss 2.5000") != std::string::npos);
+  CHECK(text.find("loss 0.5000") != std::string::npos);
+}
