@@ -16,9 +16,30 @@ void collect(const Value& v, std::vector<StateSnapshot::Slot>& out) {
 }
 }  // namespace
 
+const std::vector<std::string>& StateSnapshot::shared_keys() {
+  static const std::vector<std::string> keys{"metrics"};
+  return keys;
+}
+
+namespace {
+bool shared_key(const Value& k) {
+  if (!k.is_string()) return false;
+  for (const auto& s : StateSnapshot::shared_keys()) {
+    if (k.to_string() == s) return true;
+  }
+  return false;
+}
+}  // namespace
+
 std::vector<StateSnapshot::Slot> StateSnapshot::layout(const Value& v) {
   std::vector<Slot> out;
-  collect(v, out);
+  if (!v.is_dict()) {
+    collect(v, out);
+    return out;
+  }
+  for (size_t i = 0; i < v.keys().size(); ++i) {
+    if (!shared_key(v.keys()[i])) collect(v.values()[i], out);
+  }
   return out;
 }
 
@@ -68,7 +89,15 @@ Value StateSnapshot::copy(const Value& v, bool* any_cuda) {
 Value StateSnapshot::take(const Value& v) {
   next_ = 0;
   bool any_cuda = false;
-  Value out = copy(v, &any_cuda);
+  Value out;
+  if (v.is_dict()) {
+    out = Value::dict();
+    for (size_t i = 0; i < v.keys().size(); ++i) {
+      out.set(v.keys()[i], shared_key(v.keys()[i]) ? v.values()[i] : copy(v.values()[i], &any_cuda));
+    }
+  } else {
+    out = copy(v, &any_cuda);
+  }
   buffers_.resize(next_);
   if (any_cuda) torch::cuda::synchronize();
   return out;

@@ -3,6 +3,7 @@
 #include "cairn/checkpoint_file.h"
 
 #include "cairn/run_lock.h"
+#include "zip_writer.h"
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
@@ -14,7 +15,9 @@
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
+#include <atomic>
 #include <future>
+#include <thread>
 #include <sstream>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -551,8 +554,24 @@ void fsync_directory(const std::string& dir) {
   ::close(fd);
 }
 
+namespace {
+//! One tensor record's bytes, and its hashes once known.
+struct TensorRecord {
+  at::Tensor data;         //!< contiguous CPU tensor (undefined for a device tensor not yet copied)
+  at::Tensor source;       //!< the tensor as given
+  const void* ptr = nullptr;
+  size_t size = 0;
+};
+
+double since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
 WriteStats write_checkpoint(const std::string& path, const Value& root) {
-  const auto t0 = std::chrono::steady_clock::now();
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  WriteStats stats;
   const fs::path target(path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   std::error_code ec;
@@ -561,6 +580,17 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
 
   std::vector<at::Tensor> tensors;
   const std::string pkl = pickle::dumps(root, &tensors);
+  std::vector<TensorRecord> records(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TensorRecord& r = records[i];
+    r.source = tensors[i];
+    if (tensors[i].device().is_cpu()) {
+      r.data = tensors[i].contiguous();
+      r.ptr = r.data.data_ptr();
+      r.size = static_cast<size_t>(r.data.numel()) * r.data.element_size();
+    }
+  }
+  stats.pickle_seconds = since(t0);
 
   const std::string tmp = unique_temp_name(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -568,50 +598,93 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
     const int e = errno;
     throw CheckpointWriteError("cannot create " + tmp + ": " + errno_text(e), e);
   }
-  FdSink sink(fd);
-  std::string checksums = std::string(kChecksumHeader) + "\n";
-  auto note = [&](const std::string& name, const void* data, size_t n) {
-    checksums += name + " " + std::to_string(n) + " " + hex64(XXH3_64bits(data, n)) + "\n";
-  };
-  std::string zip_error;
-  try {
-    caffe2::serialize::PyTorchStreamWriter writer(
-        [&sink](const void* data, size_t n) { return sink.write(data, n); });
-    writer.writeRecord("data.pkl", pkl.data(), pkl.size());
-    note("data.pkl", pkl.data(), pkl.size());
-    static const char kByteorder[] = "little";
-    writer.writeRecord("byteorder", kByteorder, sizeof(kByteorder) - 1);
-    for (size_t i = 0; i < tensors.size() && !sink.error(); ++i) {
-      at::Tensor t = tensors[i];
-      if (!t.device().is_cpu()) t = t.to(at::kCPU);
-      t = t.contiguous();
-      const size_t nbytes = static_cast<size_t>(t.numel()) * t.element_size();
-      const std::string name = "data/" + std::to_string(i);
-      if (nbytes >= (8u << 20)) {
-        // Large tensors: hash on a helper thread while the zip writer computes
-        // its CRC and writes the same bytes.
-        const void* ptr = t.data_ptr();
-        auto hash = std::async(std::launch::async, [ptr, nbytes] { return XXH3_64bits(ptr, nbytes); });
-        writer.writeRecord(name, ptr, nbytes);
-        checksums += name + " " + std::to_string(nbytes) + " " + hex64(hash.get()) + "\n";
-      } else {
-        writer.writeRecord(name, t.data_ptr(), nbytes);
-        note(name, t.data_ptr(), nbytes);
-      }
-    }
-    writer.writeRecord(kChecksumRecord, checksums.data(), checksums.size());
-    writer.writeEndOfFile();
-  } catch (const std::exception& e) {
-    zip_error = e.what();
+
+  // Hashes run ahead of the writes on two helper threads (zip CRC-32 and
+  // cairn's XXH3-64), in record order, so that the disk never waits for a
+  // hash except the first record's. Device tensors are hashed inline.
+  std::vector<std::promise<uint32_t>> crc_promise(records.size());
+  std::vector<std::promise<uint64_t>> xxh_promise(records.size());
+  std::vector<std::future<uint32_t>> crc_future;
+  std::vector<std::future<uint64_t>> xxh_future;
+  for (size_t i = 0; i < records.size(); ++i) {
+    crc_future.push_back(crc_promise[i].get_future());
+    xxh_future.push_back(xxh_promise[i].get_future());
   }
+  std::atomic<bool> cancel{false};
+  std::thread crc_thread([&] {
+    for (size_t i = 0; i < records.size(); ++i) {
+      crc_promise[i].set_value(records[i].ptr && !cancel ? zip::crc32_parallel(records[i].ptr, records[i].size, 1) : 0);
+    }
+  });
+  std::thread xxh_thread([&] {
+    for (size_t i = 0; i < records.size(); ++i) {
+      xxh_promise[i].set_value(records[i].ptr && !cancel ? XXH3_64bits(records[i].ptr, records[i].size) : 0);
+    }
+  });
+  struct Join {  // the helpers read the tensors: they finish before anything is freed
+    std::thread& a;
+    std::thread& b;
+    std::atomic<bool>& cancel;
+    ~Join() {
+      cancel = true;
+      a.join();
+      b.join();
+    }
+  } join{crc_thread, xxh_thread, cancel};
+
+  FdSink sink(fd);
+  double hash_wait = 0;
+  zip::ZipWriter writer([&sink](const void* data, size_t n) {
+    sink.write(data, n);
+    return sink.error() == 0;
+  });
+  std::string checksums = std::string(kChecksumHeader) + "\n";
+  auto note = [&](const std::string& name, size_t n, uint64_t hash) {
+    checksums += name + " " + std::to_string(n) + " " + hex64(hash) + "\n";
+  };
+  const auto tw = Clock::now();
+  writer.add("data.pkl", pkl);
+  note("data.pkl", pkl.size(), XXH3_64bits(pkl.data(), pkl.size()));
+  static const std::string kByteorder = "little";
+  writer.add("byteorder", kByteorder);
+  for (size_t i = 0; i < records.size() && sink.error() == 0; ++i) {
+    TensorRecord& r = records[i];
+    const std::string name = "data/" + std::to_string(i);
+    uint32_t crc;
+    uint64_t hash;
+    if (r.ptr) {
+      const auto w0 = Clock::now();
+      crc = crc_future[i].get();
+      hash = xxh_future[i].get();
+      hash_wait += since(w0);
+    } else {  // a device tensor: copy it now (one at a time), hash it here
+      r.data = r.source.to(at::kCPU).contiguous();
+      r.ptr = r.data.data_ptr();
+      r.size = static_cast<size_t>(r.data.numel()) * r.data.element_size();
+      const void* p = r.ptr;
+      const size_t n = r.size;
+      auto h = std::async(std::launch::async, [p, n] { return XXH3_64bits(p, n); });
+      crc = zip::crc32_parallel(p, n, 2);
+      hash = h.get();
+    }
+    writer.add(name, r.ptr, r.size, crc);
+    note(name, r.size, hash);
+    if (!r.source.device().is_cpu()) r.data = at::Tensor();  // free the host copy
+  }
+  writer.add(kChecksumRecord, checksums);
+  writer.add("version", std::string("3\n"));
+  writer.finish();
   sink.flush();
+  stats.write_seconds = since(tw) - hash_wait;
+  stats.hash_wait_seconds = hash_wait;
   int err = sink.error();
-  if (!err && zip_error.empty() && ::fsync(fd) != 0) err = errno;
+  const auto tf = Clock::now();
+  if (!err && ::fsync(fd) != 0) err = errno;
+  stats.fsync_seconds = since(tf);
   if (::close(fd) != 0 && !err) err = errno;
-  if (err || !zip_error.empty()) {
+  if (err) {
     ::unlink(tmp.c_str());
-    throw CheckpointWriteError("writing " + path + " failed: " + (err ? errno_text(err) : zip_error) +
-                                   " (previous file, if any, is intact)",
+    throw CheckpointWriteError("writing " + path + " failed: " + errno_text(err) + " (previous file, if any, is intact)",
                                err);
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -620,9 +693,8 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
     throw CheckpointWriteError("renaming " + tmp + " to " + path + " failed: " + errno_text(e), e);
   }
   fsync_directory(dir.string());
-  WriteStats stats;
   stats.bytes = sink.total();
-  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  stats.seconds = since(t0);
   return stats;
 }
 

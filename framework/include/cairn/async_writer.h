@@ -14,6 +14,7 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -27,6 +28,11 @@ class StateSnapshot {
     c10::ScalarType dtype;
     bool cuda;
   };
+  //! Top-level keys whose tensors are immutable once handed out and are shared
+  //! by the snapshot instead of copied: `metrics` (MetricLog's append-only
+  //! columns; see MetricLog::state_dict), so a save's cost does not grow with
+  //! the length of the run.
+  static const std::vector<std::string>& shared_keys();
   //! The tensors `v` holds, as slots (cheap; read on the training thread).
   static std::vector<Slot> layout(const Value& v);
   //! Allocates (and touches) buffers for `slots` ahead of the first take(), so

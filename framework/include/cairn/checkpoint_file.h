@@ -45,6 +45,11 @@ class CheckpointWriteError : public std::runtime_error {
 struct WriteStats {
   uint64_t bytes = 0;       //!< size of the file written
   double seconds = 0.0;     //!< wall time including fsync and rename
+  // Where the time went (for benchmarks):
+  double pickle_seconds = 0.0;     //!< serialising the non-tensor content
+  double hash_wait_seconds = 0.0;  //!< the writer waiting for CRC-32/XXH3 running ahead on helper threads
+  double write_seconds = 0.0;      //!< write(2) calls (page-cache copy and writeback throttling)
+  double fsync_seconds = 0.0;      //!< the final fsync
 };
 
 /// Writes `root` (a dict) to `path` atomically. Tensors may live on any device
