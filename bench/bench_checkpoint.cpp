@@ -8,6 +8,12 @@
 #include <cairn/callbacks.h>
 
 #include <torch/torch.h>
+#include <caffe2/serialize/inline_container.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "../framework/src/zip_writer.h"
+
 
 #include <algorithm>
 #include <chrono>
@@ -41,6 +47,8 @@ struct Row {
   std::string name;
   double params_m, mb, save_s, dd_s, load_s, cat_s, assemble_s;
   bool cold;
+  cairn::WriteStats last;  //!< the last save's breakdown
+  std::vector<double> dd_all;
 };
 
 Row measure(const std::string& name, torch::nn::Sequential model, const at::Tensor& input, const std::string& dir,
@@ -52,7 +60,7 @@ Row measure(const std::string& name, torch::nn::Sequential model, const at::Tens
   cairn::Loop loop;
   loop.track(*model);
   loop.track(opt);
-  Row r{name, 0, 0, 0, 0, 0, 0, 0, false};
+  Row r{name, 0, 0, 0, 0, 0, 0, 0, false, {}, {}};
   for (const auto& p : model->parameters()) r.params_m += static_cast<double>(p.numel()) / 1e6;
   const std::string path = dir + "/" + name + ".ckpt";
   std::vector<double> save, assemble, dd, load, cat;
@@ -62,6 +70,7 @@ Row measure(const std::string& name, torch::nn::Sequential model, const at::Tens
     const auto t1 = Clock::now();
     const auto st = cairn::write_checkpoint(path, c);
     const auto t2 = Clock::now();
+    r.last = st;
     assemble.push_back(std::chrono::duration<double>(t1 - t0).count());
     save.push_back(std::chrono::duration<double>(t2 - t0).count());
     r.mb = static_cast<double>(st.bytes) / 1e6;
@@ -81,6 +90,7 @@ Row measure(const std::string& name, torch::nn::Sequential model, const at::Tens
   r.save_s = median(save);
   r.assemble_s = median(assemble);
   r.dd_s = median(dd);
+  r.dd_all = dd;
   r.load_s = median(load);
   r.cat_s = median(cat);
   return r;
@@ -190,11 +200,20 @@ double blocking_with_history(int64_t layers, int64_t points, int saves, const st
   }
   loop.fit_end();
   if (std::system(("rm -rf '" + dir + "/history'").c_str()) != 0) std::fprintf(stderr, "cleanup failed\n");
+  if (std::getenv("CAIRN_BENCH_VERBOSE")) {
+    const auto a0 = Clock::now();
+    cairn::Value c = loop.make_checkpoint(false);
+    std::printf("  [%lld points] assembly %.4f s; blocked:", static_cast<long long>(points),
+                std::chrono::duration<double>(Clock::now() - a0).count());
+    for (double b : blocked) std::printf(" %.3f", b);
+    std::printf("\n");
+  }
   return median(std::vector<double>(blocked.begin() + 1, blocked.end()));
 }
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // show each section as it completes
   std::string dir = "bench_tmp";
   int64_t big_layers = 6;  // 6 x Linear(4096, 4096): 100.7M parameters
   int repeats = 3;
@@ -229,6 +248,33 @@ int main(int argc, char** argv) {
   std::printf("(ratio = cairn write throughput / dd conv=fsync throughput; save includes assembling the state,"
               " %.3f s for big; reads are %s)\n",
               rows.back().assemble_s, rows.back().cold ? "cold (page cache dropped)" : "warm (cannot drop caches here)");
+
+  {
+    const Row& b = rows.back();
+    std::printf("dd conv=fsync runs (MB/s):");
+    for (double d : b.dd_all) std::printf(" %.0f", b.mb / d);
+    std::printf("\nbreakdown of the last big save: pickle+prepare %.3f s, waiting for hashes %.3f s, write(2) %.3f s,"
+                " fsync %.3f s, total %.3f s\n",
+                b.last.pickle_seconds, b.last.hash_wait_seconds, b.last.write_seconds, b.last.fsync_seconds,
+                b.last.seconds);
+    // Hash rates over 256 MB in memory: what each pass costs on this CPU.
+    std::vector<unsigned char> buf(256u << 20, 7);
+    auto rate = [&](const std::function<void()>& f) {
+      const auto t = Clock::now();
+      f();
+      return static_cast<double>(buf.size()) / 1e6 / std::chrono::duration<double>(Clock::now() - t).count();
+    };
+    volatile uint64_t sink = 0;
+    const double zlib_rate = rate([&] { sink = sink + cairn::zip::crc32_parallel(buf.data(), buf.size(), 1); });
+    const double xxh_rate = rate([&] { sink = sink + XXH3_64bits(buf.data(), buf.size()); });
+    const double miniz_rate = rate([&] {
+      caffe2::serialize::PyTorchStreamWriter w([](const void*, size_t n) { return n; });  // CRC, no I/O
+      w.writeRecord("data/0", buf.data(), buf.size());
+      w.writeEndOfFile();
+    });
+    std::printf("in-memory rates (MB/s): zlib crc32 %.0f, XXH3-64 %.0f, PyTorch's zip writer (miniz CRC) %.0f\n",
+                zlib_rate, xxh_rate, miniz_rate);
+  }
 
   // Python's torch.save of the same big state, where installed.
   const std::string py = std::string(CAIRN_PYTHON) + " " + CAIRN_BENCH_DIR + "/python_save.py " + dir + " " +
