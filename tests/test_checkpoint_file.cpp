@@ -259,3 +259,14 @@ TEST_CASE("the CRC-32 computed in parallel pieces equals zlib's single pass") {
   CHECK(py.output.find(hex) != std::string::npos);
   CHECK(cairn::zip::crc32_parallel(buf.data(), 0, 2) == 0u);
 }
+
+TEST_CASE("atomic_link over a name that already links the same file leaves no temp file") {
+  test::TempDir dir("relink");
+  test::write_file(dir / "a.ckpt", "x");
+  cairn::atomic_link(dir / "a.ckpt", dir / "b.ckpt");
+  cairn::atomic_link(dir / "a.ckpt", dir / "b.ckpt");  // rename(2) is a no-op between links of one file
+  int tmp = 0;
+  for (const auto& e : test::fs::directory_iterator(dir.path)) tmp += e.path().extension() == ".tmp";
+  CHECK(tmp == 0);
+  CHECK(test::read_file(dir / "b.ckpt") == "x");
+}

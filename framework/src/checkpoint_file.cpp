@@ -715,6 +715,10 @@ void atomic_link(const std::string& source, const std::string& target) {
     ::unlink(tmp.c_str());
     throw CheckpointWriteError("renaming " + tmp + " to " + target + " failed: " + errno_text(e), e);
   }
+  // rename(2) does nothing when both names already link the same file (a
+  // repeated rotation): the temp name would stay behind. Drop it (ENOENT when
+  // the rename did move it).
+  ::unlink(tmp.c_str());
   const fs::path t(target);
   fsync_directory(t.has_parent_path() ? t.parent_path().string() : ".");
 }
