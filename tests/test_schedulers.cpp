@@ -76,7 +76,9 @@ void advance(cairn::Scheduler& s, int64_t i) {
 TEST_CASE("every scheduler matches PyTorch's scheduler of the same name, step by step") {
   const auto ref = reference();
   REQUIRE(ref.size() == factories().size());
-  for (const auto& [name, make] : factories()) {
+  for (const auto& entry : factories()) {
+    const auto& name = entry.first;
+    const auto& make = entry.second;
     CAPTURE(name);
     const auto it = ref.find(name);
     REQUIRE(it != ref.end());
@@ -92,7 +94,9 @@ TEST_CASE("every scheduler matches PyTorch's scheduler of the same name, step by
 }
 
 TEST_CASE("a scheduler restored from its state continues the same curve") {
-  for (const auto& [name, make] : factories()) {
+  for (const auto& entry : factories()) {
+    const auto& name = entry.first;
+    const auto& make = entry.second;
     CAPTURE(name);
     auto p = torch::zeros({1}, torch::requires_grad());
     torch::optim::SGD a_opt({p}, torch::optim::SGDOptions(0.1));

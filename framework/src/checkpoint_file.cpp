@@ -1,11 +1,11 @@
 // Checkpoint file I/O: pickle writer/reader for the Value tree, the zip
-// container (PyTorch's own stream writer/reader), checksums, atomic writes.
+// container (cairn's own zip writer and reader), checksums, atomic writes.
 #include "cairn/checkpoint_file.h"
 
 #include "cairn/run_lock.h"
+#include "zip_reader.h"
 #include "zip_writer.h"
 
-#include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 #define XXH_INLINE_ALL  // header-only: no library to link or carry
 #include <xxhash.h>
@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace cairn {
 
@@ -222,14 +223,34 @@ std::string dumps(const Value& v, std::vector<at::Tensor>* tensors_out) {
 }  // namespace pickle
 
 // ---------------------------------------------------------------------------
-// Pickle reader: the subset that torch.save and cairn emit.
+// Pickle reader: the subset that torch.save and cairn emit, hardened against
+// hostile files (Python weight files carry no cairn checksum, so these bytes
+// are untrusted).
+//
+// The stack machine builds a graph of nodes in an arena: a memo reference
+// shares its node (Python's semantics, O(1)), never deep-copies it. The graph
+// becomes a Value tree at STOP under limits: nesting depth, a budget of
+// values and string bytes proportional to the pickle's size (so shared
+// references cannot expand a small file exponentially), and a check that no
+// container contains itself. Every opcode creates at most one node, so the
+// arena is bounded by the pickle's size too. Tensor views are checked
+// against their storage with overflow-checked arithmetic before they exist.
 namespace {
 using StorageLoader = std::function<at::Tensor(const std::string& key, c10::ScalarType, int64_t numel)>;
 
 class Unpickler {
  public:
+  static constexpr size_t kMaxDepth = 256;           //!< nesting of lists/dicts in the result
+  static constexpr size_t kMaxDims = 64;             //!< tensor dimensions
+  static constexpr size_t kMaxObjects = 64u << 20;   //!< nodes in the arena
+
   Unpickler(const char* data, size_t size, StorageLoader loader)
-      : p_(data), end_(data + size), loader_(std::move(loader)) {}
+      : begin_(data), p_(data), end_(data + size), loader_(std::move(loader)) {
+    // A value may be emitted again through a shared reference, but the whole
+    // result stays within a small multiple of the pickle's own size.
+    budget_values_ = 4096 + 4 * size;
+    budget_bytes_ = 4096 + 4 * size;
+  }
 
   Value load() {
     while (true) {
@@ -237,24 +258,27 @@ class Unpickler {
       switch (opcode) {
         case 0x80: byte(); break;                      // PROTO
         case 0x95: skip(8); break;                     // FRAME
-        case '.': return pop_value();                  // STOP
+        case '.': {                                    // STOP
+          const uint32_t root = pop();
+          return convert(root, 0);
+        }
         case '(': marks_.push_back(stack_.size()); break;  // MARK
-        case 'N': push(Value()); break;
-        case 0x88: push(Value(true)); break;
-        case 0x89: push(Value(false)); break;
-        case 'K': push(Value(static_cast<int64_t>(byte()))); break;
-        case 'M': { uint16_t u; read(&u, 2); push(Value(static_cast<int64_t>(u))); break; }
-        case 'J': { int32_t i; read(&i, 4); push(Value(static_cast<int64_t>(i))); break; }
+        case 'N': push(make(K::None)); break;
+        case 0x88: push(make_int(K::Bool, 1)); break;
+        case 0x89: push(make_int(K::Bool, 0)); break;
+        case 'K': push(make_int(K::Int, byte())); break;
+        case 'M': { uint16_t u; read(&u, 2); push(make_int(K::Int, u)); break; }
+        case 'J': { int32_t i; read(&i, 4); push(make_int(K::Int, i)); break; }
         case 0x8a: {  // LONG1
           const int n = byte();
           if (n > 8) fail("integer wider than 64 bits");
-          int64_t v = 0;
           unsigned char b[8] = {0};
           read(b, static_cast<size_t>(n));
           const bool negative = n > 0 && (b[n - 1] & 0x80);
           for (int i = 7; i >= n; --i) b[i] = negative ? 0xff : 0x00;
+          int64_t v;
           std::memcpy(&v, b, 8);
-          push(Value(v));
+          push(make_int(K::Int, v));
           break;
         }
         case 'G': {  // BINFLOAT
@@ -262,77 +286,80 @@ class Unpickler {
           read(b, 8);
           uint64_t bits = 0;
           for (int i = 0; i < 8; ++i) bits = (bits << 8) | b[i];
-          double d;
-          std::memcpy(&d, &bits, 8);
-          push(Value(d));
+          const uint32_t n = make(K::Double);
+          std::memcpy(&nodes_[n].d, &bits, 8);
+          push(n);
           break;
         }
-        case 'X': { uint32_t n; read(&n, 4); push(Value(str(n))); break; }
-        case 0x8c: { const size_t n = byte(); push(Value(str(n))); break; }   // SHORT_BINUNICODE
-        case 0x8d: { uint64_t n; read(&n, 8); push(Value(str(n))); break; }   // BINUNICODE8
-        case 'U': { const size_t n = byte(); push(Value(str(n))); break; }    // SHORT_BINSTRING
-        case 'T': { uint32_t n; read(&n, 4); push(Value(str(n))); break; }    // BINSTRING
-        case '}': push(Value::dict()); break;
-        case ']': push(Value::list()); break;
-        case ')': push_tuple({}); break;
-        case 't': { auto items = pop_mark(); push_tuple(std::move(items)); break; }
-        case 0x85: { auto a = pop_value(); push_tuple({std::move(a)}); break; }
-        case 0x86: { auto b = pop_value(); auto a = pop_value(); push_tuple({std::move(a), std::move(b)}); break; }
+        case 'X': { uint32_t n; read(&n, 4); push(make_string(K::String, str(n))); break; }
+        case 0x8c: { const size_t n = byte(); push(make_string(K::String, str(n))); break; }   // SHORT_BINUNICODE
+        case 0x8d: { uint64_t n; read(&n, 8); push(make_string(K::String, str(n))); break; }   // BINUNICODE8
+        case 'U': { const size_t n = byte(); push(make_string(K::String, str(n))); break; }    // SHORT_BINSTRING
+        case 'T': { uint32_t n; read(&n, 4); push(make_string(K::String, str(n))); break; }    // BINSTRING
+        case '}': push(make(K::Dict)); break;
+        case ']': push(make(K::List)); break;
+        case ')': push(make(K::Tuple)); break;
+        case 't': { auto items = pop_mark(); push(make_tuple(std::move(items))); break; }
+        case 0x85: { const uint32_t a = pop(); push(make_tuple({a})); break; }
+        case 0x86: { const uint32_t b = pop(); const uint32_t a = pop(); push(make_tuple({a, b})); break; }
         case 0x87: {
-          auto c = pop_value(); auto b = pop_value(); auto a = pop_value();
-          push_tuple({std::move(a), std::move(b), std::move(c)});
+          const uint32_t c = pop(); const uint32_t b = pop(); const uint32_t a = pop();
+          push(make_tuple({a, b, c}));
           break;
         }
-        case 'a': { auto v = pop_value(); top().v.push_back(std::move(v)); break; }  // APPEND
+        case 'a': {  // APPEND
+          const uint32_t v = pop();
+          list_node(top(), "APPEND").items.push_back(v);
+          break;
+        }
         case 'e': {  // APPENDS
           auto items = pop_mark();
-          Value& list = top().v;
-          if (!list.is_list()) fail("APPENDS on a non-list");
-          for (auto& it : items) list.push_back(std::move(it));
+          Node& list = list_node(top(), "APPENDS");
+          list.items.insert(list.items.end(), items.begin(), items.end());
           break;
         }
         case 's': {  // SETITEM
-          auto v = pop_value();
-          auto k = pop_value();
-          set_item(top().v, std::move(k), std::move(v));
+          const uint32_t v = pop();
+          const uint32_t k = pop();
+          set_item(top(), k, v);
           break;
         }
         case 'u': {  // SETITEMS
           auto items = pop_mark();
           if (items.size() % 2) fail("odd SETITEMS");
-          Value& d = top().v;
-          for (size_t i = 0; i < items.size(); i += 2) set_item(d, std::move(items[i]), std::move(items[i + 1]));
+          const uint32_t d = top();
+          for (size_t i = 0; i < items.size(); i += 2) set_item(d, items[i], items[i + 1]);
           break;
         }
         case 'c': {  // GLOBAL
           std::string module = line();
           std::string name = line();
-          Item it;
-          it.global = module + "." + name;
-          stack_.push_back(std::move(it));
+          push(make_string(K::Global, module + "." + name));
           break;
         }
         case 'Q': {  // BINPERSID
-          Value pid = pop_value();
+          const uint32_t pid = pop();
           push(load_storage(pid));
           break;
         }
         case 'R': {  // REDUCE
-          Value args = pop_value();
-          Item func = pop();
-          if (func.global.empty()) fail("REDUCE on a non-class");
-          push(reduce(func.global, args));
+          const uint32_t args = pop();
+          const uint32_t func = pop();
+          if (nodes_[func].kind != K::Global) fail("REDUCE on a non-class");
+          if (nodes_[args].kind != K::Tuple) fail("REDUCE without an argument tuple");
+          push(reduce(strings_[static_cast<size_t>(nodes_[func].i)], args));
           break;
         }
-        case 'b': pop_value(); break;  // BUILD: state of an OrderedDict (_metadata) is dropped
-        case 'q': { const size_t i = byte(); memo(i); break; }
-        case 'r': { uint32_t i; read(&i, 4); memo(i); break; }
-        case 0x94: memo(memo_.size()); break;  // MEMOIZE
-        case 'h': { const size_t i = byte(); push_memo(i); break; }
-        case 'j': { uint32_t i; read(&i, 4); push_memo(i); break; }
+        case 'b': pop(); top(); break;  // BUILD: state of an OrderedDict (_metadata) is dropped
+        case 'q': { const uint32_t i = byte(); memo_put(i); break; }           // BINPUT
+        case 'r': { uint32_t i; read(&i, 4); memo_put(i); break; }             // LONG_BINPUT
+        case 0x94: memo_put(static_cast<uint32_t>(memo_.size())); break;       // MEMOIZE
+        case 'h': { const uint32_t i = byte(); memo_get(i); break; }           // BINGET
+        case 'j': { uint32_t i; read(&i, 4); memo_get(i); break; }             // LONG_BINGET
         default: {
           std::ostringstream os;
-          os << "unsupported pickle opcode 0x" << std::hex << static_cast<int>(opcode);
+          os << "unsupported pickle opcode 0x" << std::hex << static_cast<int>(opcode) << std::dec << " at byte "
+             << (p_ - begin_ - 1);
           fail(os.str());
         }
       }
@@ -340,13 +367,15 @@ class Unpickler {
   }
 
  private:
-  struct Item {
-    Value v;
-    std::string global;  //!< non-empty for GLOBAL entries
-    bool is_tuple = false;
+  enum class K : uint8_t { None, Bool, Int, Double, String, Tensor, List, Tuple, Dict, Global };
+  struct Node {
+    K kind = K::None;
+    int64_t i = 0;   //!< Int/Bool value; index into strings_ (String, Global) or tensors_ (Tensor)
+    double d = 0.0;  //!< Double value
+    std::vector<uint32_t> items;  //!< List/Tuple items; Dict: key, value, key, value, ...
   };
 
-  [[noreturn]] void fail(const std::string& why) { throw CheckpointError("malformed pickle: " + why); }
+  [[noreturn]] void fail(const std::string& why) const { throw CheckpointError("malformed pickle: " + why); }
   unsigned char byte() {
     if (p_ >= end_) fail("unexpected end of data.pkl");
     return static_cast<unsigned char>(*p_++);
@@ -360,9 +389,9 @@ class Unpickler {
     if (static_cast<size_t>(end_ - p_) < n) fail("unexpected end of data.pkl");
     p_ += n;
   }
-  std::string str(size_t n) {
-    if (static_cast<size_t>(end_ - p_) < n) fail("unexpected end of data.pkl");
-    std::string s(p_, n);
+  std::string str(uint64_t n) {
+    if (static_cast<uint64_t>(end_ - p_) < n) fail("unexpected end of data.pkl");
+    std::string s(p_, static_cast<size_t>(n));
     p_ += n;
     return s;
   }
@@ -373,102 +402,273 @@ class Unpickler {
     p_ = nl + 1;
     return s;
   }
-  void push(Value v) { Item it; it.v = std::move(v); stack_.push_back(std::move(it)); }
-  void push_tuple(std::vector<Value> items) {
-    Item it;
-    it.v = Value(std::move(items));
-    it.is_tuple = true;
-    stack_.push_back(std::move(it));
+
+  uint32_t make(K kind) {
+    if (nodes_.size() >= kMaxObjects) fail("more than " + std::to_string(kMaxObjects) + " objects");
+    nodes_.emplace_back();
+    nodes_.back().kind = kind;
+    return static_cast<uint32_t>(nodes_.size() - 1);
   }
-  Item& top() {
-    if (stack_.empty()) fail("stack underflow");
+  uint32_t make_int(K kind, int64_t v) {
+    const uint32_t n = make(kind);
+    nodes_[n].i = v;
+    return n;
+  }
+  uint32_t make_string(K kind, std::string s) {
+    const uint32_t n = make(kind);
+    nodes_[n].i = static_cast<int64_t>(strings_.size());
+    strings_.push_back(std::move(s));
+    return n;
+  }
+  uint32_t make_tuple(std::vector<uint32_t> items) {
+    const uint32_t n = make(K::Tuple);
+    nodes_[n].items = std::move(items);
+    return n;
+  }
+  uint32_t make_tensor(at::Tensor t) {
+    const uint32_t n = make(K::Tensor);
+    nodes_[n].i = static_cast<int64_t>(tensors_.size());
+    tensors_.push_back(std::move(t));
+    return n;
+  }
+
+  void push(uint32_t n) { stack_.push_back(n); }
+  uint32_t top() const {
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) fail("stack underflow");
     return stack_.back();
   }
-  Item pop() {
-    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) fail("stack underflow");
-    Item it = std::move(stack_.back());
+  uint32_t pop() {
+    const uint32_t n = top();
     stack_.pop_back();
-    return it;
+    return n;
   }
-  // Class references (GLOBAL) become "global:module.name" strings when they
-  // end up inside a container (the storage type inside a persistent id).
-  static Value as_value(Item&& it) {
-    if (!it.global.empty()) return Value("global:" + it.global);
-    return std::move(it.v);
-  }
-  Value pop_value() { return as_value(pop()); }
-  std::vector<Value> pop_mark() {
+  std::vector<uint32_t> pop_mark() {
     if (marks_.empty()) fail("missing MARK");
     const size_t m = marks_.back();
     marks_.pop_back();
-    std::vector<Value> items;
     if (m > stack_.size()) fail("bad MARK");
-    for (size_t i = m; i < stack_.size(); ++i) items.push_back(as_value(std::move(stack_[i])));
+    std::vector<uint32_t> items(stack_.begin() + static_cast<std::ptrdiff_t>(m), stack_.end());
     stack_.resize(m);
     return items;
   }
-  void memo(size_t i) {
-    if (memo_.size() <= i) memo_.resize(i + 1);
-    memo_[i] = top();
+  Node& list_node(uint32_t n, const char* op) {
+    if (nodes_[n].kind != K::List) fail(std::string(op) + " on a non-list");
+    return nodes_[n];
   }
-  void push_memo(size_t i) {
-    if (i >= memo_.size()) fail("bad memo reference");
-    stack_.push_back(memo_[i]);
-  }
-  void set_item(Value& d, Value k, Value v) {
-    if (!d.is_dict()) fail("SETITEM on a non-dict");
-    if (!k.is_string() && !k.is_int()) fail(std::string("dict key of type ") + k.kind_name());
-    d.set(std::move(k), std::move(v));
+  void memo_put(uint32_t index) { memo_[index] = top(); }
+  void memo_get(uint32_t index) {
+    auto it = memo_.find(index);
+    if (it == memo_.end()) fail("reference to memo entry " + std::to_string(index) + ", which was never stored");
+    push(it->second);
   }
 
-  Value load_storage(const Value& pid) {
-    if (!pid.is_list() || pid.size() != 5 || !pid.items()[0].is_string() ||
-        pid.items()[0].to_string() != "storage") {
+  //! Dict keys as one string ("i" + 8 bytes, or "s" + text) for the index.
+  std::string key_of(uint32_t k) const {
+    const Node& n = nodes_[k];
+    if (n.kind == K::Int) return "i" + std::string(reinterpret_cast<const char*>(&n.i), 8);
+    if (n.kind == K::String) return "s" + strings_[static_cast<size_t>(n.i)];
+    fail(std::string("dict key of type ") + kind_name(n.kind));
+  }
+  //! Python's d[k] = v: replaces an existing key in place. Linear overall: a
+  //! dict past a few entries gets a hash index of its keys.
+  void set_item(uint32_t d, uint32_t k, uint32_t v) {
+    if (nodes_[d].kind != K::Dict) fail("SETITEM on a non-dict");
+    std::string key = key_of(k);
+    auto& items = nodes_[d].items;
+    auto idx = dict_index_.find(d);
+    if (idx == dict_index_.end()) {
+      for (size_t i = 0; i < items.size(); i += 2) {
+        if (key_of(items[i]) == key) {
+          items[i + 1] = v;
+          return;
+        }
+      }
+      items.push_back(k);
+      items.push_back(v);
+      if (items.size() >= 32) {
+        auto& map = dict_index_[d];
+        for (size_t i = 0; i < items.size(); i += 2) map.emplace(key_of(items[i]), i);
+      }
+      return;
+    }
+    auto found = idx->second.find(key);
+    if (found != idx->second.end()) {
+      items[found->second + 1] = v;
+      return;
+    }
+    idx->second.emplace(std::move(key), items.size());
+    items.push_back(k);
+    items.push_back(v);
+  }
+
+  static const char* kind_name(K k) {
+    switch (k) {
+      case K::None: return "None";
+      case K::Bool: return "bool";
+      case K::Int: return "int";
+      case K::Double: return "float";
+      case K::String: return "str";
+      case K::Tensor: return "tensor";
+      case K::List: return "list";
+      case K::Tuple: return "tuple";
+      case K::Dict: return "dict";
+      case K::Global: return "class";
+    }
+    return "?";
+  }
+
+  int64_t int_of(uint32_t n, const char* what) const {
+    if (nodes_[n].kind != K::Int) fail(std::string(what) + " is not an int");
+    return nodes_[n].i;
+  }
+  std::vector<int64_t> int_tuple(uint32_t n, const char* what) const {
+    const Node& node = nodes_[n];
+    if (node.kind != K::Tuple && node.kind != K::List) fail(std::string(what) + " is not a tuple");
+    if (node.items.size() > kMaxDims) fail(std::string(what) + " has more than " + std::to_string(kMaxDims) + " dimensions");
+    std::vector<int64_t> out;
+    for (uint32_t i : node.items) out.push_back(int_of(i, what));
+    return out;
+  }
+  const std::string& string_of(uint32_t n, const char* what) const {
+    if (nodes_[n].kind != K::String) fail(std::string(what) + " is not a string");
+    return strings_[static_cast<size_t>(nodes_[n].i)];
+  }
+
+  uint32_t load_storage(uint32_t pid) {
+    const Node& p = nodes_[pid];
+    if (p.kind != K::Tuple || p.items.size() != 5 || nodes_[p.items[0]].kind != K::String ||
+        strings_[static_cast<size_t>(nodes_[p.items[0]].i)] != "storage") {
       fail("unsupported persistent id");
     }
-    const std::string key = pid.items()[2].to_string();
-    const int64_t numel = pid.items()[4].to_int();
+    const std::string& key = string_of(p.items[2], "storage key");
+    if (key.empty() || key.size() > 64) fail("storage key of length " + std::to_string(key.size()));
+    const int64_t numel = int_of(p.items[4], "storage size");
+    if (numel < 0) fail("negative storage size");
     auto cached = storages_.find(key);
-    if (cached != storages_.end()) return Value(cached->second);
-    std::string tname = pid.items()[1].is_string() ? pid.items()[1].to_string() : "";
+    if (cached != storages_.end()) return cached->second;
+    const Node& type = nodes_[p.items[1]];
+    if (type.kind != K::Global) fail("storage without a type");
+    std::string tname = strings_[static_cast<size_t>(type.i)];
     const auto dot = tname.rfind('.');
-    if (tname.rfind("global:", 0) != 0 || dot == std::string::npos) fail("storage without a type");
+    if (dot == std::string::npos) fail("storage without a type");
     tname = tname.substr(dot + 1);
     c10::ScalarType t;
-    if (!storage_type(tname, &t)) fail("unsupported storage type " + tname);
-    at::Tensor s = loader_(key, t, numel);
-    storages_[key] = s;
-    return Value(s);
+    if (!storage_type(tname, &t)) fail("unsupported storage type " + tname.substr(0, 100));
+    const uint32_t n = make_tensor(loader_(key, t, numel));
+    storages_[key] = n;
+    return n;
   }
 
-  Value reduce(const std::string& func, const Value& args) {
-    if (func == "collections.OrderedDict") return Value::dict();
+  uint32_t reduce(const std::string& func, uint32_t args_node) {
+    const std::vector<uint32_t> a = nodes_[args_node].items;  // copy: make() may move nodes_
+    if (func == "collections.OrderedDict") return make(K::Dict);
     if (func == "torch._utils._rebuild_tensor_v2" || func == "torch._utils._rebuild_tensor") {
-      const auto& a = args.items();
       if (a.size() < 4) fail("short _rebuild_tensor args");
-      const at::Tensor& storage = a[0].to_tensor();
-      const int64_t offset = a[1].to_int();
-      const auto sizes = a[2].to_int_list();
-      const auto strides = a[3].to_int_list();
-      int64_t needed = offset + 1;
+      if (nodes_[a[0]].kind != K::Tensor) fail("tensor without a storage");
+      const at::Tensor storage = tensors_[static_cast<size_t>(nodes_[a[0]].i)];
+      const int64_t offset = int_of(a[1], "storage offset");
+      const auto sizes = int_tuple(a[2], "tensor size");
+      const auto strides = int_tuple(a[3], "tensor stride");
+      if (sizes.size() != strides.size()) fail("tensor with " + std::to_string(sizes.size()) + " sizes but " +
+                                                std::to_string(strides.size()) + " strides");
+      const int64_t available = storage.numel();
+      if (offset < 0 || offset > available) fail("storage offset outside the storage");
+      // Elements of the view, and the last element it touches, overflow-checked.
+      int64_t numel = 1;
+      int64_t last = offset;
+      bool empty = false;
       for (size_t i = 0; i < sizes.size(); ++i) {
-        if (sizes[i] == 0) { needed = 0; break; }
-        needed += (sizes[i] - 1) * strides[i];
+        if (sizes[i] < 0) fail("negative tensor size");
+        if (strides[i] < 0) fail("negative tensor stride");
+        if (sizes[i] == 0) empty = true;
+        if (__builtin_mul_overflow(numel, sizes[i], &numel)) fail("tensor size overflows");
       }
-      if (needed > storage.numel()) fail("tensor larger than its storage");
-      return Value(storage.as_strided(sizes, strides, offset));
+      if (!empty) {
+        for (size_t i = 0; i < sizes.size(); ++i) {
+          int64_t reach;
+          if (__builtin_mul_overflow(sizes[i] - 1, strides[i], &reach) || __builtin_add_overflow(last, reach, &last)) {
+            fail("tensor extent overflows");
+          }
+        }
+        if (last >= available) fail("tensor view reaches past the end of its storage");
+        // A view with more elements than its storage (stride-0 broadcasts) would
+        // make later copies far larger than the file.
+        if (numel > available) fail("tensor view has more elements than its storage (expanded tensors are not loaded)");
+      }
+      return make_tensor(storage.as_strided(sizes, strides, offset));
     }
-    if (func == "torch._utils._rebuild_parameter") return args.items().at(0);
-    fail("unsupported class " + func);
+    if (func == "torch._utils._rebuild_parameter") {
+      if (a.empty()) fail("short _rebuild_parameter args");
+      return a[0];
+    }
+    fail("unsupported class " + func.substr(0, 200));
   }
 
+  //! The graph below `n` as a Value tree, within the depth and size limits.
+  Value convert(uint32_t n, size_t depth) {
+    if (depth > kMaxDepth) fail("nesting deeper than " + std::to_string(kMaxDepth) + " levels");
+    if (budget_values_ == 0) {
+      fail("the pickle expands to more values than its size allows (shared references repeated too often)");
+    }
+    --budget_values_;
+    const Node& node = nodes_[n];
+    switch (node.kind) {
+      case K::None: return Value();
+      case K::Bool: return Value(node.i != 0);
+      case K::Int: return Value(node.i);
+      case K::Double: return Value(node.d);
+      case K::String:
+      case K::Global: {
+        const std::string& s = strings_[static_cast<size_t>(node.i)];
+        if (s.size() > budget_bytes_) {
+          fail("the pickle expands to more text than its size allows (shared references repeated too often)");
+        }
+        budget_bytes_ -= s.size();
+        return node.kind == K::String ? Value(s) : Value("global:" + s);
+      }
+      case K::Tensor: return Value(tensors_[static_cast<size_t>(node.i)]);
+      case K::List:
+      case K::Tuple:
+      case K::Dict: {
+        if (!active_.insert(n).second) fail("a container that contains itself");
+        Value out;
+        if (node.kind == K::Dict) {
+          std::vector<Value> keys, values;
+          keys.reserve(node.items.size() / 2);
+          values.reserve(node.items.size() / 2);
+          for (size_t i = 0; i + 1 < node.items.size(); i += 2) {
+            keys.push_back(convert(nodes_[n].items[i], depth + 1));
+            values.push_back(convert(nodes_[n].items[i + 1], depth + 1));
+          }
+          out = Value::dict_from(std::move(keys), std::move(values));
+        } else {
+          std::vector<Value> items;
+          items.reserve(node.items.size());
+          for (uint32_t child : node.items) items.push_back(convert(child, depth + 1));
+          out = Value(std::move(items));
+        }
+        active_.erase(n);
+        return out;
+      }
+    }
+    fail("unknown node");
+  }
+
+  const char* begin_;
   const char* p_;
   const char* end_;
   StorageLoader loader_;
-  std::vector<Item> stack_;
+  std::vector<Node> nodes_;
+  std::vector<std::string> strings_;
+  std::vector<at::Tensor> tensors_;
+  std::vector<uint32_t> stack_;
   std::vector<size_t> marks_;
-  std::vector<Item> memo_;
-  std::unordered_map<std::string, at::Tensor> storages_;
+  std::unordered_map<uint32_t, uint32_t> memo_;
+  std::unordered_map<uint32_t, std::unordered_map<std::string, size_t>> dict_index_;
+  std::unordered_map<std::string, uint32_t> storages_;
+  std::unordered_set<uint32_t> active_;  //!< containers being converted (cycle check)
+  size_t budget_values_;
+  size_t budget_bytes_;
 };
 }  // namespace
 
@@ -725,6 +925,36 @@ void atomic_link(const std::string& source, const std::string& target) {
 
 // ---------------------------------------------------------------------------
 // Reading.
+namespace {
+//! Expected size and hash of each record, from `cairn/checksums`. Parsed
+//! strictly: one line per record of the archive, no more.
+std::unordered_map<std::string, std::pair<uint64_t, std::string>> parse_checksums(const std::string& text,
+                                                                                   size_t max_lines) {
+  std::unordered_map<std::string, std::pair<uint64_t, std::string>> out;
+  std::istringstream is(text);
+  std::string header;
+  std::getline(is, header);
+  if (header != kChecksumHeader) {
+    throw std::runtime_error("unknown checksum format '" + header.substr(0, 60) + "'");
+  }
+  std::string line;
+  while (std::getline(is, line)) {
+    if (line.empty()) continue;
+    if (out.size() >= max_lines) throw std::runtime_error("more checksums than records");
+    std::istringstream ls(line);
+    std::string name, hash;
+    uint64_t size = 0;
+    if (!(ls >> name >> size >> hash) || hash.size() != 16) {
+      throw std::runtime_error("malformed checksum line '" + line.substr(0, 80) + "'");
+    }
+    if (!out.emplace(name, std::make_pair(size, hash)).second) {
+      throw std::runtime_error("record " + name.substr(0, 80) + " listed twice");
+    }
+  }
+  return out;
+}
+}  // namespace
+
 Value read_checkpoint(const std::string& path, const ReadOptions& options) {
   auto corrupt = [&](const std::string& why) {
     return CheckpointError("checkpoint " + path + " is not usable: " + why);
@@ -733,118 +963,141 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
   if (::stat(path.c_str(), &st) != 0) throw corrupt("cannot open (" + errno_text(errno) + ")");
   if (st.st_size == 0) throw corrupt("the file is empty");
 
-  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  std::unique_ptr<zip::ZipReader> reader;
   try {
-    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
-  } catch (const std::exception& e) {
-    throw corrupt("not a readable zip archive (truncated or not a checkpoint)");
+    reader = std::make_unique<zip::ZipReader>(path);
+  } catch (const zip::ZipError& e) {
+    throw corrupt(std::string("not a readable zip archive (truncated or not a checkpoint): ") + e.what());
   }
+  const uint64_t file_size = reader->file_size();
 
   // Expected sizes and hashes, if the file carries cairn's checksum record.
-  std::unordered_map<std::string, std::pair<size_t, std::string>> expected;
-  bool has_checksums = false;
-  try {
-    has_checksums = reader->hasRecord(kChecksumRecord);
-    if (has_checksums) {
-      auto rec = reader->getRecord(kChecksumRecord);
-      std::string text(static_cast<const char*>(std::get<0>(rec).get()), std::get<1>(rec));
-      std::istringstream is(text);
-      std::string header;
-      std::getline(is, header);
-      if (header != kChecksumHeader) throw corrupt("unknown checksum format '" + header + "'");
-      std::string name, hash;
-      size_t size = 0;
-      while (is >> name >> size >> hash) expected[name] = {size, hash};
+  // Every size is checked against the archive before anything is allocated.
+  std::unordered_map<std::string, std::pair<uint64_t, std::string>> expected;
+  const zip::Entry* sums = reader->find(kChecksumRecord);
+  const bool has_checksums = sums != nullptr;
+  if (has_checksums) {
+    if (sums->size > (16u << 20)) throw corrupt("checksum record of " + std::to_string(sums->size) + " bytes");
+    try {
+      expected = parse_checksums(reader->read_string(*sums), reader->entries().size());
+    } catch (const std::exception& e) {
+      throw corrupt(std::string("cannot read checksums: ") + e.what());
     }
-  } catch (const CheckpointError&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw corrupt(std::string("cannot read checksums: ") + e.what());
-  }
-  if (!has_checksums && options.require_checksum) {
+    for (const auto& kv : expected) {
+      const zip::Entry* e = reader->find(kv.first);
+      if (!e) throw corrupt("record " + kv.first.substr(0, 80) + " is listed in the checksums but missing");
+      if (e->size != kv.second.first) throw corrupt("record " + kv.first.substr(0, 80) + " has the wrong size");
+    }
+  } else if (options.require_checksum) {
     throw corrupt("no cairn checksum record (not a cairn checkpoint?)");
   }
 
-  size_t verified = 0;
-  struct PendingHash {
-    std::string name, expected;
-    std::future<uint64_t> hash;
+  // Records are read into buffers from the allocator; large ones are hashed
+  // (XXH3 against cairn's list, or the zip CRC-32 for plain torch.save files)
+  // on helper threads while the next record is read. Everything is checked
+  // before the content is returned.
+  struct PendingCheck {
+    std::string name;
+    std::future<bool> ok;
   };
-  std::vector<PendingHash> pending_hashes;
-  // Futures must finish before the buffers they read are freed, on every path.
-  struct Drain {
-    std::vector<PendingHash>& v;
+  std::vector<PendingCheck> pending;
+  struct Drain {  // checks read buffers that must outlive them, on every path
+    std::vector<PendingCheck>& v;
     ~Drain() {
       for (auto& p : v) {
-        if (p.hash.valid()) p.hash.wait();
+        if (p.ok.valid()) p.ok.wait();
       }
     }
-  } drain{pending_hashes};
-  auto get = [&](const std::string& name) -> std::tuple<at::DataPtr, size_t> {
-    std::tuple<at::DataPtr, size_t> rec;
-    try {
-      rec = reader->getRecord(name);
-    } catch (const std::exception& e) {
-      throw corrupt("record " + name + " cannot be read (" + std::string(e.what()).substr(0, 120) + ")");
-    }
+  } drain{pending};
+  auto check = [&](const zip::Entry& e, const void* ptr) {
+    const size_t n = static_cast<size_t>(e.size);
+    std::function<bool()> verify;
     if (has_checksums) {
-      auto it = expected.find(name);
-      if (it == expected.end()) throw corrupt("record " + name + " is not in the checksum list");
-      const size_t n = std::get<1>(rec);
-      if (n != it->second.first) throw corrupt("record " + name + " has the wrong size");
-      const void* ptr = std::get<0>(rec).get();
-      if (n >= (8u << 20)) {
-        // Large records: hash on a helper thread while the next one is read;
-        // everything is checked before the content is returned.
-        pending_hashes.push_back({name, it->second.second,
-                                  std::async(std::launch::async, [ptr, n] { return XXH3_64bits(ptr, n); })});
-      } else if (hex64(XXH3_64bits(ptr, n)) != it->second.second) {
-        throw corrupt("checksum mismatch in record " + name);
-      }
-      ++verified;
+      auto listed = expected.find(e.name);
+      if (listed == expected.end()) throw corrupt("record " + e.name.substr(0, 80) + " is not in the checksum list");
+      const std::string want = listed->second.second;
+      verify = [ptr, n, want] { return hex64(XXH3_64bits(ptr, n)) == want; };
+    } else {
+      const uint32_t want = e.crc;
+      verify = [ptr, n, want] { return zip::crc32_parallel(ptr, n, 1) == want; };
     }
-    return rec;
+    if (n >= (8u << 20)) {
+      pending.push_back({e.name, std::async(std::launch::async, verify)});
+    } else if (!verify()) {
+      throw corrupt("checksum mismatch in record " + e.name);
+    }
   };
   auto check_pending = [&] {
-    for (auto& p : pending_hashes) {
-      if (hex64(p.hash.get()) != p.expected) throw corrupt("checksum mismatch in record " + p.name);
+    for (auto& p : pending) {
+      if (!p.ok.get()) throw corrupt("checksum mismatch in record " + p.name);
     }
-    pending_hashes.clear();
+    pending.clear();
+  };
+  auto entry = [&](const std::string& name) -> const zip::Entry& {
+    const zip::Entry* e = reader->find(name);
+    if (!e) throw corrupt("record " + name.substr(0, 80) + " is missing");
+    return *e;
+  };
+  auto read_bytes = [&](const zip::Entry& e) {
+    at::Tensor buf = at::empty({static_cast<int64_t>(e.size)}, at::TensorOptions().dtype(at::kByte));
+    try {
+      reader->read(e, buf.data_ptr());
+    } catch (const zip::ZipError& err) {
+      throw corrupt("record " + e.name + " cannot be read (" + err.what() + ")");
+    }
+    check(e, buf.data_ptr());
+    return buf;
   };
 
-  auto pkl = get("data.pkl");
-  const char* pdata = static_cast<const char*>(std::get<0>(pkl).get());
+  const zip::Entry& pkl_entry = entry("data.pkl");
+  std::string pkl;
+  try {
+    pkl = reader->read_string(pkl_entry);
+  } catch (const zip::ZipError& err) {
+    throw corrupt(std::string("record data.pkl cannot be read (") + err.what() + ")");
+  }
+  check(pkl_entry, pkl.data());
+  std::unordered_set<std::string> loaded;
   StorageLoader loader = [&](const std::string& key, c10::ScalarType t, int64_t numel) {
+    const zip::Entry& e = entry("data/" + key);
+    const uint64_t elem = c10::elementSize(t);
+    if (static_cast<uint64_t>(numel) > e.size / elem) {
+      throw corrupt("storage " + key + " holds " + std::to_string(e.size) + " bytes, fewer than its " +
+                    std::to_string(numel) + " elements of " + std::to_string(elem) + " bytes");
+    }
     if (options.header_only) {
       // Shape and dtype only: a storage with no memory behind it.
       return at::empty({numel}, at::TensorOptions().dtype(t).device(at::kMeta));
     }
-    auto rec = get("data/" + key);
-    const size_t elem = c10::elementSize(t);
-    if (std::get<1>(rec) < static_cast<size_t>(numel) * elem) throw corrupt("storage " + key + " is short");
-    auto holder = std::make_shared<at::DataPtr>(std::move(std::get<0>(rec)));
-    void* ptr = holder->get();
-    return torch::from_blob(ptr, {numel}, [holder](void*) {}, torch::TensorOptions().dtype(t));
+    loaded.insert(e.name);
+    at::Tensor bytes = read_bytes(e);
+    void* ptr = bytes.data_ptr();
+    return torch::from_blob(ptr, {numel}, [bytes](void*) mutable { bytes.reset(); }, torch::TensorOptions().dtype(t));
   };
+  (void)file_size;
   Value root;
   try {
-    Unpickler u(pdata, std::get<1>(pkl), loader);
+    Unpickler u(pkl.data(), pkl.size(), loader);
     root = u.load();
   } catch (const CheckpointError& e) {
     const std::string what = e.what();
     if (what.rfind("checkpoint ", 0) == 0) throw;
     throw corrupt(what);
+  } catch (const std::bad_alloc&) {
+    throw corrupt("out of memory while reading (the file claims more than it holds)");
   } catch (const std::exception& e) {
-    throw corrupt(std::string("malformed content: ") + e.what());
+    throw corrupt(std::string("malformed content: ") + std::string(e.what()).substr(0, 300));
   }
   check_pending();
   if (options.header_only) return root;
-  if (has_checksums && verified + 0 < expected.size()) {
-    // Records listed but never referenced (e.g. byteorder): verify them too.
+  // Records listed but never referenced: verify them too. (Unlisted small
+  // records such as byteorder and version are never read.)
+  if (has_checksums) {
     for (const auto& kv : expected) {
-      if (kv.first == "data.pkl" || kv.first.rfind("data/", 0) == 0) continue;
-      get(kv.first);
+      if (kv.first == "data.pkl" || loaded.count(kv.first)) continue;
+      read_bytes(entry(kv.first));
     }
+    check_pending();
   }
   return root;
 }

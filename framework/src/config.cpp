@@ -1,5 +1,6 @@
 #include "cairn/config.h"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -47,6 +48,48 @@ std::string mark_text(const std::string& file, const YAML::Mark& m) {
   return file + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
 }
 
+//! Rejects what would crash or exhaust a walk of the tree: an alias that
+//! contains itself (infinite depth), nesting past the limit, aliases that
+//! expand a small file into millions of values, huge keys or values.
+void check_tree(const YAML::Node& node, const std::string& where_file, const std::string& path, size_t depth,
+                size_t& budget) {
+  auto where = [&](const YAML::Node& n) { return where_file.rfind("--set ", 0) == 0 ? where_file : mark_text(where_file, n.Mark()); };
+  if (depth > ConfigLimits::kMaxDepth) {
+    throw ConfigError(where(node), path,
+                      "nesting deeper than " + std::to_string(ConfigLimits::kMaxDepth) +
+                          " levels (an alias that refers to its own anchor?)");
+  }
+  if (budget == 0) {
+    throw ConfigError(where(node), path,
+                      "the config expands to more than " + std::to_string(ConfigLimits::kMaxValues) +
+                          " values (aliases repeated too often?)");
+  }
+  --budget;
+  if (node.IsScalar()) {
+    if (node.Scalar().size() > ConfigLimits::kMaxScalarBytes) {
+      throw ConfigError(where(node), path,
+                        "a value of " + std::to_string(node.Scalar().size()) + " bytes (the limit is " +
+                            std::to_string(ConfigLimits::kMaxScalarBytes) + ")");
+    }
+  } else if (node.IsMap()) {
+    for (auto it = node.begin(); it != node.end(); ++it) {
+      if (!it->first.IsScalar()) throw ConfigError(where(it->first), path, "keys must be plain names, not lists or mappings");
+      const std::string& key = it->first.Scalar();
+      if (key.size() > 256) throw ConfigError(where(it->first), path, "a key of " + std::to_string(key.size()) + " bytes");
+      check_tree(it->second, where_file, path.empty() ? key : path + "." + key, depth + 1, budget);
+    }
+  } else if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) {
+      check_tree(node[i], where_file, path + "[" + std::to_string(i) + "]", depth + 1, budget);
+    }
+  }
+}
+
+void check_tree(const YAML::Node& node, const std::string& where_file) {
+  size_t budget = ConfigLimits::kMaxValues;
+  check_tree(node, where_file, "", 0, budget);
+}
+
 void check_duplicates(const YAML::Node& node, const std::string& path, const ConfigSource& src) {
   if (node.IsMap()) {
     std::map<std::string, YAML::Mark> seen;
@@ -70,8 +113,25 @@ void check_duplicates(const YAML::Node& node, const std::string& path, const Con
 }
 }  // namespace
 
-ConfigError::ConfigError(const std::string& where, const std::string& key, const std::string& message)
-    : std::runtime_error(where + ": " + (key.empty() ? "" : key + ": ") + message), where_(where), key_(key) {}
+std::string ConfigError::Problem::text() const {
+  return where + ": " + (key.empty() ? "" : key + ": ") + message;
+}
+
+ConfigError::ConfigError(const std::string& where, const std::string& key, const std::string& message,
+                         bool unknown_key)
+    : ConfigError(std::vector<Problem>{Problem{where, key, message, unknown_key}}) {}
+
+ConfigError::ConfigError(std::vector<Problem> problems)
+    : std::runtime_error(describe(problems)), problems_(std::move(problems)) {}
+
+std::string ConfigError::describe(std::vector<Problem>& problems) {
+  if (problems.empty()) problems.push_back(Problem{"", "", "invalid config", false});
+  std::stable_partition(problems.begin(), problems.end(), [](const Problem& p) { return p.unknown_key; });
+  if (problems.size() == 1) return problems.front().text();
+  std::string s = std::to_string(problems.size()) + " problems:";
+  for (const auto& p : problems) s += "\n  " + p.text();
+  return s;
+}
 
 std::string ConfigSource::locate(const std::string& path, const YAML::Node& node) const {
   for (const auto& kv : overrides) {
@@ -340,14 +400,17 @@ std::string ConfigNode::name() { return get_string("name", std::nullopt); }
 
 void ConfigNode::finish() {
   if (!node_.IsMap()) return;
+  std::vector<std::string> known;
+  for (const auto& k : read_) {
+    if (std::find(known.begin(), known.end(), k) == known.end()) known.push_back(k);
+  }
+  std::vector<ConfigError::Problem> problems;
   for (auto it = node_.begin(); it != node_.end(); ++it) {
     const std::string key = it->first.Scalar();
     if (std::find(read_.begin(), read_.end(), key) != read_.end()) continue;
     std::string best;
     size_t best_d = 1000;
-    std::vector<std::string> known;
-    for (const auto& k : read_) {
-      if (std::find(known.begin(), known.end(), k) == known.end()) known.push_back(k);
+    for (const auto& k : known) {
       const size_t d = edit_distance(k, key);
       if (d < best_d) { best_d = d; best = k; }
     }
@@ -359,8 +422,9 @@ void ConfigNode::finish() {
       msg += " (known keys: " + list + ")";
     }
     const std::string p = child_path(key);
-    throw ConfigError(source_->locate(p, it->first), p, msg);
+    problems.push_back({source_->locate(p, it->first), p, msg, true});
   }
+  if (!problems.empty()) throw ConfigError(std::move(problems));
 }
 
 ConfigNode ConfigDocument::top() { return ConfigNode(root, resolved, "", source); }
@@ -381,11 +445,11 @@ std::vector<Segment> parse_path(const std::string& path, const std::string& arg)
       const size_t close = path.find(']', i);
       if (close == std::string::npos) throw ConfigError(arg, path, "unclosed '[' in the key path");
       Segment s;
-      try {
-        s.index = std::stol(path.substr(i + 1, close - i - 1));
-      } catch (const std::exception&) {
-        throw ConfigError(arg, path, "list index must be a number");
+      const std::string digits = path.substr(i + 1, close - i - 1);
+      if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) {
+        throw ConfigError(arg, path, "list index must be a non-negative number, got '" + digits.substr(0, 20) + "'");
       }
+      s.index = std::stol(digits);
       out.push_back(s);
       i = close + 1;
       continue;
@@ -393,10 +457,15 @@ std::vector<Segment> parse_path(const std::string& path, const std::string& arg)
     const size_t end = path.find_first_of(".[", i);
     Segment s;
     s.key = path.substr(i, end == std::string::npos ? std::string::npos : end - i);
+    if (s.key.size() > 256) throw ConfigError(arg, path.substr(0, 80), "a key of " + std::to_string(s.key.size()) + " bytes");
     out.push_back(s);
     i = end == std::string::npos ? path.size() : end;
   }
   if (out.empty()) throw ConfigError(arg, path, "empty key path");
+  if (out.size() > ConfigLimits::kMaxPathSegments) {
+    throw ConfigError(arg, path.substr(0, 80), "a key path of more than " +
+                                                   std::to_string(ConfigLimits::kMaxPathSegments) + " parts");
+  }
   return out;
 }
 }  // namespace
@@ -405,17 +474,31 @@ ConfigDocument load_config(const std::string& file, const std::vector<std::strin
   ConfigDocument doc;
   doc.source = std::make_shared<ConfigSource>();
   doc.source->file = file;
-  std::ifstream in(file);
+  std::ifstream in(file, std::ios::binary);
   if (!in) throw ConfigError(file, "", "cannot read the config file (does it exist?)");
-  std::stringstream text;
-  text << in.rdbuf();
+  std::string text;
+  {
+    std::vector<char> buf(64 * 1024);
+    while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0) {
+      text.append(buf.data(), static_cast<size_t>(in.gcount()));
+      if (text.size() > ConfigLimits::kMaxFileBytes) {
+        throw ConfigError(file, "", "the config file is larger than " +
+                                        std::to_string(ConfigLimits::kMaxFileBytes >> 20) + " MiB (is it a config?)");
+      }
+    }
+  }
   try {
-    doc.root = YAML::Load(text.str());
+    doc.root = YAML::Load(text);
+  } catch (const YAML::DeepRecursion& e) {  // its own message says only "bad file"
+    throw ConfigError(mark_text(file, e.mark), "", "nesting deeper than the YAML parser allows (500 levels)");
   } catch (const YAML::ParserException& e) {
     throw ConfigError(mark_text(file, e.mark), "", "YAML syntax error: " + e.msg);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(mark_text(file, e.mark), "", "YAML error: " + e.msg);
   }
   if (doc.root.IsNull()) doc.root = YAML::Node(YAML::NodeType::Map);
   if (!doc.root.IsMap()) throw ConfigError(mark_text(file, doc.root.Mark()), "", "the config must be a mapping of sections");
+  check_tree(doc.root, file);
   check_duplicates(doc.root, "", *doc.source);
 
   for (const auto& ov : overrides) {
@@ -426,9 +509,12 @@ ConfigDocument load_config(const std::string& file, const std::vector<std::strin
     YAML::Node value;
     try {
       value = YAML::Load(ov.substr(eq + 1));
-    } catch (const YAML::ParserException& e) {
+    } catch (const YAML::DeepRecursion&) {
+      throw ConfigError(arg, path, "cannot parse the value: nesting deeper than the YAML parser allows (500 levels)");
+    } catch (const YAML::Exception& e) {
       throw ConfigError(arg, path, "cannot parse the value: " + e.msg);
     }
+    check_tree(value, arg);
     const auto segments = parse_path(path, arg);
     YAML::Node cur = doc.root;
     std::string walked;
@@ -464,6 +550,7 @@ ConfigDocument load_config(const std::string& file, const std::vector<std::strin
     }
     doc.source->overrides[walked] = arg;
   }
+  if (!overrides.empty()) check_tree(doc.root, file);
   doc.resolved = YAML::Node(YAML::NodeType::Map);
   return doc;
 }

@@ -14,66 +14,96 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
   ExperimentSpec spec;
   spec.doc = load_config(file, overrides);
   ConfigNode top = spec.doc.top();
-  spec.name = top.get_string("name", std::string("experiment"));
-  spec.seed = static_cast<uint64_t>(top.get_int("seed", 0, 0));
+  // Every section is checked even when an earlier one fails, so that one run
+  // of `cairn print-config` names every problem (unknown keys first: they are
+  // usually the typo behind a "missing" error).
+  std::vector<ConfigError::Problem> problems;
+  auto attempt = [&](auto&& step) {
+    try {
+      step();
+    } catch (const ConfigError& e) {
+      problems.insert(problems.end(), e.problems().begin(), e.problems().end());
+    }
+  };
+  attempt([&] { spec.name = top.get_string("name", std::string("experiment")); });
+  attempt([&] { spec.seed = static_cast<uint64_t>(top.get_int("seed", 0, 0)); });
 
-  ConfigNode run = top.get_map("run");
-  spec.run_dir = run.get_string("dir", "runs/" + spec.name);
-  run.finish();
+  attempt([&] {
+    ConfigNode run = top.get_map("run");
+    spec.run_dir = run.get_string("dir", "runs/" + spec.name);
+    run.finish();
+  });
 
-  ConfigNode data = top.get_map("data", true);
-  spec.data = registry.data.parse(data);
+  attempt([&] {
+    ConfigNode data = top.get_map("data", true);
+    spec.data = registry.data.parse(data);
+  });
 
-  ConfigNode model = top.get_map("model", true);
-  spec.init_from = model.get_optional_string("init_from");
-  spec.model = registry.models.parse(model);
+  attempt([&] {
+    ConfigNode model = top.get_map("model", true);
+    spec.init_from = model.get_optional_string("init_from");
+    spec.model = registry.models.parse(model);
+  });
 
-  ConfigNode optimizer = top.get_map("optimizer");
-  if (!optimizer.has("name")) {
-    // No optimizer section: Adam with its defaults.
-    YAML::Node fallback(YAML::NodeType::Map);
-    fallback["name"] = "adam";
-    ConfigNode f(fallback, optimizer.resolved(), "optimizer", std::make_shared<ConfigSource>(*spec.doc.source));
-    spec.optimizer = registry.optimizers.parse(f);
-  } else {
-    spec.optimizer = registry.optimizers.parse(optimizer);
-  }
+  attempt([&] {
+    ConfigNode optimizer = top.get_map("optimizer");
+    if (!optimizer.has("name")) {
+      // No optimizer section: Adam with its defaults.
+      YAML::Node fallback(YAML::NodeType::Map);
+      fallback["name"] = "adam";
+      ConfigNode f(fallback, optimizer.resolved(), "optimizer", std::make_shared<ConfigSource>(*spec.doc.source));
+      spec.optimizer = registry.optimizers.parse(f);
+    } else {
+      spec.optimizer = registry.optimizers.parse(optimizer);
+    }
+  });
 
-  if (top.has("scheduler") && !top.is_null("scheduler")) {
-    ConfigNode sched = top.get_map("scheduler");
-    spec.scheduler = registry.schedulers.parse(sched);
-  } else {
-    top.get_optional_string("scheduler");
-  }
+  attempt([&] {
+    if (top.has("scheduler") && !top.is_null("scheduler")) {
+      ConfigNode sched = top.get_map("scheduler");
+      spec.scheduler = registry.schedulers.parse(sched);
+    } else {
+      top.get_optional_string("scheduler");
+    }
+  });
 
-  ConfigNode trainer = top.get_map("trainer");
-  spec.trainer.max_epochs(trainer.get_int("max_epochs", 10, 1));
-  spec.trainer.threads(trainer.get_int("threads", 1, 0, 1024));
-  spec.trainer.device(trainer.get_string("device", std::string("auto")));
-  {
-    const std::string& d = spec.trainer.device();
-    if (d != "auto" && d != "cpu" && d.rfind("cuda", 0) != 0) trainer.fail("device", "expected auto, cpu, cuda or cuda:N; got '" + d + "'");
-  }
-  spec.trainer.log_every_n_steps(trainer.get_int("log_every_n_steps", 50, 1));
-  spec.trainer.check_val_every_n_epoch(trainer.get_int("check_val_every_n_epoch", 1, 1));
-  spec.trainer.run_test(trainer.get_bool("run_test", true));
-  spec.trainer.gradient_clip_val(trainer.get_double("gradient_clip_val", 0.0, 0.0));
-  spec.trainer.gradient_clip_algorithm(
-      trainer.get_choice("gradient_clip_algorithm", std::string("norm"), {"norm", "value"}));
-  spec.trainer.accumulate_grad_batches(trainer.get_int("accumulate_grad_batches", 1, 1));
-  const bool enable_checkpointing = trainer.get_bool("enable_checkpointing", true);
-  const bool enable_progress = trainer.get_bool("enable_progress_bar", true);
-  trainer.finish();
+  bool enable_checkpointing = true, enable_progress = true;
+  attempt([&] {
+    ConfigNode trainer = top.get_map("trainer");
+    spec.trainer.max_epochs(trainer.get_int("max_epochs", 10, 1));
+    spec.trainer.threads(trainer.get_int("threads", 1, 0, 1024));
+    spec.trainer.device(trainer.get_string("device", std::string("auto")));
+    {
+      const std::string& d = spec.trainer.device();
+      if (d != "auto" && d != "cpu" && d.rfind("cuda", 0) != 0) trainer.fail("device", "expected auto, cpu, cuda or cuda:N; got '" + d + "'");
+    }
+    spec.trainer.log_every_n_steps(trainer.get_int("log_every_n_steps", 50, 1));
+    spec.trainer.check_val_every_n_epoch(trainer.get_int("check_val_every_n_epoch", 1, 1));
+    spec.trainer.run_test(trainer.get_bool("run_test", true));
+    spec.trainer.gradient_clip_val(trainer.get_double("gradient_clip_val", 0.0, 0.0));
+    spec.trainer.gradient_clip_algorithm(
+        trainer.get_choice("gradient_clip_algorithm", std::string("norm"), {"norm", "value"}));
+    spec.trainer.accumulate_grad_batches(trainer.get_int("accumulate_grad_batches", 1, 1));
+    enable_checkpointing = trainer.get_bool("enable_checkpointing", true);
+    enable_progress = trainer.get_bool("enable_progress_bar", true);
+    trainer.finish();
+  });
 
-  std::vector<ConfigNode> cbs = top.get_map_list("callbacks");
+  std::vector<ConfigNode> cbs;
+  attempt([&] { cbs = top.get_map_list("callbacks"); });
   bool has_checkpoint = false, has_csv = false, has_progress = false;
   for (auto& cb : cbs) {
-    spec.callbacks.push_back(registry.callbacks.parse(cb));
-    const std::string n = cb.resolved()["name"].Scalar();
-    has_checkpoint = has_checkpoint || n == "checkpoint";
-    has_csv = has_csv || n == "csv_logger";
-    has_progress = has_progress || n == "progress_bar";
+    attempt([&] {
+      spec.callbacks.push_back(registry.callbacks.parse(cb));
+      const std::string n = cb.resolved()["name"].Scalar();
+      has_checkpoint = has_checkpoint || n == "checkpoint";
+      has_csv = has_csv || n == "csv_logger";
+      has_progress = has_progress || n == "progress_bar";
+    });
   }
+  attempt([&] { top.finish(); });
+  if (!problems.empty()) throw ConfigError(std::move(problems));
+
   // Defaults a user expects: checkpoints, metrics.csv and visible progress.
   auto add_default = [&](const char* name) {
     YAML::Node n(YAML::NodeType::Map);
@@ -87,7 +117,6 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
   if (enable_checkpointing && !has_checkpoint) add_default("checkpoint");
   if (!has_csv) add_default("csv_logger");
   if (enable_progress && !has_progress) add_default("progress_bar");
-  top.finish();
   return spec;
 }
 

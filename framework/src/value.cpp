@@ -1,5 +1,7 @@
 #include "cairn/value.h"
 
+#include <unordered_set>
+
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
@@ -36,6 +38,7 @@ bool tensors_identical(const at::Tensor& a, const at::Tensor& b) {
   if (a.defined() != b.defined()) return false;
   if (!a.defined()) return true;
   if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  if (a.numel() == 0) return true;  // (memcmp of two null data pointers is undefined)
   auto ca = a.to(at::kCPU).contiguous();
   auto cb = b.to(at::kCPU).contiguous();
   return std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.numel() * ca.element_size()) == 0;
@@ -147,6 +150,28 @@ Value& Value::set(Value key, Value v) {
   items_.push_back(std::move(v));
   return items_.back();
 }
+Value Value::dict_from(std::vector<Value> keys, std::vector<Value> values) {
+  if (keys.size() != values.size()) throw std::runtime_error("dict_from: different numbers of keys and values");
+  std::unordered_set<std::string> seen;
+  seen.reserve(keys.size());
+  for (const auto& k : keys) {
+    std::string id;
+    if (k.is_string()) {
+      id = "s" + k.to_string();
+    } else if (k.is_int()) {
+      const int64_t i = k.to_int();
+      id = "i" + std::string(reinterpret_cast<const char*>(&i), sizeof i);
+    } else {
+      throw std::runtime_error(std::string("dict keys must be str or int, got ") + k.kind_name());
+    }
+    if (!seen.insert(std::move(id)).second) throw std::runtime_error("repeated dict key '" + key_text(k) + "'");
+  }
+  Value d = dict();
+  d.keys_ = std::move(keys);
+  d.items_ = std::move(values);
+  return d;
+}
+
 const Value* Value::find(const Value& key) const {
   require(Kind::Dict, "find()");
   for (size_t i = 0; i < keys_.size(); ++i) {

@@ -25,12 +25,25 @@ namespace cairn {
 
 class ConfigError : public std::runtime_error {
  public:
-  ConfigError(const std::string& where, const std::string& key, const std::string& message);
-  const std::string& where() const { return where_; }  //!< "file:line:column" or "--set k=v"
-  const std::string& key() const { return key_; }      //!< key path, e.g. callbacks[0].mode
+  //! One thing wrong with a config.
+  struct Problem {
+    std::string where;    //!< "file:line:column" or "--set k=v"
+    std::string key;      //!< key path, e.g. callbacks[0].mode
+    std::string message;
+    bool unknown_key = false;  //!< a key nobody reads (usually a typo): listed first
+    std::string text() const;
+  };
+  ConfigError(const std::string& where, const std::string& key, const std::string& message,
+              bool unknown_key = false);
+  //! Several problems in one message, unknown keys first (order otherwise kept).
+  explicit ConfigError(std::vector<Problem> problems);
+  const std::string& where() const { return problems_.front().where; }  //!< of the first problem
+  const std::string& key() const { return problems_.front().key; }      //!< of the first problem
+  const std::vector<Problem>& problems() const { return problems_; }
 
  private:
-  std::string where_, key_;
+  static std::string describe(std::vector<Problem>& problems);
+  std::vector<Problem> problems_;
 };
 
 //! Where the config came from: the file, and which paths --set overrode.
@@ -72,7 +85,7 @@ class ConfigNode {
   //! The mapping's `name` key (required), for registry lookups.
   std::string name();
 
-  //! Errors on the first key that no getter read, suggesting the closest known key.
+  //! Errors on every key that no getter read, suggesting the closest known key.
   void finish();
   //! An error at `key` of this node (or at the node itself for "").
   [[noreturn]] void fail(const std::string& key, const std::string& message) const;
@@ -100,8 +113,18 @@ struct ConfigDocument {
   ConfigNode top();
 };
 
+//! Limits on what a config may hold (hostile or broken files get exit 2, not a crash).
+struct ConfigLimits {
+  static constexpr size_t kMaxFileBytes = 4u << 20;   //!< the config file
+  static constexpr size_t kMaxDepth = 32;             //!< nesting of mappings and lists
+  static constexpr size_t kMaxValues = 100000;        //!< values, counting each use of an alias
+  static constexpr size_t kMaxScalarBytes = 65536;    //!< one key or value
+  static constexpr size_t kMaxPathSegments = 32;      //!< of a --set key path
+};
+
 //! Loads `file` and applies overrides ("a.b[0].c=value", value parsed as YAML).
-//! Throws ConfigError (missing file, syntax error, duplicate key, bad override).
+//! Throws ConfigError (missing file, syntax error, duplicate key, bad override,
+//! an alias that contains itself, nesting or sizes past ConfigLimits).
 ConfigDocument load_config(const std::string& file, const std::vector<std::string>& overrides = {});
 
 //! YAML -> Value (maps, lists, ints, floats, bools, null, strings).

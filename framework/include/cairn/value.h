@@ -41,6 +41,9 @@ class Value {
 
   static Value dict() { Value v; v.kind_ = Kind::Dict; return v; }
   static Value list() { Value v; v.kind_ = Kind::List; return v; }
+  //! A dict from parallel key and value lists in linear time; throws on a key
+  //! that is not str/int or that repeats.
+  static Value dict_from(std::vector<Value> keys, std::vector<Value> values);
 
   Kind kind() const { return kind_; }
   const char* kind_name() const;

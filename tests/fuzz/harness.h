@@ -1,0 +1,50 @@
+// Entry points shared by the libFuzzer targets (tests/fuzz/fuzz_*.cpp) and by
+// the regression test over tests/hostile/ (tests/test_hostile.cpp).
+//
+// Each feeds one input to a real cairn reader and returns how it ended:
+// accepted, or rejected with cairn's documented error for that input
+// (CheckpointError / CheckpointMismatch: exit 3; ConfigError: exit 2).
+// Anything else — a crash, a hang, another exception — is a finding: the
+// exception propagates (libFuzzer reports it as a crash, doctest as a failure).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace cairn {
+namespace fuzz {
+
+enum class Outcome { accepted, rejected };
+
+struct Result {
+  Outcome outcome;
+  std::string message;  //!< the error text when rejected
+};
+
+//! Checkpoint reader. The first byte chooses how the rest is read:
+//!   bits 0-1: 0 the whole file, checksums required (cairn checkpoints)
+//!             1 the whole file, checksums optional (plain torch.save files)
+//!             2 a pickle (data.pkl) wrapped in a zip with a valid cairn checksum record
+//!             3 a pickle wrapped in a zip with valid CRC-32s and no checksum record
+//!   bit 7:    header-only read (meta tensors, as used to order checkpoints)
+//! Modes 2 and 3 let mutations reach the pickle parser past the integrity
+//! checks; the wrapped zip also holds records data/0 .. data/15 of 4096 bytes.
+Result checkpoint(const uint8_t* data, size_t size);
+
+//! `cairn::load_weights` (model.init_from) into a small MLP: first byte as
+//! above (modes 1 and 3 are plain torch.save files); strict and non-strict.
+Result weights(const uint8_t* data, size_t size);
+
+//! A YAML experiment: parsed, validated against the built-in registry, and
+//! its resolved config emitted (what `cairn print-config` does).
+Result config(const uint8_t* data, size_t size);
+
+//! `--set` arguments, one per line, applied to a small valid experiment.
+Result set_args(const uint8_t* data, size_t size);
+
+//! Wraps a pickle into a checkpoint zip as modes 2/3 do (for building seeds).
+std::string wrap_pickle(const std::string& pickle, bool with_checksums);
+
+}  // namespace fuzz
+}  // namespace cairn

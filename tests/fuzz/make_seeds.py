@@ -1,0 +1,102 @@
+"""Seed corpora for the libFuzzer targets, from real files.
+
+usage: make_seeds.py OUT_DIR CONFIG_DIR [CAIRN_CHECKPOINT ...]
+
+Writes OUT_DIR/{checkpoint,weights,config,set_args}/seed-* :
+  * checkpoints cairn wrote (whole files, and their data.pkl for the
+    wrapped-pickle modes; see harness.h for the leading mode byte),
+  * files saved by Python's torch.save (python3-torch): state_dicts of the
+    harness's 4-3-2 MLP, nested and shared tensors, plain dicts,
+  * the YAML experiments in CONFIG_DIR, and some --set argument lists.
+"""
+import io
+import os
+import sys
+import zipfile
+from collections import OrderedDict
+
+import torch
+
+out, config_dir, checkpoints = sys.argv[1], sys.argv[2], sys.argv[3:]
+dirs = {t: os.path.join(out, t) for t in ("checkpoint", "weights", "config", "set_args")}
+for d in dirs.values():
+    os.makedirs(d, exist_ok=True)
+count = {t: 0 for t in dirs}
+
+
+def seed(target, data):
+    count[target] += 1
+    with open(os.path.join(dirs[target], "seed-%03d" % count[target]), "wb") as f:
+        f.write(data)
+
+
+def pickle_of(zip_bytes):
+    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as z:
+        name = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+        return z.read(name)
+
+
+# Mode bytes (harness.h): 0 whole file + checksums, 1 whole file, 2 wrapped
+# pickle with checksums, 3 wrapped pickle with CRC only; 0x80 header-only.
+for path in checkpoints:
+    data = open(path, "rb").read()
+    seed("checkpoint", b"\x00" + data)
+    seed("checkpoint", b"\x80" + data)
+    seed("checkpoint", b"\x02" + pickle_of(data))
+    seed("checkpoint", b"\x82" + pickle_of(data))
+
+
+def torch_save(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+torch.manual_seed(0)
+mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+shared = torch.arange(12, dtype=torch.float32)
+objects = [
+    mlp.state_dict(),
+    {"state_dict": mlp.state_dict(), "epoch": 3, "note": "from python"},
+    {"w": torch.ones(3), "n": 2, "lr": 0.5, "ok": True, "none": None},
+    {"a": shared[:4], "b": shared[4:].view(2, 4), "c": shared.view(3, 4).t()},  # views sharing one storage
+    OrderedDict([("x", [1, 2, [3, {"y": torch.zeros(2, 2, dtype=torch.float64)}]]), ("z", (4, 5))]),
+    {"ints": torch.arange(6, dtype=torch.int64), "half": torch.ones(4, dtype=torch.float16),
+     "bool": torch.tensor([True, False]), "bytes": torch.arange(5, dtype=torch.uint8)},
+]
+for obj in objects:
+    data = torch_save(obj)
+    for target in ("checkpoint", "weights"):
+        seed(target, b"\x01" + data)
+        seed(target, b"\x03" + pickle_of(data))
+
+for name in sorted(os.listdir(config_dir)):
+    if name.endswith((".yaml", ".yml")):
+        seed("config", open(os.path.join(config_dir, name), "rb").read())
+seed("config", b"""name: small
+seed: 7
+run: {dir: runs/small}
+data: {name: synthetic, train_size: 64, batch_size: 8}
+model: {name: cnn, channels: [4], hidden: 8}
+optimizer: {name: adamw, lr: 0.001, weight_decay: 0.01}
+scheduler: {name: one_cycle, max_lr: 0.01}
+trainer: {max_epochs: 3, accumulate_grad_batches: 2, gradient_clip_val: 1.0}
+callbacks:
+  - {name: checkpoint, monitor: valid/acc, mode: max, save_top_k: 2, every_n_train_steps: 3}
+  - {name: early_stopping, monitor: valid/loss, patience: 5}
+  - {name: csv_logger}
+  - {name: progress_bar}
+""")
+seed("config", b"defaults: &d {batch_size: 8}\ndata: {<<: *d, name: synthetic}\nmodel: {name: mlp}\n")
+
+for lines in (
+    b"trainer.max_epochs=5\n",
+    b"optimizer.lr=0.01\ndata.batch_size=16\n",
+    b"callbacks[0].save_top_k=3\ncallbacks[1].patience=1\n",
+    b"model.hidden=[16, 8]\nscheduler=null\n",
+    b"scheduler={name: step, step_size: 2, gamma: 0.5}\n",
+    b"seed=3\nrun.dir=/tmp/x\n",
+):
+    seed("set_args", lines)
+
+print(" ".join("%s: %d seeds" % (t, n) for t, n in count.items()))
