@@ -790,6 +790,16 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
       r.size = static_cast<size_t>(r.data.numel()) * r.data.element_size();
     }
   }
+  // What the hash threads read: fixed before they start, never written after
+  // (the writing thread fills in device tensors' records as it copies them).
+  struct HostRange {
+    const void* ptr;
+    size_t size;
+    bool on_host;
+  };
+  std::vector<HostRange> host_ranges;
+  host_ranges.reserve(records.size());
+  for (const auto& r : records) host_ranges.push_back({r.ptr, r.size, r.source.device().is_cpu()});
   stats.pickle_seconds = since(t0);
 
   const std::string tmp = unique_temp_name(path);
@@ -812,13 +822,15 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
   }
   std::atomic<bool> cancel{false};
   std::thread crc_thread([&] {
-    for (size_t i = 0; i < records.size(); ++i) {
-      crc_promise[i].set_value(records[i].ptr && !cancel ? zip::crc32_parallel(records[i].ptr, records[i].size, 1) : 0);
+    for (size_t i = 0; i < host_ranges.size(); ++i) {
+      const HostRange& h = host_ranges[i];
+      crc_promise[i].set_value(h.on_host && !cancel ? zip::crc32_parallel(h.ptr, h.size, 1) : 0);
     }
   });
   std::thread xxh_thread([&] {
-    for (size_t i = 0; i < records.size(); ++i) {
-      xxh_promise[i].set_value(records[i].ptr && !cancel ? XXH3_64bits(records[i].ptr, records[i].size) : 0);
+    for (size_t i = 0; i < host_ranges.size(); ++i) {
+      const HostRange& h = host_ranges[i];
+      xxh_promise[i].set_value(h.on_host && !cancel ? XXH3_64bits(h.ptr, h.size) : 0);
     }
   });
   struct Join {  // the helpers read the tensors: they finish before anything is freed
@@ -852,7 +864,7 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
     const std::string name = "data/" + std::to_string(i);
     uint32_t crc;
     uint64_t hash;
-    if (r.ptr) {
+    if (host_ranges[i].on_host) {
       const auto w0 = Clock::now();
       crc = crc_future[i].get();
       hash = xxh_future[i].get();
