@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs cairn's libFuzzer targets for a given time each, two at a time.
+# Runs cairn's libFuzzer targets for a given time each, one per core at a time.
 #   bash scripts/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s, all four
 # Targets: checkpoint weights config set_args (tests/fuzz/harness.h).
 # Seeds come from real files: checkpoints the instrumented `cairn` writes,
@@ -54,25 +54,28 @@ run_one() {
 }
 
 status=0
-pids=()
-jobs_max=$(nproc)
+running=0
+cores=$(getconf _NPROCESSORS_ONLN)  # (nproc would obey the OMP_NUM_THREADS=1 set above)
 for t in "${targets[@]}"; do
+  if [ "$running" -ge "$cores" ]; then
+    wait -n || status=1
+    running=$((running - 1))
+  fi
   run_one "$t" &
-  pids+=("$!:$t")
-  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do sleep 1; done
+  running=$((running + 1))
 done
-for entry in "${pids[@]}"; do
-  pid=${entry%%:*} t=${entry#*:}
-  if ! wait "$pid"; then status=1; fi
+while [ "$running" -gt 0 ]; do
+  wait -n || status=1
+  running=$((running - 1))
 done
 
 printf '%-11s %12s %10s %8s %8s  %s\n' target executions exec/s cov ft result
 for t in "${targets[@]}"; do
   log="$work/$t/log"
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
-  rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo '?')
-  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo '?')
+  execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
+  rate=$(grep -ao 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
+  cov=$(grep -ao 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo '?')
+  ft=$(grep -ao 'ft: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo '?')
   found=$(ls "$work/$t/artifacts" 2>/dev/null | head -1)
   if [ -n "$found" ]; then
     result="FOUND $work/$t/artifacts/$found (log: $log)"

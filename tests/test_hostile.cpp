@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <sys/stat.h>
 
 namespace {
 
@@ -242,6 +243,14 @@ TEST_CASE("cairn answers hostile files with exit codes 2 and 3, naming the file 
   CAPTURE(i.output);
   CHECK(i.exit_code == 3);
   CHECK(i.output.find("runs past the end of the data") != std::string::npos);
+
+  // A FIFO where a checkpoint should be: an error, not a reader blocked forever.
+  const std::string fifo = tmp / "fifo.ckpt";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const auto f = test::cairn_cli({"inspect", fifo});
+  CAPTURE(f.output);
+  CHECK(f.exit_code == 3);
+  CHECK(f.output.find("not a regular file") != std::string::npos);
 }
 
 TEST_CASE("memo references share objects as Python's do: a dict or list saved twice reads back twice, whole") {

@@ -973,6 +973,8 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
   };
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw corrupt("cannot open (" + errno_text(errno) + ")");
+  // (A FIFO or device would block or stream forever.)
+  if (!S_ISREG(st.st_mode)) throw corrupt("not a regular file");
   if (st.st_size == 0) throw corrupt("the file is empty");
 
   std::unique_ptr<zip::ZipReader> reader;

@@ -178,7 +178,9 @@ const Entry* ZipReader::find(const std::string& name) const {
 void ZipReader::pread_all(void* out, size_t n, uint64_t offset) const {
   char* p = static_cast<char*>(out);
   while (n > 0) {
-    const size_t chunk = std::min<size_t>(n, size_t(1) << 30);
+    // Moderate reads: one huge read(2) of a cold file ran at a tenth of the
+    // disk's speed here (dd bs=1G 4.4 s vs bs=4M 0.4 s for 1.2 GB).
+    const size_t chunk = std::min<size_t>(n, size_t(4) << 20);
     const ssize_t r = ::pread(fd_, p, chunk, static_cast<off_t>(offset));
     if (r < 0) {
       if (errno == EINTR) continue;
