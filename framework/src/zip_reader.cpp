@@ -178,8 +178,9 @@ const Entry* ZipReader::find(const std::string& name) const {
 void ZipReader::pread_all(void* out, size_t n, uint64_t offset) const {
   char* p = static_cast<char*>(out);
   while (n > 0) {
-    // Moderate reads: one huge read(2) of a cold file ran at a tenth of the
-    // disk's speed here (dd bs=1G 4.4 s vs bs=4M 0.4 s for 1.2 GB).
+    // Moderate reads. (A cold 1.2 GB load is dominated by first-touch page
+    // faults of the fresh destination buffers on some VMs, not by the read
+    // size: `dd bs=1G` was slow there for the same reason.)
     const size_t chunk = std::min<size_t>(n, size_t(4) << 20);
     const ssize_t r = ::pread(fd_, p, chunk, static_cast<off_t>(offset));
     if (r < 0) {
