@@ -348,47 +348,48 @@ TEST_CASE("on a full disk (tmpfs), saves free what retention drops and retry; a 
   CHECK(again.output.find("step " + std::to_string(step) + "; learning rate") != std::string::npos);
 }
 
-TEST_CASE("the batch loss reaches TerminateOnNaN in all three ways in") {
-  SUBCASE("Trainer subclass: the loss training_step returns") {
-    struct NanTrainer : cairn::Trainer {
-      using cairn::Trainer::Trainer;
-      at::Tensor training_step(const cairn::Batch& b) override {
-        auto loss = torch::cross_entropy_loss(forward(b.x), b.y);
-        return loop().state().global_step >= 3 ? loss * std::nan("") : loss;  // logs nothing itself
-      }
-    };
-    NanTrainer t(cairn::TrainerOptions().max_epochs(2).threads(1));
-    t.set_model(dropout_mlp());
-    t.set_data(test::synthetic(128, 16));
-    t.add_callback(std::make_shared<cairn::TerminateOnNaN>());
-    const auto r = t.fit();
-    CHECK(r.stop_reason.find("terminate on NaN") != std::string::npos);
-    CHECK(t.loop().state().global_step == 4);
-  }
-  SUBCASE("hand-written loop: log_step of train/loss") {
-    cairn::Loop loop;
-    loop.add(std::make_shared<cairn::TerminateOnNaN>());
-    loop.fit_begin();
-    loop.epoch_begin();
-    int batches = 0;
-    for (int k = 0; k < 10 && !loop.should_stop(); ++k, ++batches) {
-      loop.batch_begin();
-      loop.log_step("train/loss", k == 2 ? std::nan("") : 1.0);
-      loop.batch_end();
+// The batch loss reaches TerminateOnNaN in all three ways in.
+TEST_CASE("TerminateOnNaN sees the loss a Trainer subclass's training_step returns") {
+  struct NanTrainer : cairn::Trainer {
+    using cairn::Trainer::Trainer;
+    at::Tensor training_step(const cairn::Batch& b) override {
+      auto loss = torch::cross_entropy_loss(forward(b.x), b.y);
+      return loop().state().global_step >= 3 ? loss * std::nan("") : loss;  // logs nothing itself
     }
-    CHECK(loop.should_stop());
-    CHECK(batches == 3);
+  };
+  NanTrainer t(cairn::TrainerOptions().max_epochs(2).threads(1));
+  t.set_model(dropout_mlp());
+  t.set_data(test::synthetic(128, 16));
+  t.add_callback(std::make_shared<cairn::TerminateOnNaN>());
+  const auto r = t.fit();
+  CHECK(r.stop_reason.find("terminate on NaN") != std::string::npos);
+  CHECK(t.loop().state().global_step == 4);
+}
+
+TEST_CASE("TerminateOnNaN sees the train/loss a hand-written loop logs with log_step") {
+  cairn::Loop loop;
+  loop.add(std::make_shared<cairn::TerminateOnNaN>());
+  loop.fit_begin();
+  loop.epoch_begin();
+  int batches = 0;
+  for (int k = 0; k < 10 && !loop.should_stop(); ++k, ++batches) {
+    loop.batch_begin();
+    loop.log_step("train/loss", k == 2 ? std::nan("") : 1.0);
+    loop.batch_end();
   }
-  SUBCASE("YAML experiment: a diverging learning rate") {
-    test::TempDir dir("nan_yaml");
-    test::write_file(dir / "c.yaml",
-                     "name: nan\nseed: 1\nrun: {dir: " + dir.str() + "/run}\n"
-                     "data: {name: synthetic, train_size: 256, batch_size: 32}\n"
-                     "model: {name: mlp, hidden: [16]}\noptimizer: {name: sgd, lr: 1.0e+30}\n"
-                     "trainer: {max_epochs: 3, threads: 1}\ncallbacks:\n  - {name: terminate_on_nan}\n");
-    auto r = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
-    CHECK(r.output.find("terminate on NaN") != std::string::npos);
-  }
+  CHECK(loop.should_stop());
+  CHECK(batches == 3);
+}
+
+TEST_CASE("TerminateOnNaN stops a YAML experiment whose learning rate diverges") {
+  test::TempDir dir("nan_yaml");
+  test::write_file(dir / "c.yaml",
+                   "name: nan\nseed: 1\nrun: {dir: " + dir.str() + "/run}\n"
+                   "data: {name: synthetic, train_size: 256, batch_size: 32}\n"
+                   "model: {name: mlp, hidden: [16]}\noptimizer: {name: sgd, lr: 1.0e+30}\n"
+                   "trainer: {max_epochs: 3, threads: 1}\ncallbacks:\n  - {name: terminate_on_nan}\n");
+  auto r = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
+  CHECK(r.output.find("terminate on NaN") != std::string::npos);
 }
 
 TEST_CASE("on_load_checkpoint reads back the keys a callback added to the checkpoint") {

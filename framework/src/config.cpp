@@ -502,7 +502,8 @@ ConfigDocument load_config(const std::string& file, const std::vector<std::strin
   check_duplicates(doc.root, "", *doc.source);
 
   for (const auto& ov : overrides) {
-    const std::string arg = "--set " + ov;
+    // Named in errors; a huge argument is shortened so the message stays readable.
+    const std::string arg = "--set " + (ov.size() > 120 ? ov.substr(0, 100) + "...(" + std::to_string(ov.size()) + " bytes)" : ov);
     const auto eq = ov.find('=');
     if (eq == std::string::npos || eq == 0) throw ConfigError(arg, "", "expected --set dotted.key=value");
     const std::string path = ov.substr(0, eq);
