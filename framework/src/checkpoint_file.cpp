@@ -3,6 +3,7 @@
 #include "cairn/checkpoint_file.h"
 
 #include "cairn/run_lock.h"
+#include "checksums.h"
 #include "zip_reader.h"
 #include "zip_writer.h"
 
@@ -675,15 +676,19 @@ class Unpickler {
 
 // ---------------------------------------------------------------------------
 // Writing.
-namespace {
-constexpr const char* kChecksumRecord = "cairn/checksums";
-constexpr const char* kChecksumHeader = "cairn-checksums v1 xxh3-64";
-
-std::string hex64(uint64_t h) {
+namespace checksums {
+uint64_t xxh3(const void* data, size_t size) { return XXH3_64bits(data, size); }
+std::string hex(uint64_t hash) {
   char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(hash));
   return buf;
 }
+}  // namespace checksums
+
+namespace {
+using checksums::hex;
+constexpr const char* kChecksumRecord = checksums::kRecord;
+constexpr const char* kChecksumHeader = checksums::kHeader;
 
 //! Buffers small writes; large tensor payloads go straight to the fd. Every
 //! 64 MiB it asks the kernel to start writing back (sync_file_range), so the
@@ -850,13 +855,10 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
     sink.write(data, n);
     return sink.error() == 0;
   });
-  std::string checksums = std::string(kChecksumHeader) + "\n";
-  auto note = [&](const std::string& name, size_t n, uint64_t hash) {
-    checksums += name + " " + std::to_string(n) + " " + hex64(hash) + "\n";
-  };
+  checksums::Builder sums;
   const auto tw = Clock::now();
   writer.add("data.pkl", pkl);
-  note("data.pkl", pkl.size(), XXH3_64bits(pkl.data(), pkl.size()));
+  sums.add("data.pkl", pkl.data(), pkl.size());
   static const std::string kByteorder = "little";
   writer.add("byteorder", kByteorder);
   for (size_t i = 0; i < records.size() && sink.error() == 0; ++i) {
@@ -880,10 +882,10 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
       hash = h.get();
     }
     writer.add(name, r.ptr, r.size, crc);
-    note(name, r.size, hash);
+    sums.add(name, r.size, hash);
     if (!r.source.device().is_cpu()) r.data = at::Tensor();  // free the host copy
   }
-  writer.add(kChecksumRecord, checksums);
+  writer.add(kChecksumRecord, sums.text());
   writer.add("version", std::string("3\n"));
   writer.finish();
   sink.flush();
@@ -1030,7 +1032,7 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
       auto listed = expected.find(e.name);
       if (listed == expected.end()) throw corrupt("record " + e.name.substr(0, 80) + " is not in the checksum list");
       const std::string want = listed->second.second;
-      verify = [ptr, n, want] { return hex64(XXH3_64bits(ptr, n)) == want; };
+      verify = [ptr, n, want] { return hex(XXH3_64bits(ptr, n)) == want; };
     } else {
       const uint32_t want = e.crc;
       verify = [ptr, n, want] { return zip::crc32_parallel(ptr, n, 1) == want; };

@@ -1,5 +1,7 @@
 #include "zip_reader.h"
 
+#include "zip_format.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -11,16 +13,10 @@ namespace cairn {
 namespace zip {
 
 namespace {
-constexpr uint32_t kLocalHeader = 0x04034b50;
-constexpr uint32_t kCentralHeader = 0x02014b50;
-constexpr uint32_t kEnd = 0x06054b50;
-constexpr uint32_t kEnd64 = 0x06064b50;
-constexpr uint32_t kEnd64Locator = 0x07064b50;
+using namespace format;
 constexpr size_t kEndSize = 22;
 constexpr size_t kCentralSize = 46;
 constexpr size_t kLocalSize = 30;
-constexpr uint32_t kMax32 = 0xffffffffu;
-constexpr uint16_t kMax16 = 0xffffu;
 
 uint16_t le16(const unsigned char* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 uint32_t le32(const unsigned char* p) {
@@ -113,7 +109,7 @@ ZipReader::ZipReader(const std::string& path) {
         const uint16_t id = le16(x);
         const uint16_t len = le16(x + 2);
         if (x_end - x - 4 < len) bad("malformed extra field in " + full.substr(0, 100));
-        if (id == 0x0001) {
+        if (id == kZip64Extra) {
           const unsigned char* v = x + 4;
           const unsigned char* v_end = v + len;
           auto take = [&](uint64_t& field) {

@@ -1,5 +1,7 @@
 #include "zip_writer.h"
 
+#include "zip_format.h"
+
 #include <zlib.h>
 
 #include <future>
@@ -8,13 +10,8 @@ namespace cairn {
 namespace zip {
 
 namespace {
-constexpr uint32_t kLocalHeader = 0x04034b50;
-constexpr uint32_t kCentralHeader = 0x02014b50;
-constexpr uint32_t kEnd = 0x06054b50;
-constexpr uint32_t kEnd64 = 0x06064b50;
-constexpr uint32_t kEnd64Locator = 0x07064b50;
+using namespace format;
 constexpr uint16_t kUtf8Names = 0x0800;
-constexpr uint32_t kMax32 = 0xffffffffu;
 
 void le16(std::string& s, uint16_t v) {
   s += static_cast<char>(v & 0xff);
@@ -59,7 +56,7 @@ bool ZipWriter::add(const std::string& name, const void* data, size_t size, uint
   le32(h, clamp32(size, zip64));
   std::string extra;
   if (zip64) {
-    le16(extra, 0x0001);
+    le16(extra, kZip64Extra);
     le16(extra, 16);
     le64(extra, size);
     le64(extra, size);
@@ -84,9 +81,7 @@ bool ZipWriter::add(const std::string& name, const void* data, size_t size, uint
 }
 
 bool ZipWriter::add(const std::string& name, const std::string& bytes) {
-  const uint32_t crc = static_cast<uint32_t>(
-      ::crc32(::crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size())));
-  return add(name, bytes.data(), bytes.size(), crc);
+  return add(name, bytes.data(), bytes.size(), crc32_parallel(bytes.data(), bytes.size(), 1));
 }
 
 bool ZipWriter::finish() {
@@ -106,7 +101,7 @@ bool ZipWriter::finish() {
         le64(fields, e.size);  // compressed
       }
       if (offset64) le64(fields, e.offset);
-      le16(extra, 0x0001);
+      le16(extra, kZip64Extra);
       le16(extra, static_cast<uint16_t>(fields.size()));
       extra += fields;
     }

@@ -1,5 +1,6 @@
 #include "harness.h"
 
+#include "../../framework/src/checksums.h"
 #include "../../framework/src/zip_writer.h"
 #include "cairn/callbacks/register.h"
 #include "cairn/checkpoint_file.h"
@@ -10,8 +11,6 @@
 #include "cairn/registry.h"
 
 #include <torch/torch.h>
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 #include <cstdio>
 #include <fstream>
@@ -72,28 +71,23 @@ std::string wrap_pickle(const std::string& pickle, bool with_checksums) {
     out.append(static_cast<const char*>(p), n);
     return true;
   });
-  std::string sums = "cairn-checksums v1 xxh3-64\n";
-  auto note = [&](const std::string& name, const void* p, size_t n) {
-    char hex[17];
-    std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(XXH3_64bits(p, n)));
-    sums += name + " " + std::to_string(n) + " " + hex + "\n";
-  };
+  checksums::Builder sums;
   w.add("data.pkl", pickle);
-  note("data.pkl", pickle.data(), pickle.size());
+  sums.add("data.pkl", pickle.data(), pickle.size());
   static const std::string order = "little";
   w.add("byteorder", order);
-  note("byteorder", order.data(), order.size());
+  sums.add("byteorder", order.data(), order.size());
   // Storage records of a fixed size whose contents are 0, 1, 2, ... bytes.
   std::string storage(4096, '\0');
   for (size_t i = 0; i < storage.size(); ++i) storage[i] = static_cast<char>(i * 7);
   for (int k = 0; k < 16; ++k) {
     const std::string name = "data/" + std::to_string(k);
     w.add(name, storage);
-    note(name, storage.data(), storage.size());
+    sums.add(name, storage.data(), storage.size());
   }
   static const std::string version = "3\n";
-  note("version", version.data(), version.size());
-  if (with_checksums) w.add("cairn/checksums", sums);
+  sums.add("version", version.data(), version.size());
+  if (with_checksums) w.add(checksums::kRecord, sums.text());
   w.add("version", version);
   w.finish();
   return out;
