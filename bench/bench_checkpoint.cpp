@@ -12,7 +12,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-#include "../framework/src/zip_writer.h"
+#include "../framework/core/src/zip_writer.h"
 
 
 #include <algorithm>

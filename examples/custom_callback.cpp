@@ -4,6 +4,8 @@
 // (`train/grad_norm`) and keeps the largest norm seen over the whole run in its
 // state, so a resumed run still knows it. It plugs into the Trainer like any
 // built-in callback. Run:  ./build/example_custom_callback [run_dir] [epochs]
+#include <cairn/datasets.h>
+#include <cairn/models.h>
 #include <cairn/callbacks.h>
 #include <cairn/trainer.h>
 

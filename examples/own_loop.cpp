@@ -4,6 +4,8 @@
 // progress bar, checkpoints and exact resume: kill this program at any moment
 // and run it again, and it continues where it stopped.
 // Run:  ./build/example_own_loop [run_dir] [epochs] [limit_train]
+#include <cairn/datasets.h>
+#include <cairn/models.h>
 #include <cairn/callbacks.h>
 #include <cairn/data.h>
 #include <cairn/loop.h>

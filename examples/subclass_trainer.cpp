@@ -3,6 +3,8 @@
 // A Fashion-MNIST MLP trained with label smoothing in a custom training step,
 // an SGD optimizer with momentum from configure_optimizers(), and the stock
 // callbacks. Run:  ./build/example_subclass_trainer [run_dir] [epochs] [limit_train]
+#include <cairn/datasets.h>
+#include <cairn/models.h>
 #include <cairn/callbacks.h>
 #include <cairn/trainer.h>
 

@@ -15,6 +15,7 @@ packages=(
   doctest-dev zlib1g-dev libxxhash-dev    # tests, .gz datasets, checkpoint checksums
   dataset-fashion-mnist                   # the real Fashion-MNIST (gzipped IDX files)
   python3-torch                           # Python interop tests (/usr/bin/python3)
+  chromium                                # renders `cairn report` pages in the report test
 )
 missing=()
 for p in "${packages[@]}"; do

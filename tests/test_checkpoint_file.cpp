@@ -1,7 +1,7 @@
 // Checkpoint files: round trip, corruption detection, failed writes.
 #include "support.h"
 
-#include "../framework/src/zip_writer.h"
+#include "../framework/core/src/zip_writer.h"
 
 #include <sys/resource.h>
 

@@ -167,7 +167,7 @@ std::string Checkpoint::format_filename(const Loop& loop) const {
 }
 
 bool Checkpoint::better(double a, double b) const {
-  return options_.mode() == Mode::min ? a < b - options_.min_delta() : a > b + options_.min_delta();
+  return better_than(options_.mode(), a, b, options_.min_delta());
 }
 
 void Checkpoint::on_batch_end(Loop& loop) {

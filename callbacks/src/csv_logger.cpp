@@ -1,5 +1,6 @@
 #include "cairn/callbacks/csv_logger.h"
 
+#include "cairn/json.h"
 #include "cairn/loop.h"
 
 #include <charconv>
@@ -12,11 +13,7 @@ namespace cairn {
 namespace fs = std::filesystem;
 
 namespace {
-std::string shortest(double value) {
-  char num[64];
-  auto r = std::to_chars(num, num + sizeof num, value);
-  return std::string(num, r.ptr);
-}
+using json::shortest;
 }  // namespace
 
 std::string csv_row(int64_t epoch, int64_t step, const std::string& name, double value) {
@@ -30,13 +27,8 @@ std::string CsvLogger::row(int64_t epoch, int64_t step, const std::string& name,
 }
 
 std::string JsonlLogger::row(int64_t epoch, int64_t step, const std::string& name, double value) const {
-  std::string escaped;
-  for (char c : name) {
-    if (c == '"' || c == '\\') escaped += '\\';
-    escaped += c;
-  }
-  return "{\"epoch\": " + std::to_string(epoch) + ", \"step\": " + std::to_string(step) + ", \"name\": \"" + escaped +
-         "\", \"value\": " + (std::isfinite(value) ? shortest(value) : std::string("null")) + "}\n";
+  return "{\"epoch\": " + std::to_string(epoch) + ", \"step\": " + std::to_string(step) +
+         ", \"name\": " + json::quote(name) + ", \"value\": " + json::number(value) + "}\n";
 }
 
 MetricFileLogger::MetricFileLogger(std::string path, std::string default_name)

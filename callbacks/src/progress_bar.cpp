@@ -1,7 +1,7 @@
 #include "cairn/callbacks/progress_bar.h"
 
 #include "cairn/loop.h"
-#include "cairn/models.h"
+#include "cairn/model.h"
 
 #include <cmath>
 #include <string>

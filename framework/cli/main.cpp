@@ -1,5 +1,5 @@
 // The `cairn` program: the built-in callbacks plus the command line.
-#include "cairn/callbacks/register.h"
+#include "cairn/builtin_callbacks.h"
 #include "cairn/cli.h"
 
 int main(int argc, char** argv) {

@@ -1,8 +1,10 @@
 #include "harness.h"
 
-#include "../../framework/src/checksums.h"
-#include "../../framework/src/zip_writer.h"
-#include "cairn/callbacks/register.h"
+#include "../../framework/core/src/checksums.h"
+#include "../../framework/core/src/zip_writer.h"
+#include <cairn/datasets.h>
+#include <cairn/models.h>
+#include "cairn/builtin_callbacks.h"
 #include "cairn/checkpoint_file.h"
 #include "cairn/config.h"
 #include "cairn/experiment.h"

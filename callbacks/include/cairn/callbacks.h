@@ -6,5 +6,4 @@
 #include "cairn/callbacks/early_stopping.h"
 #include "cairn/callbacks/guards.h"
 #include "cairn/callbacks/progress_bar.h"
-#include "cairn/callbacks/register.h"
 #include "cairn/callbacks/tensorboard.h"

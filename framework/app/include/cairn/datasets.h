@@ -1,0 +1,90 @@
+// The built-in data sets of YAML experiments (application layer): Fashion-MNIST
+// from Debian's dataset-fashion-mnist, Gaussian clusters for tests, and a dict
+// of tensors saved by Python's torch.save.
+#pragma once
+
+#include "cairn/data.h"
+
+#include <string>
+
+namespace cairn {
+
+struct FashionMnistOptions {
+  std::string root = "/usr/share/datasets/fashion-mnist";
+  int64_t batch_size = 64;
+  double valid_fraction = 0.1;   //!< carved from train, deterministically from the seed
+  int64_t limit_train = -1;      //!< cap on training examples (-1: all)
+  int64_t limit_test = -1;       //!< cap on test examples (-1: all)
+  uint64_t seed = 0;
+};
+
+//! Fashion-MNIST read straight from the gzipped IDX files (Debian package
+//! `dataset-fashion-mnist`). Images become float tensors [N, 1, 28, 28],
+//! scaled to [0, 1] and standardised with the training set's mean and std.
+class FashionMnist : public DataModule {
+ public:
+  explicit FashionMnist(FashionMnistOptions options);
+  void setup() override;
+  std::string name() const override { return "fashion_mnist"; }
+  const FashionMnistOptions& options() const { return options_; }
+
+ private:
+  FashionMnistOptions options_;
+  bool loaded_ = false;
+};
+
+//! Reads an IDX file (.gz or plain) into a uint8 tensor of its shape.
+at::Tensor read_idx(const std::string& path);
+
+struct SyntheticOptions {
+  int64_t train_size = 512;
+  int64_t valid_size = 128;
+  int64_t test_size = 128;
+  int64_t features = 16;
+  int64_t num_classes = 4;
+  int64_t batch_size = 32;
+  double noise = 0.5;
+  uint64_t seed = 0;
+};
+
+//! Gaussian clusters, one per class: learnable in a few epochs, for tests.
+class SyntheticData : public DataModule {
+ public:
+  explicit SyntheticData(SyntheticOptions options);
+  void setup() override;
+  std::string name() const override { return "synthetic"; }
+
+ private:
+  SyntheticOptions options_;
+  bool loaded_ = false;
+};
+
+struct TensorFileOptions {
+  std::string path;              //!< a file written by Python's torch.save(dict_of_tensors, path)
+  int64_t batch_size = 64;
+  double valid_fraction = 0.1;   //!< carved from train (from the seed) when the file has no valid split
+  int64_t num_classes = 0;       //!< 0: the largest label + 1
+  uint64_t seed = 0;
+};
+
+//! Your own data from Python: a dict of tensors saved with torch.save.
+//!   torch.save({"train_x": X, "train_y": Y,            # required
+//!               "valid_x": ..., "valid_y": ...,        # optional (else carved from train)
+//!               "test_x": ..., "test_y": ...}, "data.pt")
+//! `*_x`: floating point, first dimension the examples (read as float32);
+//! `*_y`: integer class labels, one dimension, in [0, num_classes). Every
+//! split's x has the shape of train_x past the first dimension. Any other key,
+//! a missing half of a pair, mismatched lengths or dtypes is a DataError
+//! naming the file and the key.
+class TensorFileData : public DataModule {
+ public:
+  explicit TensorFileData(TensorFileOptions options);
+  void setup() override;
+  std::string name() const override { return "tensors"; }
+
+ private:
+  TensorFileOptions options_;
+  bool loaded_ = false;
+};
+
+}  // namespace cairn

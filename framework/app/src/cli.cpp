@@ -1,0 +1,403 @@
+#include "cairn/cli.h"
+
+#include "cairn/checkpoint_file.h"
+#include "cairn/config_drift.h"
+#include "cairn/experiment.h"
+#include "cairn/json.h"
+#include "cairn/loop.h"
+#include "cairn/optim_state.h"
+#include "cairn/report.h"
+#include "cairn/run_lock.h"
+#include "cairn/signals.h"
+
+#include <torch/torch.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+namespace cairn {
+
+namespace fs = std::filesystem;
+
+namespace {
+// The documented exit codes (README, "Exit codes").
+constexpr int kExitOk = 0, kExitError = 1, kExitUsage = 2, kExitCheckpoint = 3, kExitLocked = 4,
+              kExitNotSaved = 5;
+
+const char* kUsage =
+    "usage:\n"
+    "  cairn fit --config FILE [--set dotted.key=value]... [--run-dir DIR]\n"
+    "            [--resume auto|never|PATH] [--overwrite] [--allow-config-change]\n"
+    "  cairn print-config --config FILE [--set dotted.key=value]...\n"
+    "  cairn inspect CHECKPOINT [--json]\n"
+    "  cairn report RUN_DIR|CHECKPOINT [MORE RUNS...] [--out report.html]\n"
+    "  cairn --version\n"
+    "\n"
+    "fit trains the experiment in FILE. --resume auto (the default) continues from\n"
+    "the newest checkpoint in the run directory that verifies; never starts fresh\n"
+    "(refusing to overwrite an existing run's checkpoints without --overwrite);\n"
+    "PATH resumes from that file. A resume whose config changes the model, the\n"
+    "data, the sample order or the schedule is refused unless\n"
+    "--allow-config-change is given. Exit codes: 0 done, 1 unexpected error,\n"
+    "2 bad usage/config (or a refused config change), 3 unusable checkpoint,\n"
+    "4 the run directory is in use by another process, 5 the final checkpoint\n"
+    "could not be saved, 128+N stopped by signal N (a checkpoint was saved).\n";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Args {
+  std::string command;
+  std::string config;
+  std::vector<std::string> sets;
+  std::string run_dir;
+  std::string resume = "auto";
+  bool overwrite = false;
+  bool allow_config_change = false;
+  bool json = false;
+  std::string out;
+  std::vector<std::string> positional;
+};
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  if (argc < 2) throw UsageError("missing command");
+  a.command = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](const char* flag) -> std::string {
+      const std::string prefix = std::string(flag) + "=";
+      if (arg.compare(0, prefix.size(), prefix) == 0) return arg.substr(prefix.size());
+      if (i + 1 >= argc) throw UsageError(std::string(flag) + " needs a value");
+      return argv[++i];
+    };
+    auto is = [&](const char* flag) {
+      return arg == flag || arg.compare(0, std::strlen(flag) + 1, std::string(flag) + "=") == 0;
+    };
+    if (is("--config")) {
+      a.config = value("--config");
+    } else if (is("--set")) {
+      a.sets.push_back(value("--set"));
+    } else if (is("--run-dir")) {
+      a.run_dir = value("--run-dir");
+    } else if (is("--resume")) {
+      a.resume = value("--resume");
+    } else if (is("--out")) {
+      a.out = value("--out");
+    } else if (arg == "--overwrite") {
+      a.overwrite = true;
+    } else if (arg == "--allow-config-change") {
+      a.allow_config_change = true;
+    } else if (arg == "--json") {
+      a.json = true;
+    } else if (!arg.empty() && arg[0] == '-') {
+      throw UsageError("unknown option " + arg);
+    } else {
+      a.positional.push_back(arg);
+    }
+  }
+  return a;
+}
+
+// ---------------------------------------------------------------------------
+int cmd_print_config(const Args& a) {
+  if (a.config.empty()) throw UsageError("print-config needs --config FILE");
+  ExperimentSpec spec = parse_experiment(a.config, a.sets);
+  std::cout << yaml_to_string(spec.resolved());
+  return kExitOk;
+}
+
+int cmd_inspect(const Args& a) {
+  if (a.positional.size() != 1) throw UsageError("inspect needs exactly one checkpoint, checkpoint folder or run directory");
+  CheckpointChoice choice = open_checkpoint(a.positional[0]);  // throws CheckpointError -> exit 3
+  for (const auto& r : choice.rejected) std::cerr << "cairn: warning: skipping " << r.second << "\n";
+  const std::string path = choice.path;
+  Value c = std::move(choice.checkpoint);
+  struct Monitor {
+    std::string key, monitor, mode;
+    std::optional<double> best;
+    std::string best_path;
+  };
+  std::vector<Monitor> monitors;
+  if (const Value* cbs = c.find("callbacks")) {
+    for (size_t i = 0; i < cbs->keys().size(); ++i) {
+      const Value& s = cbs->values()[i];
+      if (!s.is_dict() || !s.contains("monitor")) continue;
+      Monitor m;
+      m.key = cbs->keys()[i].to_string();
+      m.monitor = s.at("monitor").is_string() ? s.at("monitor").to_string() : "";
+      m.mode = s.contains("mode") ? s.at("mode").to_string() : "";
+      const Value* b = s.find("best_model_score");
+      if (!b) b = s.find("best");
+      if (b && b->is_number()) m.best = b->to_double();
+      if (const Value* p = s.find("best_model_path")) m.best_path = p->to_string();
+      if (!m.monitor.empty()) monitors.push_back(m);
+    }
+  }
+  std::string name;
+  if (const Value* hp = c.find("hyper_parameters")) {
+    if (hp->is_dict() && hp->contains("name") && hp->at("name").is_string()) name = hp->at("name").to_string();
+  }
+  const Value* loop = c.find("loop");
+  const bool finished = loop && loop->contains("finished") && loop->at("finished").to_bool();
+  const Value empty = Value::dict();
+  const Value& metrics = c.contains("metrics") ? c.at("metrics") : empty;
+  if (a.json) {
+    std::ostringstream o;
+    o << "{\"path\": " << json::quote(path) << ", \"verified\": true, \"name\": " << json::quote(name)
+      << ", \"epoch\": " << c.at("epoch").to_int() << ", \"global_step\": " << c.at("global_step").to_int()
+      << ", \"batch_in_epoch\": " << c.at("batch_in_epoch").to_int() << ", \"finished\": " << (finished ? "true" : "false")
+      << ", \"format_version\": " << c.at("format_version").to_int() << ", \"monitors\": [";
+    for (size_t i = 0; i < monitors.size(); ++i) {
+      const auto& m = monitors[i];
+      o << (i ? ", " : "") << "{\"callback\": " << json::quote(m.key) << ", \"monitor\": " << json::quote(m.monitor)
+        << ", \"mode\": " << json::quote(m.mode) << ", \"best\": " << (m.best ? json::number(*m.best) : "null")
+        << ", \"best_path\": " << json::quote(m.best_path) << "}";
+    }
+    o << "], \"metrics\": {";
+    for (size_t i = 0; i < metrics.keys().size(); ++i) {
+      const auto values = metrics.values()[i].at("value").to_double_list();
+      o << (i ? ", " : "") << json::quote(metrics.keys()[i].to_string()) << ": {\"length\": " << values.size()
+        << ", \"last\": " << (values.size() ? json::number(values.back()) : "null") << "}";
+    }
+    o << "}}";
+    std::cout << o.str() << "\n";
+    return kExitOk;
+  }
+  std::cout << "checkpoint   " << path << " (verified)\n";
+  if (!name.empty()) std::cout << "experiment   " << name << "\n";
+  std::cout << "position     epoch " << c.at("epoch").to_int() << ", batch " << c.at("batch_in_epoch").to_int()
+            << ", global step " << c.at("global_step").to_int() << (finished ? " (run finished)" : "") << "\n";
+  if (c.contains("weights_only")) std::cout << "contents     weights only (cannot resume a run)\n";
+  for (const auto& m : monitors) {
+    std::cout << "best         " << m.monitor << " (" << m.mode << ") = "
+              << (m.best ? json::number(*m.best) : std::string("none yet"));
+    if (!m.best_path.empty()) std::cout << "  [" << fs::path(m.best_path).filename().string() << "]";
+    std::cout << "\n";
+  }
+  std::cout << "metrics      " << metrics.keys().size() << "\n";
+  for (size_t i = 0; i < metrics.keys().size(); ++i) {
+    const auto values = metrics.values()[i].at("value").to_double_list();
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "  %-22s %6zu values  last %s\n", metrics.keys()[i].to_string().c_str(),
+                  values.size(), values.size() ? json::number(values.back()).c_str() : "-");
+    std::cout << buf;
+  }
+  return kExitOk;
+}
+
+int cmd_report(const Args& a) {
+  if (a.positional.empty()) throw UsageError("report needs one or more run directories or checkpoints");
+  std::vector<ReportRun> runs;
+  std::vector<std::string> sources;
+  for (const std::string& target : a.positional) {
+    CheckpointChoice choice = open_checkpoint(target);  // throws CheckpointError -> exit 3
+    for (const auto& r : choice.rejected) std::cerr << "cairn: warning: skipping " << r.second << "\n";
+    std::string label = fs::path(target).lexically_normal().filename().string();
+    if (label.empty() || label == ".") label = fs::path(target).lexically_normal().parent_path().filename().string();
+    if (const Value* hp = choice.checkpoint.find("hyper_parameters")) {
+      if (a.positional.size() == 1 && hp->is_dict() && hp->contains("name") && hp->at("name").is_string()) {
+        label = hp->at("name").to_string();
+      }
+    }
+    // Two runs of one sweep often share a basename: fall back to the path given.
+    for (const auto& r : runs) {
+      if (r.label == label) label = target;
+    }
+    sources.push_back(choice.path);
+    runs.push_back({label, std::move(choice.checkpoint)});
+  }
+  const std::string title = runs.size() == 1 ? runs[0].label : "cairn report: " + std::to_string(runs.size()) + " runs";
+  std::error_code ec;
+  const std::string first = a.positional[0];
+  const std::string out = !a.out.empty() ? a.out
+                          : (runs.size() == 1 && fs::is_directory(first, ec)) ? (fs::path(first) / "report.html").string()
+                                                                               : "report.html";
+  std::ofstream f(out);
+  if (!f) throw UsageError("cannot write " + out);
+  f << render_report(runs, title);
+  f.close();
+  if (!f) throw UsageError("cannot write " + out);
+  std::cout << "cairn: wrote " << out << " from ";
+  for (size_t i = 0; i < sources.size(); ++i) std::cout << (i ? ", " : "") << sources[i];
+  std::cout << "\n";
+  return kExitOk;
+}
+
+std::string checkpoint_dir_of(Trainer& t) {
+  for (const auto& cb : t.loop().callbacks()) {
+    const std::string d = cb->checkpoint_dir(t.loop());
+    if (!d.empty()) return d;
+  }
+  return (fs::path(t.loop().run_dir()) / "checkpoints").string();
+}
+
+//! Refuses a resume whose config changes what the checkpoint means (exit 2),
+//! unless --allow-config-change; safe changes are listed as notes.
+void check_config_drift(Loop& loop, const Value& saved, const Value& current, const std::string& path,
+                        const std::string& config_file, bool allow) {
+  const auto changes = diff_configs(saved, current);
+  std::vector<const ConfigChange*> unsafe;
+  for (const auto& c : changes) {
+    if (!c.safe) unsafe.push_back(&c);
+  }
+  for (const auto& c : changes) {
+    if (c.safe) std::cerr << "cairn: note: config change on resume: " << c.line() << "\n";
+  }
+  if (unsafe.empty()) return;
+  if (!allow) {
+    std::ostringstream os;
+    os << "the config differs from the one " << path << " was trained with, in keys that change what it means:";
+    for (const auto* c : unsafe) os << "\n  " << c->line() << "   (" << c->why << ")";
+    os << "\nrevert them, train in a new --run-dir, or pass --allow-config-change to continue anyway"
+          " (the change is recorded in the checkpoint)";
+    throw ConfigError(config_file, "", os.str());
+  }
+  for (const auto* c : unsafe) {
+    std::cerr << "cairn: warning: config change accepted (--allow-config-change): " << c->line() << " (" << c->why
+              << ")\n";
+    loop.add_resume_warning("config change accepted with --allow-config-change: " + c->line());
+  }
+}
+
+int cmd_fit(const Args& a) {
+  if (a.config.empty()) throw UsageError("fit needs --config FILE");
+  if (a.resume.empty()) throw UsageError("--resume needs auto, never or a checkpoint path");
+  ExperimentSpec spec = parse_experiment(a.config, a.sets);
+  const std::string run_dir = a.run_dir.empty() ? spec.run_dir : a.run_dir;
+  // One owner per run: refuse at once, before loading data or touching a file.
+  std::shared_ptr<RunLock> lock = RunLock::acquire(run_dir);
+  signals::install();
+  std::unique_ptr<Trainer> trainer = build_trainer(spec, run_dir);
+  const std::string ckpt_dir = checkpoint_dir_of(*trainer);
+  std::error_code ec;
+
+  const Value current = yaml_to_value(spec.resolved());
+  trainer->loop().set_resume_check([&](const Value& ckpt, const std::string& path) {
+    const Value* hp = ckpt.find("hyper_parameters");
+    if (hp && hp->is_dict() && hp->size() > 0) check_config_drift(trainer->loop(), *hp, current, path, a.config, a.allow_config_change);
+  });
+  if (a.resume == "never") {
+    const auto existing = list_checkpoints(ckpt_dir);
+    if (!existing.empty()) {
+      if (!a.overwrite) {
+        throw UsageError("the run directory " + run_dir + " already has checkpoints (" + existing.front() +
+                         "); pass --resume auto to continue it, --overwrite to start over, or --run-dir to use another folder");
+      }
+      for (const auto& f : existing) fs::remove(f, ec);
+    }
+  } else if (a.resume == "auto") {
+    trainer->resume_from(ckpt_dir);
+  } else {
+    if (!fs::exists(a.resume, ec)) throw CheckpointError("checkpoint " + a.resume + " does not exist");
+    trainer->resume_from(a.resume);
+  }
+
+  // config.yaml is rewritten only once the resume (and its drift check) passed.
+  const std::string config_path = (fs::path(run_dir) / "config.yaml").string();
+  const std::string resolved = yaml_to_string(spec.resolved());
+  trainer->loop().on(Event::fit_begin, [&](Loop& loop) {
+    std::ofstream(config_path) << resolved;
+    const ResumeInfo& ri = trainer->resume_info();
+    if (!ri.resumed) return;
+    std::ostringstream lrs;
+    bool zero = false;
+    for (auto* o : loop.optimizers()) {
+      for (auto& g : o->param_groups()) {
+        const double lr = g.options().get_lr();
+        lrs << (lrs.tellp() > 0 ? ", " : "") << lr;
+        zero = zero || lr == 0.0;
+      }
+    }
+    std::cout << "cairn: resumed from " << ri.path << " at epoch " << ri.epoch << ", batch " << ri.batch_in_epoch
+              << ", step " << ri.global_step << "; learning rate " << lrs.str() << "\n";
+    if (zero) {
+      std::cerr << "cairn: warning: the run continues at learning rate 0 (its schedule has ended); the weights will "
+                   "not change. Set scheduler.total_steps (or a new schedule with --allow-config-change) to train on\n";
+    }
+  }, Order::producer);
+  std::cout << "cairn: run '" << spec.name << "' in " << run_dir << " (threads " << torch::get_num_threads()
+            << ", device " << trainer->options().device() << ")\n";
+  const FitResult r = trainer->fit();
+  if (!r.save_error.empty()) {
+    std::cerr << "cairn: the run is NOT saved where it stopped (epoch " << r.epochs_completed << ", step "
+              << r.global_step << "): " << r.save_error << "\n";
+    return kExitNotSaved;
+  }
+  if (r.already_finished) {
+    std::cout << "cairn: this run already finished" << (r.stop_reason.empty() ? "" : " (" + r.stop_reason + ")")
+              << "; nothing to do\n";
+  }
+  auto& metrics = trainer->loop().metrics();
+  if (r.interrupted && r.signal == 0) {
+    std::cout << "cairn: stopped at epoch " << r.epochs_completed << ", step " << r.global_step << " ("
+              << trainer->loop().state().stop.reason << "); checkpoint saved, run the same command to continue\n";
+    return kExitOk;
+  }
+  if (r.interrupted) {
+    std::cout << "cairn: interrupted at epoch " << r.epochs_completed << ", step " << r.global_step
+              << "; checkpoint saved, run the same command to resume\n";
+    std::cout.flush();
+    return 128 + r.signal;
+  }
+  if (auto acc = metrics.last("test/acc")) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.4f", *acc);
+    std::cout << "cairn: finished; test accuracy " << buf << "\n";
+  } else {
+    std::cout << "cairn: finished\n";
+  }
+  return kExitOk;
+}
+}  // namespace
+
+int cli_main(int argc, char** argv) {
+  try {
+    if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
+                      std::string(argv[1]) == "help")) {
+      std::cout << kUsage;
+      return kExitOk;
+    }
+    if (argc >= 2 && std::string(argv[1]) == "--version") {
+      std::cout << "cairn " << CAIRN_VERSION << "\n";
+      return kExitOk;
+    }
+    const Args a = parse_args(argc, argv);
+    if (a.command == "fit") return cmd_fit(a);
+    if (a.command == "print-config") return cmd_print_config(a);
+    if (a.command == "inspect") return cmd_inspect(a);
+    if (a.command == "report") return cmd_report(a);
+    throw UsageError("unknown command '" + a.command + "'");
+  } catch (const UsageError& e) {
+    std::cerr << "cairn: " << e.what() << "\n\n" << kUsage;
+    return kExitUsage;
+  } catch (const RunLocked& e) {
+    std::cerr << "cairn: " << e.what() << "\n";
+    return kExitLocked;
+  } catch (const ConfigError& e) {
+    std::cerr << "cairn: config error: " << e.what() << "\n";
+    return kExitUsage;
+  } catch (const DataError& e) {
+    std::cerr << "cairn: data error: " << e.what() << "\n";
+    return kExitUsage;
+  } catch (const CheckpointMismatch& e) {
+    std::cerr << "cairn: checkpoint does not match this run: " << e.what() << "\n";
+    return kExitCheckpoint;
+  } catch (const CheckpointError& e) {
+    std::cerr << "cairn: " << e.what() << "\n";
+    return kExitCheckpoint;
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "cairn: " << e.what() << "\n";
+    return kExitUsage;
+  } catch (const std::exception& e) {
+    std::cerr << "cairn: error: " << e.what() << "\n";
+    return kExitError;
+  }
+}
+
+}  // namespace cairn

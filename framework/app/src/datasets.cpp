@@ -1,0 +1,208 @@
+// Built-in data sets: Fashion-MNIST, synthetic clusters, tensors from a file.
+#include "cairn/datasets.h"
+
+#include "cairn/checkpoint_file.h"
+
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <filesystem>
+
+namespace cairn {
+
+at::Tensor read_idx(const std::string& path) {
+  gzFile f = gzopen(path.c_str(), "rb");
+  if (!f) throw DataError("cannot open " + path);
+  auto close = std::unique_ptr<gzFile_s, int (*)(gzFile)>(f, gzclose);
+  unsigned char magic[4];
+  if (gzread(f, magic, 4) != 4 || magic[0] != 0 || magic[1] != 0 || magic[2] != 0x08) {
+    throw DataError(path + " is not an IDX file of unsigned bytes");
+  }
+  const int dims = magic[3];
+  std::vector<int64_t> shape;
+  int64_t total = 1;
+  for (int i = 0; i < dims; ++i) {
+    unsigned char b[4];
+    if (gzread(f, b, 4) != 4) throw DataError(path + ": truncated header");
+    const int64_t d = (int64_t(b[0]) << 24) | (int64_t(b[1]) << 16) | (int64_t(b[2]) << 8) | int64_t(b[3]);
+    shape.push_back(d);
+    total *= d;
+  }
+  auto out = torch::empty(shape, torch::kUInt8);
+  int64_t done = 0;
+  auto* p = out.data_ptr<uint8_t>();
+  while (done < total) {
+    const unsigned chunk = static_cast<unsigned>(std::min<int64_t>(total - done, 1 << 26));
+    const int r = gzread(f, p + done, chunk);
+    if (r <= 0) throw DataError(path + ": truncated data (" + std::to_string(done) + " of " + std::to_string(total) + " bytes)");
+    done += r;
+  }
+  return out;
+}
+
+FashionMnist::FashionMnist(FashionMnistOptions options) : options_(std::move(options)) {
+  batch_size = options_.batch_size;
+  seed = options_.seed;
+  num_classes = 10;
+  input_shape = {1, 28, 28};
+}
+
+void FashionMnist::setup() {
+  if (loaded_) return;
+  namespace fs = std::filesystem;
+  auto file = [&](const char* base) {
+    for (const char* ext : {".gz", ""}) {
+      const fs::path p = fs::path(options_.root) / (std::string(base) + ext);
+      if (fs::exists(p)) return p.string();
+    }
+    throw DataError("Fashion-MNIST file " + std::string(base) + ".gz not found in " + options_.root +
+                    ". Install it with `apt-get install dataset-fashion-mnist` (Debian), or set data.root "
+                    "to the folder holding train-images-idx3-ubyte.gz and the three other files.");
+  };
+  auto train_x = read_idx(file("train-images-idx3-ubyte"));
+  auto train_y = read_idx(file("train-labels-idx1-ubyte"));
+  auto test_x = read_idx(file("t10k-images-idx3-ubyte"));
+  auto test_y = read_idx(file("t10k-labels-idx1-ubyte"));
+  if (train_x.size(0) != train_y.size(0) || test_x.size(0) != test_y.size(0)) {
+    throw DataError("Fashion-MNIST image and label counts differ in " + options_.root);
+  }
+  // Published statistics of the Fashion-MNIST training set.
+  constexpr double kMean = 0.2860, kStd = 0.3530;
+  auto prep = [&](const at::Tensor& x) {
+    return ((x.to(torch::kFloat32) / 255.0 - kMean) / kStd).unsqueeze(1).contiguous();
+  };
+  TensorDataset full{prep(train_x), train_y.to(torch::kLong)};
+  const int64_t n = full.size();
+  const auto perm = seeded_permutation(n, options_.seed, 0x59117ULL);
+  const int64_t n_valid = static_cast<int64_t>(static_cast<double>(n) * options_.valid_fraction);
+  std::vector<int64_t> train_idx(perm.begin(), perm.end() - n_valid);
+  std::vector<int64_t> valid_idx(perm.end() - n_valid, perm.end());
+  std::sort(train_idx.begin(), train_idx.end());
+  std::sort(valid_idx.begin(), valid_idx.end());
+  if (options_.limit_train >= 0 && static_cast<int64_t>(train_idx.size()) > options_.limit_train) {
+    train_idx.resize(static_cast<size_t>(options_.limit_train));
+    const int64_t v = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(options_.limit_train) * options_.valid_fraction));
+    if (static_cast<int64_t>(valid_idx.size()) > v && n_valid > 0) valid_idx.resize(static_cast<size_t>(v));
+  }
+  train = full.subset(train_idx);
+  if (!valid_idx.empty()) valid = full.subset(valid_idx);
+  test = TensorDataset{prep(test_x), test_y.to(torch::kLong)};
+  const int64_t limit_test = options_.limit_test;
+  if (limit_test >= 0 && test.size() > limit_test) test = TensorDataset{test.x.slice(0, 0, limit_test), test.y.slice(0, 0, limit_test)};
+  loaded_ = true;
+}
+
+SyntheticData::SyntheticData(SyntheticOptions options) : options_(options) {
+  batch_size = options_.batch_size;
+  seed = options_.seed;
+  num_classes = options_.num_classes;
+  input_shape = {options_.features};
+}
+
+void SyntheticData::setup() {
+  if (loaded_) return;
+  // A private generator: building the data never touches the global RNG.
+  auto gen = at::detail::createCPUGenerator(options_.seed + 1234567);
+  auto centers = torch::randn({options_.num_classes, options_.features}, gen) * 2.0;
+  auto make = [&](int64_t n) {
+    auto y = torch::randint(options_.num_classes, {n}, gen, torch::kLong);
+    auto x = centers.index_select(0, y) + torch::randn({n, options_.features}, gen) * options_.noise;
+    return TensorDataset{x.contiguous(), y};
+  };
+  train = make(options_.train_size);
+  valid = make(options_.valid_size);
+  test = make(options_.test_size);
+  loaded_ = true;
+}
+
+TensorFileData::TensorFileData(TensorFileOptions options) : options_(std::move(options)) {
+  batch_size = options_.batch_size;
+  seed = options_.seed;
+}
+
+void TensorFileData::setup() {
+  if (loaded_) return;
+  const std::string& file = options_.path;
+  auto fail = [&](const std::string& what) -> DataError { return DataError("data file " + file + ": " + what); };
+  ReadOptions ro;
+  ro.require_checksum = false;  // a plain torch.save file
+  Value v;
+  try {
+    v = read_checkpoint(file, ro);
+  } catch (const CheckpointError& e) {
+    throw DataError(std::string("cannot read the data file: ") + e.what());
+  }
+  if (!v.is_dict()) throw fail("expected a dict of tensors (train_x, train_y, optional valid_*/test_*), got " + v.repr());
+  static const char* const kKeys[] = {"train_x", "train_y", "valid_x", "valid_y", "test_x", "test_y"};
+  for (const auto& k : v.keys()) {
+    const std::string key = k.is_string() ? k.to_string() : k.repr();
+    if (std::find_if(std::begin(kKeys), std::end(kKeys), [&](const char* a) { return key == a; }) == std::end(kKeys)) {
+      throw fail("unknown key '" + key + "' (known: train_x, train_y, valid_x, valid_y, test_x, test_y)");
+    }
+  }
+  auto split = [&](const std::string& name, bool required) -> TensorDataset {
+    const Value* x = v.find(name + "_x");
+    const Value* y = v.find(name + "_y");
+    if (!x && !y) {
+      if (required) throw fail("missing '" + name + "_x' and '" + name + "_y'");
+      return {};
+    }
+    if (!x || !y) throw fail("has '" + name + (x ? "_x" : "_y") + "' but no '" + name + (x ? "_y'" : "_x'"));
+    if (!x->is_tensor()) throw fail("'" + name + "_x' is not a tensor: " + x->repr());
+    if (!y->is_tensor()) throw fail("'" + name + "_y' is not a tensor: " + y->repr());
+    at::Tensor tx = x->to_tensor(), ty = y->to_tensor();
+    if (!at::isFloatingType(tx.scalar_type()) || tx.dim() < 1) {
+      throw fail("'" + name + "_x' must be a floating-point tensor with the examples first, got " + x->repr());
+    }
+    if (at::isFloatingType(ty.scalar_type()) || at::isComplexType(ty.scalar_type()) || ty.scalar_type() == at::kBool ||
+        ty.dim() != 1) {
+      throw fail("'" + name + "_y' must be a one-dimensional integer tensor of class labels, got " + y->repr());
+    }
+    if (tx.size(0) != ty.size(0)) {
+      throw fail("'" + name + "_x' has " + std::to_string(tx.size(0)) + " examples but '" + name + "_y' has " +
+                 std::to_string(ty.size(0)));
+    }
+    if (tx.size(0) == 0 && required) throw fail("'" + name + "_x' holds no examples");
+    return TensorDataset{tx.to(torch::kFloat32).contiguous(), ty.to(torch::kLong).contiguous()};
+  };
+  TensorDataset full = split("train", true);
+  valid = split("valid", false);
+  test = split("test", false);
+  const auto shape = full.x.sizes().slice(1).vec();
+  for (const auto* part : {&valid, &test}) {
+    const std::string name = part == &valid ? "valid" : "test";
+    if (!part->empty() && part->x.sizes().slice(1).vec() != shape) {
+      throw fail("'" + name + "_x' has examples shaped " + c10::str(part->x.sizes().slice(1)) + " but train_x's are " +
+                 c10::str(full.x.sizes().slice(1)));
+    }
+  }
+  int64_t max_label = -1;
+  for (const auto* part : {&full, &valid, &test}) {
+    if (part->empty()) continue;
+    const int64_t lo = part->y.min().item<int64_t>();
+    if (lo < 0) throw fail("class labels must be >= 0, found " + std::to_string(lo));
+    max_label = std::max(max_label, part->y.max().item<int64_t>());
+  }
+  num_classes = options_.num_classes > 0 ? options_.num_classes : max_label + 1;
+  if (max_label >= num_classes) {
+    throw fail("label " + std::to_string(max_label) + " is outside num_classes " + std::to_string(num_classes));
+  }
+  if (valid.empty() && options_.valid_fraction > 0) {
+    // As for Fashion-MNIST: a seeded split, so every run of one seed sees the same examples.
+    const int64_t n = full.size();
+    const auto perm = seeded_permutation(n, options_.seed, 0x7e11503ULL);
+    const int64_t n_valid = std::min<int64_t>(n - 1, static_cast<int64_t>(static_cast<double>(n) * options_.valid_fraction));
+    std::vector<int64_t> train_idx(perm.begin(), perm.end() - n_valid), valid_idx(perm.end() - n_valid, perm.end());
+    std::sort(train_idx.begin(), train_idx.end());
+    std::sort(valid_idx.begin(), valid_idx.end());
+    train = full.subset(train_idx);
+    if (!valid_idx.empty()) valid = full.subset(valid_idx);
+  } else {
+    train = std::move(full);
+  }
+  input_shape = shape;
+  loaded_ = true;
+}
+
+}  // namespace cairn

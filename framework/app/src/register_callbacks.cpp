@@ -1,0 +1,86 @@
+// YAML names for cairn's callbacks.
+#include "cairn/builtin_callbacks.h"
+#include "cairn/callbacks.h"
+
+#include "cairn/registry.h"
+
+namespace cairn {
+
+using CallbackPtr = std::shared_ptr<Callback>;
+
+void register_builtin_callbacks(Registry& r) {
+  r.add_callback("checkpoint", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    CheckpointOptions o;
+    o.dirpath(c.get_string("dirpath", std::string("")));
+    o.monitor(c.get_optional_string("monitor").value_or(""));
+    o.mode(parse_mode(c.get_choice("mode", std::string("min"), {"min", "max"})));
+    o.min_delta(c.get_double("min_delta", 0.0, 0.0));
+    o.save_top_k(c.get_int("save_top_k", 1, -1));
+    o.save_last(c.get_bool("save_last", true));
+    o.every_n_train_steps(c.get_int("every_n_train_steps", 0, 0));
+    o.every_n_epochs(c.get_int("every_n_epochs", 1, 0));
+    o.train_time_interval(c.get_double("train_time_interval", 0.0, 0.0));
+    o.filename(c.get_string("filename", std::string("")));
+    o.save_weights_only(c.get_bool("save_weights_only", false));
+    o.save_on_exception(c.get_bool("save_on_exception", true));
+    o.on_error(c.get_choice("on_error", std::string("warn"), {"warn", "stop"}));
+    o.async_save(c.get_bool("async", true));
+    o.on_busy(c.get_choice("on_busy", std::string("wait"), {"wait", "skip"}));
+    try {
+      Checkpoint check(o);  // validates the filename template now, with the config's location
+    } catch (const std::invalid_argument& e) {
+      c.fail("filename", e.what());
+    }
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<Checkpoint>(o); };
+  });
+  r.add_callback("early_stopping", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    EarlyStoppingOptions o;
+    o.monitor(c.get_string("monitor", std::string("valid/loss")));
+    o.mode(parse_mode(c.get_choice("mode", std::string("min"), {"min", "max"})));
+    o.patience(c.get_int("patience", 3, 0));
+    o.min_delta(c.get_double("min_delta", 0.0, 0.0));
+    o.stopping_threshold(c.get_optional_double("stopping_threshold"));
+    o.divergence_threshold(c.get_optional_double("divergence_threshold"));
+    o.check_finite(c.get_bool("check_finite", true));
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<EarlyStopping>(o); };
+  });
+  r.add_callback("csv_logger", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    CsvLoggerOptions o;
+    o.path = c.get_string("path", std::string(""));
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<CsvLogger>(o); };
+  });
+  r.add_callback("jsonl_logger", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    JsonlLoggerOptions o;
+    o.path = c.get_string("path", std::string(""));
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<JsonlLogger>(o); };
+  });
+  r.add_callback("tensorboard", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    TensorBoardLoggerOptions o;
+    o.dir = c.get_string("dir", std::string(""));
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<TensorBoardLogger>(o); };
+  });
+  r.add_callback("lr_monitor", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    LearningRateMonitorOptions o;
+    o.logging_interval = c.get_choice("logging_interval", std::string("step"), {"step", "epoch"});
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<LearningRateMonitor>(o); };
+  });
+  r.add_callback("terminate_on_nan", [](ConfigNode&) -> Builder<CallbackPtr> {
+    return [](BuildContext&) -> CallbackPtr { return std::make_shared<TerminateOnNaN>(); };
+  });
+  r.add_callback("timer", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    TimerOptions o;
+    o.max_time = c.get_double("max_time", std::nullopt, 0.0, 1e308, true);
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<Timer>(o); };
+  });
+  r.add_callback("progress_bar", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    ProgressBarOptions o;
+    o.log_every_n_steps = c.get_int("log_every_n_steps", 0, 0);
+    o.model_summary = c.get_bool("model_summary", true);
+    o.refresh_seconds = c.get_double("refresh_seconds", 0.1, 0.0);
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<ProgressBar>(o); };
+  });
+}
+
+void register_builtin_callbacks() { register_builtin_callbacks(Registry::global()); }
+
+}  // namespace cairn

@@ -1,0 +1,239 @@
+// The built-in factories: models, datasets, optimizers, schedulers.
+#include "cairn/registry.h"
+
+#include "cairn/datasets.h"
+#include "cairn/models.h"
+#include "cairn/schedulers.h"
+
+#include <torch/torch.h>
+
+#include <filesystem>
+
+namespace cairn {
+
+namespace {
+void register_models(Registry& r) {
+  r.add_model("mlp", [](ConfigNode& c) {
+    MlpOptions o;
+    o.hidden = c.get_int_list("hidden", std::vector<int64_t>{256, 128}, 1);
+    o.dropout = c.get_double("dropout", 0.0, 0.0, 0.99);
+    return [o](BuildContext& ctx) mutable {
+      o.input_shape = ctx.data->input_shape;
+      o.num_classes = ctx.data->num_classes;
+      return Model::wrap(make_mlp(o));
+    };
+  });
+  r.add_model("cnn", [](ConfigNode& c) {
+    CnnOptions o;
+    o.channels = c.get_int_list("channels", std::vector<int64_t>{32, 64}, 1);
+    o.hidden = c.get_int("hidden", 128, 1);
+    o.dropout = c.get_double("dropout", 0.0, 0.0, 0.99);
+    return [o](BuildContext& ctx) mutable {
+      o.input_shape = ctx.data->input_shape;
+      o.num_classes = ctx.data->num_classes;
+      if (o.input_shape.size() != 3) {
+        throw std::invalid_argument("model cnn needs image data shaped [channels, height, width]");
+      }
+      return Model::wrap(make_cnn(o));
+    };
+  });
+  r.add_model("torchscript", [](ConfigNode& c) {
+    const std::string path = c.get_string("path", std::nullopt);
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) c.fail("path", "no such file: " + path);
+    return [path](BuildContext&) { return load_torchscript(path); };
+  });
+}
+
+void register_data(Registry& r) {
+  r.add_data("fashion_mnist", [](ConfigNode& c) {
+    FashionMnistOptions o;
+    o.root = c.get_string("root", o.root);
+    o.batch_size = c.get_int("batch_size", 64, 1);
+    o.valid_fraction = c.get_double("valid_fraction", 0.1, 0.0, 0.9);
+    o.limit_train = c.get_optional_int("limit_train", 1).value_or(-1);
+    o.limit_test = c.get_optional_int("limit_test", 1).value_or(-1);
+    return [o](BuildContext& ctx) mutable -> std::shared_ptr<DataModule> {
+      o.seed = ctx.seed;
+      return std::make_shared<FashionMnist>(o);
+    };
+  });
+  r.add_data("synthetic", [](ConfigNode& c) {
+    SyntheticOptions o;
+    o.train_size = c.get_int("train_size", o.train_size, 1);
+    o.valid_size = c.get_int("valid_size", o.valid_size, 0);
+    o.test_size = c.get_int("test_size", o.test_size, 0);
+    o.features = c.get_int("features", o.features, 1);
+    o.num_classes = c.get_int("num_classes", o.num_classes, 2);
+    o.batch_size = c.get_int("batch_size", o.batch_size, 1);
+    o.noise = c.get_double("noise", o.noise, 0.0);
+    return [o](BuildContext& ctx) mutable -> std::shared_ptr<DataModule> {
+      o.seed = ctx.seed;
+      return std::make_shared<SyntheticData>(o);
+    };
+  });
+  r.add_data("tensors", [](ConfigNode& c) {
+    TensorFileOptions o;
+    o.path = c.get_string("path", std::nullopt);
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(o.path, ec)) c.fail("path", "no such file: " + o.path);
+    o.batch_size = c.get_int("batch_size", 64, 1);
+    o.valid_fraction = c.get_double("valid_fraction", 0.1, 0.0, 0.9);
+    o.num_classes = c.get_optional_int("num_classes", 2).value_or(0);
+    return [o](BuildContext& ctx) mutable -> std::shared_ptr<DataModule> {
+      o.seed = ctx.seed;
+      return std::make_shared<TensorFileData>(o);
+    };
+  });
+}
+
+using OptimPtr = std::shared_ptr<torch::optim::Optimizer>;
+
+void register_optimizers(Registry& r) {
+  r.add_optimizer("sgd", [](ConfigNode& c) {
+    const double lr = c.get_double("lr", 0.01, 0.0, 1e308, true);
+    const double momentum = c.get_double("momentum", 0.0, 0.0, 1.0);
+    const double dampening = c.get_double("dampening", 0.0, 0.0, 1.0);
+    const double wd = c.get_double("weight_decay", 0.0, 0.0);
+    const bool nesterov = c.get_bool("nesterov", false);
+    if (nesterov && (momentum <= 0 || dampening != 0)) {
+      c.fail("nesterov", "nesterov needs momentum > 0 and dampening 0");
+    }
+    return [=](BuildContext& ctx) -> OptimPtr {
+      return std::make_shared<torch::optim::SGD>(
+          ctx.model.module->parameters(),
+          torch::optim::SGDOptions(lr).momentum(momentum).dampening(dampening).weight_decay(wd).nesterov(nesterov));
+    };
+  });
+  auto adam_like = [](bool decoupled) {
+    return [decoupled](ConfigNode& c) -> Builder<OptimPtr> {
+      const double lr = c.get_double("lr", 1e-3, 0.0, 1e308, true);
+      const double wd = c.get_double("weight_decay", decoupled ? 1e-2 : 0.0, 0.0);
+      const double eps = c.get_double("eps", 1e-8, 0.0, 1e308, true);
+      const bool amsgrad = c.get_bool("amsgrad", false);
+      const auto bl = c.get_double_list("betas", std::vector<double>{0.9, 0.999}, 2, 0.0, 0.999999);
+      const std::tuple<double, double> b{bl[0], bl[1]};
+      return [=](BuildContext& ctx) -> OptimPtr {
+        if (decoupled) {
+          return std::make_shared<torch::optim::AdamW>(
+              ctx.model.module->parameters(),
+              torch::optim::AdamWOptions(lr).betas(b).eps(eps).weight_decay(wd).amsgrad(amsgrad));
+        }
+        return std::make_shared<torch::optim::Adam>(
+            ctx.model.module->parameters(),
+            torch::optim::AdamOptions(lr).betas(b).eps(eps).weight_decay(wd).amsgrad(amsgrad));
+      };
+    };
+  };
+  r.add_optimizer("adam", adam_like(false));
+  r.add_optimizer("adamw", adam_like(true));
+  r.add_optimizer("rmsprop", [](ConfigNode& c) {
+    const double lr = c.get_double("lr", 1e-2, 0.0, 1e308, true);
+    const double alpha = c.get_double("alpha", 0.99, 0.0, 1.0);
+    const double eps = c.get_double("eps", 1e-8, 0.0, 1e308, true);
+    const double wd = c.get_double("weight_decay", 0.0, 0.0);
+    const double momentum = c.get_double("momentum", 0.0, 0.0, 1.0);
+    const bool centered = c.get_bool("centered", false);
+    return [=](BuildContext& ctx) -> OptimPtr {
+      return std::make_shared<torch::optim::RMSprop>(
+          ctx.model.module->parameters(),
+          torch::optim::RMSpropOptions(lr).alpha(alpha).eps(eps).weight_decay(wd).momentum(momentum).centered(centered));
+    };
+  });
+}
+
+Interval read_interval(ConfigNode& c, const char* def) {
+  return c.get_choice("interval", std::string(def), {"step", "epoch"}) == "step" ? Interval::step : Interval::epoch;
+}
+
+void register_schedulers(Registry& r) {
+  r.add_scheduler("step", [](ConfigNode& c) {
+    const Interval interval = read_interval(c, "epoch");
+    const int64_t step_size = c.get_int("step_size", 1, 1);
+    const double gamma = c.get_double("gamma", 0.1, 0.0, 1e308, true);
+    return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      return std::make_shared<StepLR>(*ctx.optimizer, step_size, gamma, interval);
+    };
+  });
+  r.add_scheduler("multistep", [](ConfigNode& c) {
+    const Interval interval = read_interval(c, "epoch");
+    const auto milestones = c.get_int_list("milestones", std::nullopt, 1);
+    const double gamma = c.get_double("gamma", 0.1, 0.0, 1e308, true);
+    return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      return std::make_shared<MultiStepLR>(*ctx.optimizer, milestones, gamma, interval);
+    };
+  });
+  r.add_scheduler("exponential", [](ConfigNode& c) {
+    const Interval interval = read_interval(c, "epoch");
+    const double gamma = c.get_double("gamma", std::nullopt, 0.0, 1e308, true);
+    return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      return std::make_shared<ExponentialLR>(*ctx.optimizer, gamma, interval);
+    };
+  });
+  r.add_scheduler("linear_warmup", [](ConfigNode& c) {
+    const Interval interval = read_interval(c, "step");
+    const int64_t warmup = c.get_int("warmup_steps", std::nullopt, 1);
+    const double start = c.get_double("start_factor", 0.1, 0.0, 1.0, true);
+    const double end = c.get_double("end_factor", 1.0, 0.0, 1.0, true);
+    return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      return std::make_shared<LinearWarmupLR>(*ctx.optimizer, warmup, start, end, interval);
+    };
+  });
+  r.add_scheduler("one_cycle", [](ConfigNode& c) {
+    const Interval interval = read_interval(c, "step");
+    const auto max_lr = c.get_optional_double("max_lr", 0.0);
+    const double pct = c.get_double("pct_start", 0.3, 0.0, 1.0, true);
+    const double div = c.get_double("div_factor", 25.0, 0.0, 1e308, true);
+    const double final_div = c.get_double("final_div_factor", 1e4, 0.0, 1e308, true);
+    const auto total = c.get_optional_int("total_steps", 2);
+    if (pct >= 1.0) c.fail("pct_start", "expected a number in (0, 1)");
+    return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      const int64_t t = total ? *total
+                              : (interval == Interval::step ? ctx.max_epochs * ctx.steps_per_epoch : ctx.max_epochs);
+      return std::make_shared<OneCycleLR>(*ctx.optimizer, std::max<int64_t>(2, t), max_lr.value_or(0.0), pct, div,
+                                          final_div, interval);
+    };
+  });
+  r.add_scheduler("plateau", [](ConfigNode& c) {
+    ReduceLROnPlateau::Options o;
+    o.monitor = c.get_string("monitor", o.monitor);
+    o.mode = parse_mode(c.get_choice("mode", std::string("min"), {"min", "max"}));
+    o.factor = c.get_double("factor", 0.1, 0.0, 0.999999, true);
+    o.patience = c.get_int("patience", 10, 0);
+    o.threshold = c.get_double("threshold", 1e-4, 0.0);
+    o.relative = c.get_choice("threshold_mode", std::string("rel"), {"rel", "abs"}) == "rel";
+    o.cooldown = c.get_int("cooldown", 0, 0);
+    o.min_lr = c.get_double("min_lr", 0.0, 0.0);
+    c.get_choice("interval", std::string("epoch"), {"epoch"});
+    return [o](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      return std::make_shared<ReduceLROnPlateau>(*ctx.optimizer, o);
+    };
+  });
+  r.add_scheduler("cosine", [](ConfigNode& c) {
+    const Interval interval = read_interval(c, "step");
+    const int64_t warmup = c.get_int("warmup_steps", 0, 0);
+    const double min_lr = c.get_double("min_lr", 0.0, 0.0);
+    const auto total_steps = c.get_optional_int("total_steps", 1);
+    return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      const int64_t total = total_steps ? *total_steps
+                                        : (interval == Interval::step ? ctx.max_epochs * ctx.steps_per_epoch
+                                                                      : ctx.max_epochs);
+      return std::make_shared<CosineLR>(*ctx.optimizer, std::max<int64_t>(1, total), warmup, min_lr, interval);
+    };
+  });
+}
+}  // namespace
+
+Registry::Registry() {
+  register_models(*this);
+  register_data(*this);
+  register_optimizers(*this);
+  register_schedulers(*this);
+}
+
+Registry& Registry::global() {
+  static Registry r;
+  return r;
+}
+
+}  // namespace cairn

@@ -1,0 +1,329 @@
+// Loop: the event bus, the loop state, the metric log and everything a
+// checkpoint must save, without any opinion on how the loop is written.
+//
+// The Trainer drives a Loop; a hand-written LibTorch loop can drive one too:
+//
+//   cairn::Loop loop;
+//   loop.track(*model);
+//   loop.track(optimizer);
+//   loop.add(std::make_shared<cairn::Checkpoint>(cairn::CheckpointOptions("runs/x/checkpoints")));
+//   loop.resume("runs/x/checkpoints");            // no-op when there is nothing to resume
+//   loop.fit_begin();
+//   for (; loop.state().epoch < epochs && !loop.should_stop();) {
+//     loop.epoch_begin();
+//     for (int64_t k = loop.state().batch_in_epoch; k < n && !loop.should_stop(); ++k) {
+//       loop.batch_begin();
+//       ... forward, backward ...
+//       loop.before_optimizer_step();               // then optimizer.step()
+//       loop.log_step("train/loss", loss.item<double>());  // also sets state().batch_loss
+//       loop.batch_end();
+//     }
+//     if (loop.should_stop()) break;
+//     loop.validation_begin(); ... loop.validation_end();
+//     loop.epoch_end();
+//   }
+//   loop.fit_end();
+#pragma once
+
+#include "cairn/callback.h"
+#include "cairn/events.h"
+#include "cairn/metrics.h"
+#include "cairn/state.h"
+#include "cairn/value.h"
+#include "cairn/torch_fwd.h"
+
+#include <ATen/core/Generator.h>
+
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace cairn {
+
+class Scheduler;
+class RunLock;
+
+//! When a filtered slot runs (as Ignite's event filters). The count an event
+//! is compared with is the loop's own: global_step for batch events, completed
+//! epochs (epoch + 1) for epoch and validation events. Counts come from the
+//! loop state, so filters behave the same after a resume.
+//!   loop.on(Event::batch_end, cairn::every(100), log_something);
+//!   loop.on(Event::epoch_end, cairn::once(3), [](cairn::Loop&) { ... });
+//!   loop.on(Event::batch_end, cairn::when([](const cairn::Loop& l) { return l.state().batch_loss > 10; }), warn);
+struct EventFilter {
+  std::function<bool(const Loop&, int64_t count)> accept;
+};
+EventFilter every(int64_t n);
+EventFilter once(int64_t n);
+EventFilter when(std::function<bool(const Loop&)> predicate);
+//! The count `filter`s see for event `e` in the loop's current state.
+int64_t event_count(const Loop& loop, Event e);
+
+//! The user's own key-values, saved with the run: numbers, strings, lists, tensors.
+//!   loop.values().set("n_classes", 1000);  loop.values().get<int64_t>("n_classes");
+class UserValues {
+ public:
+  template <class T>
+  void set(const std::string& key, T v) { dict_.set(key, Value(std::move(v))); }
+  template <class T>
+  T get(const std::string& key) const;
+  bool contains(const std::string& key) const { return dict_.contains(key); }
+  const Value& raw() const { return dict_; }
+  void load(const Value& d) { dict_ = d; }
+
+ private:
+  Value dict_ = Value::dict();
+};
+
+template <> inline Value UserValues::get<Value>(const std::string& k) const { return dict_.at(k); }
+template <> inline int64_t UserValues::get<int64_t>(const std::string& k) const { return dict_.at(k).to_int(); }
+template <> inline int UserValues::get<int>(const std::string& k) const { return static_cast<int>(dict_.at(k).to_int()); }
+template <> inline double UserValues::get<double>(const std::string& k) const { return dict_.at(k).to_double(); }
+template <> inline bool UserValues::get<bool>(const std::string& k) const { return dict_.at(k).to_bool(); }
+template <> inline std::string UserValues::get<std::string>(const std::string& k) const { return dict_.at(k).to_string(); }
+template <> inline at::Tensor UserValues::get<at::Tensor>(const std::string& k) const { return dict_.at(k).to_tensor(); }
+template <> inline std::vector<double> UserValues::get<std::vector<double>>(const std::string& k) const { return dict_.at(k).to_double_list(); }
+template <> inline std::vector<int64_t> UserValues::get<std::vector<int64_t>>(const std::string& k) const { return dict_.at(k).to_int_list(); }
+
+//! A checkpoint that does not match what this run tracks (model names or
+//! shapes, optimizer kind). what() lists every difference.
+class CheckpointMismatch : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+//! What resume() found.
+struct ResumeInfo {
+  bool resumed = false;              //!< false: nothing to resume, fresh start
+  std::string path;                  //!< the checkpoint used
+  std::vector<std::string> skipped;  //!< newer files that did not verify, with reasons
+  int64_t epoch = 0;
+  int64_t batch_in_epoch = 0;
+  int64_t global_step = 0;
+  bool finished = false;             //!< the checkpoint's run had already completed
+  std::vector<std::string> set_aside;  //!< damaged files renamed to NAME.corrupt
+};
+
+//! The newest checkpoint of a folder that verifies, chosen by the position it
+//! holds (global step, then epoch and batch, a finished run after an unfinished
+//! one; `last.ckpt` wins ties), never by modification time: a folder copied
+//! with `cp -r` resumes the right file. Weights-only files are not candidates.
+struct CheckpointChoice {
+  bool found = false;
+  std::string path;   //!< the file chosen
+  Value checkpoint;   //!< its whole content, verified
+  //! Newer candidates that failed verification: (path, reason).
+  std::vector<std::pair<std::string, std::string>> rejected;
+};
+CheckpointChoice newest_checkpoint(const std::string& dir);
+
+//! The checkpoint a reader of a run wants (`cairn report`, `cairn inspect`):
+//! `target` is a checkpoint file, a folder of checkpoints, or a run directory
+//! (its `checkpoints/` folder). For folders, the newest file that verifies
+//! (newest_checkpoint); newer damaged files are in `rejected`. Throws
+//! CheckpointError when there is none.
+CheckpointChoice open_checkpoint(const std::string& target);
+
+class Loop {
+ public:
+  Loop();
+  ~Loop();
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
+
+  // --- events and callbacks ------------------------------------------------
+  Connection on(Event e, std::function<void(Loop&)> fn, Order order = Order::normal);
+  //! `fn` runs only when `filter` accepts the event's count (see EventFilter).
+  Connection on(Event e, EventFilter filter, std::function<void(Loop&)> fn, Order order = Order::normal);
+  EventBus& bus() { return bus_; }
+  //! Connects every hook of `cb` in its order group; its state goes into checkpoints
+  //! under cb->key(). Adding two callbacks with the same key is an error.
+  void add(std::shared_ptr<Callback> cb);
+  const std::vector<std::shared_ptr<Callback>>& callbacks() const { return callbacks_; }
+  template <class T>
+  std::shared_ptr<T> find_callback() const {
+    for (const auto& c : callbacks_) {
+      if (auto p = std::dynamic_pointer_cast<T>(c)) return p;
+    }
+    return nullptr;
+  }
+
+  LoopState& state() { return state_; }
+  const LoopState& state() const { return state_; }
+  MetricLog& metrics() { return metrics_; }
+  const MetricLog& metrics() const { return metrics_; }
+  UserValues& values() { return values_; }
+
+  // --- what checkpoints save -----------------------------------------------
+  void track(torch::nn::Module& model);
+  void track(const std::shared_ptr<torch::nn::Module>& model) { track(*model); }
+  //! Throws std::invalid_argument naming the optimizer when cairn cannot save
+  //! its state (see optim_state.h for the supported kinds).
+  void track(torch::optim::Optimizer& optimizer);
+  void track(const std::shared_ptr<torch::optim::Optimizer>& optimizer) { track(*optimizer); }
+  void track(Scheduler& scheduler);
+  void track(const std::shared_ptr<Scheduler>& scheduler) { track(*scheduler); }
+  //! Any other object with state, saved under `objects[key]`.
+  void track(const std::string& key, Stateful& object);
+  //! A random generator of the user's, saved under `rng_states[name]`.
+  void track_generator(const std::string& name, at::Generator generator);
+  torch::nn::Module* model() const { return model_; }
+  const std::vector<torch::optim::Optimizer*>& optimizers() const { return optimizers_; }
+  const std::vector<Scheduler*>& schedulers() const { return schedulers_; }
+
+  //! The resolved experiment config, saved as `hyper_parameters`.
+  void set_hyper_parameters(Value hp) { hyper_parameters_ = std::move(hp); }
+  const Value& hyper_parameters() const { return hyper_parameters_; }
+  //! The run directory ("" when there is none); callbacks put files there.
+  void set_run_dir(std::string dir) { run_dir_ = std::move(dir); }
+  const std::string& run_dir() const { return run_dir_; }
+
+  // --- logging ---------------------------------------------------------------
+  //! Logs one point at the current (epoch, global_step).
+  void log(const std::string& name, double value);
+  //! A per-batch value: averaged over the epoch (weighted) into `name`, and
+  //! logged as a point `name + "_step"` every log_every_n_steps training steps.
+  //! Logging the loss metric (`train/loss`, see set_loss_metric) during
+  //! training also sets state().batch_loss, which TerminateOnNaN and the
+  //! progress bar read: a hand-written loop needs nothing else.
+  void log_step(const std::string& name, double value, double weight = 1.0);
+  //! The metric whose log_step() sets the batch loss ("train/loss").
+  void set_loss_metric(std::string name) { loss_metric_ = std::move(name); }
+  void set_log_every_n_steps(int64_t n) { log_every_n_steps_ = n; }
+  int64_t log_every_n_steps() const { return log_every_n_steps_; }
+
+  // --- the lifecycle (the Trainer calls these; so can a hand-written loop) ---
+  void fit_begin();
+  void epoch_begin();
+  void batch_begin();
+  void after_backward();
+  void before_optimizer_step();
+  //! Counts the batch (batch_in_epoch; global_step unless state().accumulating),
+  //! logs step metrics, emits batch_end and turns a pending SIGTERM/SIGINT into
+  //! a stop request.
+  void batch_end();
+  void validation_begin();
+  void validation_batch_end();
+  //! Logs the means of this validation's `valid/*` values, then emits.
+  void validation_end();
+  //! Logs the epoch means of `train/*`, emits epoch_end, then moves to the next epoch.
+  void epoch_end();
+  void test_begin();
+  void test_batch_end();
+  void test_end();
+  //! Marks the run finished unless it was interrupted, then emits fit_end.
+  void fit_end();
+  //! A step threw. When the loop can put its state back to the last batch
+  //! boundary (nothing was changed by an optimizer step since), it does so
+  //! (RNG, metric accumulators and journal, counters, model buffers) and the
+  //! state may be saved; otherwise state().dirty is set and checkpoints keep
+  //! the newest clean file. Then emits `exception`; current_exception() holds it.
+  //! Hand-written loops get the roll-back by calling before_optimizer_step().
+  void exception(std::exception_ptr e);
+  std::exception_ptr current_exception() const { return current_exception_; }
+  bool should_stop() const { return state_.stop.requested; }
+
+  // --- checkpoints -----------------------------------------------------------
+  //! Assembles the full checkpoint dict, with references to the live tensors
+  //! (then emits save_checkpoint, so callbacks can amend pending_checkpoint()).
+  Value make_checkpoint(bool emit_event = true);
+  Value& pending_checkpoint() { return pending_; }
+  //! Restores everything from a checkpoint dict. Throws CheckpointMismatch.
+  void load_checkpoint(const Value& checkpoint, const std::string& source = "");
+  //! The checkpoint being restored, while `load_checkpoint` callbacks run
+  //! (nullptr otherwise): keys added through pending_checkpoint() read back here.
+  const Value* loaded_checkpoint() const { return loaded_; }
+  //! Called by resume() with the chosen checkpoint before anything is loaded
+  //! or written; throwing refuses the resume (the CLI checks config drift here).
+  void set_resume_check(std::function<void(const Value& checkpoint, const std::string& path)> check) {
+    resume_check_ = std::move(check);
+  }
+  //! Records a warning in the checkpoint's resume history (`loop.resume_warnings`).
+  void add_resume_warning(const std::string& text);
+  const std::vector<std::string>& resume_warnings() const { return resume_warnings_; }
+  //! `path` is a checkpoint file, or a directory in which the newest file that
+  //! verifies is used (see newest_checkpoint; newer damaged ones are renamed
+  //! NAME.corrupt with a warning, once a good one is found). A missing or
+  //! empty directory is a fresh start. A directory is locked for this process
+  //! (RunLock; throws RunLocked when another process trains there). Throws
+  //! CheckpointError when a file was named and cannot be used, or every file
+  //! in the directory is damaged (then nothing is renamed).
+  ResumeInfo resume(const std::string& path);
+  //! What the last resume() found.
+  const ResumeInfo& resume_info() const { return resume_info_; }
+  //! Locks `dir` for this loop until fit_end (see RunLock). Throws RunLocked.
+  void lock_directory(const std::string& dir);
+  //! Where this run resumed before: (epoch, global_step) pairs.
+  const std::vector<std::pair<int64_t, int64_t>>& resume_points() const { return resume_points_; }
+
+ private:
+  void emit(Event e);
+  void check_signals();
+  //! Remembers the current state as the point exception() can roll back to.
+  void mark_boundary();
+  //! Puts the state back to the last boundary; false when that is not safe.
+  bool roll_back_to_boundary();
+
+  //! The state at the last batch boundary (see exception()).
+  struct Boundary {
+    bool valid = false;
+    int64_t epoch = 0, global_step = 0, batch_in_epoch = 0;
+    bool epoch_finished = false;
+    Stage stage = Stage::idle;
+    Value rng, accumulators, values;
+    size_t metric_rows = 0;
+    std::vector<at::Tensor> buffers;
+  };
+  //! Where the loop is relative to the boundary: at it, past it without an
+  //! optimizer step (can roll back), or past an optimizer step (cannot).
+  enum class Phase { at_boundary, in_step, stepped };
+
+  EventBus bus_;
+  LoopState state_;
+  MetricLog metrics_;
+  UserValues values_;
+  std::vector<std::shared_ptr<Callback>> callbacks_;
+  torch::nn::Module* model_ = nullptr;
+  std::vector<torch::optim::Optimizer*> optimizers_;
+  std::vector<Scheduler*> schedulers_;
+  std::map<std::string, Stateful*> objects_;
+  std::map<std::string, at::Generator> generators_;
+  Value hyper_parameters_;
+  std::string run_dir_;
+  int64_t log_every_n_steps_ = 50;
+  std::vector<std::pair<std::string, double>> step_values_;  //!< this batch's log_step() values
+  std::vector<std::pair<int64_t, int64_t>> resume_points_;
+  std::exception_ptr current_exception_;
+  Value pending_;
+  const Value* loaded_ = nullptr;
+  std::function<void(const Value&, const std::string&)> resume_check_;
+  std::vector<std::string> resume_warnings_;
+  std::vector<std::string> pending_warnings_;  //!< added by a resume check, stamped once loaded
+  void flush_resume_warnings();
+  void resume_into(const std::string& path, bool is_dir, ResumeInfo& info);
+  ResumeInfo resume_info_;
+  std::vector<std::shared_ptr<RunLock>> locks_;
+  std::string loss_metric_ = "train/loss";
+  Boundary boundary_;
+  Phase phase_ = Phase::at_boundary;
+  bool optimizer_hook_seen_ = false;  //!< before_optimizer_step() was called: steps are visible
+};
+
+//! Every *.ckpt file in `dir`, newest first by the position each holds (see
+//! newest_checkpoint); files whose header cannot be read come last.
+std::vector<std::string> list_checkpoints(const std::string& dir);
+
+//! Copies a state_dict (name -> tensor) into `model`'s parameters and buffers.
+//! With `strict`, missing, unexpected and mis-shaped names are an error listing all of them.
+void load_model_state(torch::nn::Module& model, const Value& state_dict, bool strict = true);
+//! The model's parameters and buffers by name (the tensors themselves, not copies).
+Value model_state(const torch::nn::Module& model);
+//! Initialises `model` from a file saved by Python's torch.save(model.state_dict())
+//! or from a cairn checkpoint (its `state_dict`). Throws CheckpointMismatch / CheckpointError.
+void load_weights(torch::nn::Module& model, const std::string& path, bool strict = true);
+
+}  // namespace cairn

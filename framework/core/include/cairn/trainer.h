@@ -1,0 +1,144 @@
+// Trainer: drives a Loop over a DataModule. Subclass it like a LightningModule.
+//
+//   struct MyTrainer : cairn::Trainer {
+//     using cairn::Trainer::Trainer;
+//     at::Tensor training_step(const cairn::Batch& b) override {
+//       auto loss = torch::nll_loss(torch::log_softmax(forward(b.x), 1), b.y);
+//       loop().log_step("train/loss", loss.item<double>(), b.size());
+//       return loss;  // also becomes loop().state().batch_loss
+//     }
+//   };
+//   MyTrainer t(cairn::TrainerOptions().max_epochs(5));
+//   t.set_model(cairn::Model::wrap(net));
+//   t.set_data(std::make_shared<cairn::SyntheticData>(cairn::SyntheticOptions{}));
+//   t.fit();
+#pragma once
+
+#include "cairn/data.h"
+#include "cairn/loop.h"
+#include "cairn/model.h"
+
+#include <torch/arg.h>
+#include <torch/optim/optimizer.h>
+
+#include <memory>
+#include <string>
+
+namespace cairn {
+
+class Scheduler;
+
+/// Trainer options. `Trainer(TrainerOptions().max_epochs(10).threads(1))`
+struct TrainerOptions {
+  //! Epochs to train.
+  TORCH_ARG(int64_t, max_epochs) = 10;
+  //! Intra-op threads (torch::set_num_threads). 1 is fastest for small models
+  //! on small machines; results are bitwise reproducible only with the same
+  //! value. 0 leaves LibTorch's default.
+  TORCH_ARG(int64_t, threads) = 1;
+  //! "auto" (CUDA when the build and the machine have it), "cpu" or "cuda[:N]".
+  TORCH_ARG(std::string, device) = "auto";
+  //! Step metrics (`train/loss_step`) are logged every N training steps.
+  TORCH_ARG(int64_t, log_every_n_steps) = 50;
+  //! Validate every N epochs (when the data has a validation split).
+  TORCH_ARG(int64_t, check_val_every_n_epoch) = 1;
+  //! Run the test split after fit (when the data has one).
+  TORCH_ARG(bool, run_test) = true;
+  //! Clip gradients before each optimizer step (0: off).
+  TORCH_ARG(double, gradient_clip_val) = 0.0;
+  //! "norm" (total 2-norm of all gradients) or "value" (each element).
+  TORCH_ARG(std::string, gradient_clip_algorithm) = "norm";
+  //! Sum gradients over N batches per optimizer step (the loss is divided by
+  //! N). global_step counts optimizer steps; saves and stops happen only at
+  //! the end of a cycle, so resume stays exact.
+  TORCH_ARG(int64_t, accumulate_grad_batches) = 1;
+};
+
+//! How fit() ended.
+struct FitResult {
+  bool interrupted = false;      //!< stopped by a signal: resumable
+  int signal = 0;                //!< the signal, when interrupted
+  bool already_finished = false; //!< resumed a finished run: nothing was done
+  std::string stop_reason;       //!< why a callback stopped the run early ("" if it ran to max_epochs)
+  int64_t epochs_completed = 0;
+  int64_t global_step = 0;
+  //! Non-empty when the run's last save failed: what it reached is not on disk.
+  //! The message names the newest durable checkpoint. (`cairn fit` exits 5.)
+  std::string save_error;
+};
+
+class Trainer {
+ public:
+  explicit Trainer(TrainerOptions options = TrainerOptions());
+  virtual ~Trainer();
+
+  Loop& loop() { return loop_; }
+  const TrainerOptions& options() const { return options_; }
+  Trainer& add_callback(std::shared_ptr<Callback> cb);
+  Trainer& set_model(Model model);
+  Trainer& set_data(std::shared_ptr<DataModule> data);
+  Trainer& set_optimizer(std::shared_ptr<torch::optim::Optimizer> optimizer);
+  Trainer& set_scheduler(std::shared_ptr<Scheduler> scheduler);
+  //! Resume from a checkpoint file or directory at fit() ("" = fresh start).
+  Trainer& resume_from(std::string path);
+
+  //! Trains: configure_optimizers(), resume (if asked), then epochs of
+  //! training and validation, a test pass, and fit_end. Exceptions from steps
+  //! emit `exception` (the checkpoint callback saves) and are rethrown.
+  FitResult fit();
+  //! Evaluates on the test split and logs `test/loss`, `test/acc`; returns test/acc.
+  double test();
+
+  Model& model() { return model_; }
+  DataModule& data();
+  torch::Device device() const { return device_; }
+  torch::optim::Optimizer& optimizer();
+  Scheduler* scheduler() { return scheduler_.get(); }
+  const ResumeInfo& resume_info() const { return resume_info_; }
+
+ protected:
+  //! The model's forward pass (default: Model::forward).
+  virtual at::Tensor forward(const at::Tensor& x);
+  //! One training batch: returns the loss to backpropagate. The default is
+  //! classification with cross-entropy, logging train/loss and train/acc.
+  virtual at::Tensor training_step(const Batch& batch);
+  //! One validation batch: the default logs valid/loss and valid/acc.
+  virtual void validation_step(const Batch& batch);
+  //! One test batch: the default logs test/loss and test/acc.
+  virtual void test_step(const Batch& batch);
+  //! Creates the optimizer (and scheduler) unless set_optimizer() was called.
+  //! The default is Adam(lr=1e-3) over the model's parameters.
+  virtual void configure_optimizers();
+  //! Moves a batch to device().
+  virtual Batch to_device(const Batch& batch);
+
+  //! Shared classification metrics: logs `<split>/loss` and `<split>/acc` with
+  //! the batch size as weight; returns the loss.
+  at::Tensor classification_metrics(const std::string& split, const at::Tensor& logits, const Batch& batch,
+                                    bool per_step);
+
+ private:
+  void setup();
+  void run_validation();
+  void run_test();
+  void train_epoch(EpochSampler& sampler);
+  void clip_gradients();
+
+  TrainerOptions options_;
+  Loop loop_;
+  Model model_;
+  std::shared_ptr<DataModule> data_;
+  std::shared_ptr<torch::optim::Optimizer> optimizer_;
+  std::shared_ptr<Scheduler> scheduler_;
+  torch::Device device_{torch::kCPU};
+  std::string resume_path_;
+  ResumeInfo resume_info_;
+};
+
+//! Resolves "auto" / "cpu" / "cuda" / "cuda:N" to a device; throws
+//! std::invalid_argument for CUDA when this build or machine has none.
+torch::Device resolve_device(const std::string& spec);
+//! Sets intra-op threads for LibTorch and, where present, OpenBLAS.
+void set_threads(int64_t threads);
+
+}  // namespace cairn

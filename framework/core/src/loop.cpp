@@ -1,0 +1,663 @@
+#include "cairn/loop.h"
+
+#include "cairn/checkpoint_file.h"
+#include "cairn/optim_state.h"
+#include "cairn/rng.h"
+#include "cairn/run_lock.h"
+#include "cairn/schedulers.h"
+#include "cairn/signals.h"
+
+#include <torch/torch.h>
+
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+#include <sys/stat.h>
+
+#ifndef CAIRN_VERSION
+#define CAIRN_VERSION "0.0.0"
+#endif
+
+namespace cairn {
+
+namespace fs = std::filesystem;
+
+// 2: metric series are 1-D tensors (1: lists). Both are read.
+constexpr int64_t kFormatVersion = 2;
+
+Loop::Loop() = default;
+Loop::~Loop() = default;
+
+Connection Loop::on(Event e, std::function<void(Loop&)> fn, Order order) {
+  return bus_.connect(e, std::move(fn), order);
+}
+
+EventFilter every(int64_t n) {
+  if (n <= 0) throw std::invalid_argument("every(n) needs n > 0");
+  return EventFilter{[n](const Loop&, int64_t count) { return count > 0 && count % n == 0; }};
+}
+EventFilter once(int64_t n) {
+  return EventFilter{[n](const Loop&, int64_t count) { return count == n; }};
+}
+EventFilter when(std::function<bool(const Loop&)> predicate) {
+  return EventFilter{[p = std::move(predicate)](const Loop& l, int64_t) { return p(l); }};
+}
+
+int64_t event_count(const Loop& loop, Event e) {
+  const LoopState& st = loop.state();
+  switch (e) {
+    case Event::batch_begin:
+    case Event::after_backward:
+    case Event::before_optimizer_step:
+      return st.global_step + 1;  // the batch being run
+    case Event::batch_end:
+      return st.global_step;
+    default:
+      return st.epoch + 1;
+  }
+}
+
+Connection Loop::on(Event e, EventFilter filter, std::function<void(Loop&)> fn, Order order) {
+  return bus_.connect(
+      e,
+      [e, f = std::move(filter), fn = std::move(fn)](Loop& l) {
+        // Mid gradient-accumulation batches share the step count of the cycle: count them once.
+        if (e == Event::batch_end && l.state().accumulating) return;
+        if (f.accept(l, event_count(l, e))) fn(l);
+      },
+      order);
+}
+
+void Loop::add(std::shared_ptr<Callback> cb) {
+  if (!cb) throw std::invalid_argument("Loop::add: null callback");
+  for (const auto& c : callbacks_) {
+    if (c->key() == cb->key()) {
+      throw std::invalid_argument("two callbacks with the same key '" + cb->key() +
+                                  "': give them different options so their checkpoint state does not clash");
+    }
+  }
+  const Order o = cb->order();
+  Callback* c = cb.get();
+  bus_.connect(Event::fit_begin, [c](Loop& l) { c->on_fit_begin(l); }, o);
+  bus_.connect(Event::epoch_begin, [c](Loop& l) { c->on_epoch_begin(l); }, o);
+  bus_.connect(Event::batch_begin, [c](Loop& l) { c->on_batch_begin(l); }, o);
+  bus_.connect(Event::after_backward, [c](Loop& l) { c->on_after_backward(l); }, o);
+  bus_.connect(Event::before_optimizer_step, [c](Loop& l) { c->on_before_optimizer_step(l); }, o);
+  bus_.connect(Event::batch_end, [c](Loop& l) { c->on_batch_end(l); }, o);
+  bus_.connect(Event::validation_begin, [c](Loop& l) { c->on_validation_begin(l); }, o);
+  bus_.connect(Event::validation_batch_end, [c](Loop& l) { c->on_validation_batch_end(l); }, o);
+  bus_.connect(Event::validation_end, [c](Loop& l) { c->on_validation_end(l); }, o);
+  bus_.connect(Event::epoch_end, [c](Loop& l) { c->on_epoch_end(l); }, o);
+  bus_.connect(Event::test_begin, [c](Loop& l) { c->on_test_begin(l); }, o);
+  bus_.connect(Event::test_batch_end, [c](Loop& l) { c->on_test_batch_end(l); }, o);
+  bus_.connect(Event::test_end, [c](Loop& l) { c->on_test_end(l); }, o);
+  bus_.connect(Event::fit_end, [c](Loop& l) { c->on_fit_end(l); }, o);
+  bus_.connect(Event::exception, [c](Loop& l) { c->on_exception(l); }, o);
+  bus_.connect(Event::save_checkpoint, [c](Loop& l) { c->on_save_checkpoint(l); }, o);
+  bus_.connect(Event::load_checkpoint, [c](Loop& l) { c->on_load_checkpoint(l); }, o);
+  callbacks_.push_back(std::move(cb));
+}
+
+void Loop::track(torch::nn::Module& model) { model_ = &model; }
+void Loop::track(torch::optim::Optimizer& optimizer) {
+  for (auto* o : optimizers_) {
+    if (o == &optimizer) return;
+  }
+  if (optimizer_kind(optimizer) == "unknown") {
+    throw std::invalid_argument(std::string("Loop::track: cairn cannot save the state of this optimizer (") +
+                                typeid(optimizer).name() +
+                                "); supported: SGD, Adam, AdamW, RMSprop, Adagrad. Save its state yourself through "
+                                "track(key, Stateful&) instead");
+  }
+  optimizers_.push_back(&optimizer);
+}
+void Loop::track(Scheduler& scheduler) {
+  for (auto* s : schedulers_) {
+    if (s == &scheduler) return;
+  }
+  schedulers_.push_back(&scheduler);
+}
+void Loop::track(const std::string& key, Stateful& object) { objects_[key] = &object; }
+void Loop::track_generator(const std::string& name, at::Generator generator) {
+  if (name == "cpu" || name == "cuda") throw std::invalid_argument("generator names 'cpu' and 'cuda' are reserved");
+  generators_[name] = std::move(generator);
+}
+
+void Loop::emit(Event e) { bus_.emit(e, *this); }
+
+void Loop::check_signals() {
+  const int sig = signals::pending();
+  if (sig != 0 && !state_.stop.interrupt) {
+    state_.request_interrupt(sig, std::string("received ") + (sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"));
+  }
+}
+
+void Loop::log(const std::string& name, double value) {
+  metrics_.log(name, value, state_.epoch, state_.global_step);
+}
+
+void Loop::log_step(const std::string& name, double value, double weight) {
+  if (name == loss_metric_ && state_.stage == Stage::train) state_.batch_loss = value;
+  metrics_.accumulate(name, value, weight);
+  step_values_.emplace_back(name, value);
+}
+
+void Loop::fit_begin() {
+  state_.stop = StopRequest{};
+  state_.dirty = false;
+  check_signals();
+  emit(Event::fit_begin);
+  mark_boundary();
+}
+
+void Loop::epoch_begin() {
+  state_.epoch_finished = false;
+  state_.stage = Stage::train;
+  emit(Event::epoch_begin);
+}
+
+void Loop::batch_begin() {
+  state_.stage = Stage::train;
+  step_values_.clear();
+  if (phase_ == Phase::at_boundary) phase_ = Phase::in_step;
+  emit(Event::batch_begin);
+}
+
+void Loop::after_backward() { emit(Event::after_backward); }
+void Loop::before_optimizer_step() {
+  // From here on the parameters change: an exception can no longer be rolled back.
+  phase_ = Phase::stepped;
+  optimizer_hook_seen_ = true;
+  emit(Event::before_optimizer_step);
+}
+
+void Loop::batch_end() {
+  ++state_.batch_in_epoch;
+  // global_step counts optimizer steps: a batch in the middle of a gradient
+  // accumulation cycle does not advance it.
+  if (!state_.accumulating) {
+    ++state_.global_step;
+    if (log_every_n_steps_ > 0 && state_.global_step % log_every_n_steps_ == 0) {
+      for (const auto& kv : step_values_) metrics_.log(kv.first + "_step", kv.second, state_.epoch, state_.global_step);
+    }
+  }
+  step_values_.clear();
+  check_signals();
+  emit(Event::batch_end);
+  if (!state_.accumulating) mark_boundary();
+}
+
+void Loop::validation_begin() {
+  metrics_.reset_accumulators("valid");
+  // The training part of the epoch is done: a resume point (it re-runs validation).
+  if (phase_ == Phase::at_boundary) mark_boundary();
+  phase_ = Phase::in_step;
+  state_.stage = Stage::validate;
+  emit(Event::validation_begin);
+}
+void Loop::validation_batch_end() { emit(Event::validation_batch_end); }
+void Loop::validation_end() {
+  metrics_.flush("valid", state_.epoch, state_.global_step);
+  check_signals();
+  emit(Event::validation_end);
+  state_.stage = Stage::train;
+  // Until epoch_end, an epoch-interval scheduler may step: no roll-back past here.
+  phase_ = Phase::stepped;
+}
+
+void Loop::epoch_end() {
+  metrics_.flush("train", state_.epoch, state_.global_step);
+  state_.epoch_finished = true;
+  check_signals();
+  emit(Event::epoch_end);
+  state_.epoch += 1;
+  state_.batch_in_epoch = 0;
+  state_.epoch_finished = false;
+  mark_boundary();
+}
+
+void Loop::test_begin() {
+  metrics_.reset_accumulators("test");
+  if (phase_ == Phase::at_boundary) mark_boundary();
+  phase_ = Phase::in_step;
+  state_.stage = Stage::test;
+  emit(Event::test_begin);
+}
+void Loop::test_batch_end() { emit(Event::test_batch_end); }
+void Loop::test_end() {
+  metrics_.flush("test", state_.epoch, state_.global_step);
+  emit(Event::test_end);
+  state_.stage = Stage::idle;
+  mark_boundary();
+}
+
+void Loop::fit_end() {
+  if (!state_.stop.interrupt) state_.finished = true;
+  state_.stage = Stage::idle;
+  emit(Event::fit_end);
+  locks_.clear();
+}
+
+void Loop::exception(std::exception_ptr e) {
+  current_exception_ = e;
+  state_.dirty = !roll_back_to_boundary();
+  emit(Event::exception);
+  locks_.clear();
+}
+
+void Loop::mark_boundary() {
+  Boundary& b = boundary_;
+  b.valid = true;
+  b.epoch = state_.epoch;
+  b.global_step = state_.global_step;
+  b.batch_in_epoch = state_.batch_in_epoch;
+  b.epoch_finished = state_.epoch_finished;
+  b.stage = state_.stage;
+  b.rng = capture_rng_states(generators_);
+  b.accumulators = metrics_.accumulator_state();
+  b.values = values_.raw();
+  b.metric_rows = metrics_.size();
+  b.buffers.clear();
+  if (model_) {
+    for (const auto& buf : model_->named_buffers(true)) b.buffers.push_back(buf.value().detach().clone());
+  }
+  phase_ = Phase::at_boundary;
+}
+
+bool Loop::roll_back_to_boundary() {
+  if (phase_ == Phase::at_boundary && !boundary_.valid) return true;  // nothing ran yet
+  if (!boundary_.valid || phase_ == Phase::stepped) return false;
+  // In a hand-written loop that never calls before_optimizer_step(), an
+  // optimizer step is invisible: a training-stage exception cannot be trusted.
+  if (phase_ == Phase::in_step && state_.stage == Stage::train && !optimizer_hook_seen_ && !optimizers_.empty()) {
+    return false;
+  }
+  const Boundary& b = boundary_;
+  if (model_) {
+    auto buffers = model_->named_buffers(true);
+    if (buffers.size() != b.buffers.size()) return false;
+    torch::NoGradGuard no_grad;
+    size_t i = 0;
+    for (auto& buf : buffers) buf.value().copy_(b.buffers[i++]);
+  }
+  restore_rng_states(b.rng, generators_);
+  metrics_.load_accumulator_state(b.accumulators);
+  metrics_.truncate(b.metric_rows);
+  values_.load(b.values);
+  step_values_.clear();
+  state_.epoch = b.epoch;
+  state_.global_step = b.global_step;
+  state_.batch_in_epoch = b.batch_in_epoch;
+  state_.epoch_finished = b.epoch_finished;
+  state_.stage = b.stage;
+  state_.accumulating = false;
+  phase_ = Phase::at_boundary;
+  return true;
+}
+
+void Loop::add_resume_warning(const std::string& text) { pending_warnings_.push_back(text); }
+
+void Loop::flush_resume_warnings() {
+  for (const auto& w : pending_warnings_) {
+    resume_warnings_.push_back("resumed at epoch " + std::to_string(state_.epoch) + ", step " +
+                               std::to_string(state_.global_step) + ": " + w);
+  }
+  pending_warnings_.clear();
+}
+
+void Loop::lock_directory(const std::string& dir) {
+  auto lock = RunLock::acquire(dir);
+  for (const auto& l : locks_) {
+    if (l == lock) return;
+  }
+  locks_.push_back(std::move(lock));
+}
+
+// ---------------------------------------------------------------------------
+Value model_state(const torch::nn::Module& model) {
+  Value d = Value::dict();
+  for (const auto& p : model.named_parameters(true)) d.set(p.key(), p.value().detach());
+  for (const auto& b : model.named_buffers(true)) d.set(b.key(), b.value().detach());
+  return d;
+}
+
+void load_model_state(torch::nn::Module& model, const Value& state_dict, bool strict) {
+  std::vector<std::string> missing, mismatched;
+  std::vector<std::pair<std::string, at::Tensor>> targets;
+  for (const auto& p : model.named_parameters(true)) targets.emplace_back(p.key(), p.value());
+  for (const auto& b : model.named_buffers(true)) targets.emplace_back(b.key(), b.value());
+  for (const auto& t : targets) {
+    const Value* v = state_dict.find(t.first);
+    if (!v || !v->is_tensor()) {
+      missing.push_back(t.first);
+    } else if (v->to_tensor().sizes() != t.second.sizes()) {
+      std::ostringstream os;
+      os << t.first << " (checkpoint " << v->to_tensor().sizes() << ", model " << t.second.sizes() << ")";
+      mismatched.push_back(os.str());
+    }
+  }
+  std::vector<std::string> unexpected;
+  for (const auto& k : state_dict.keys()) {
+    const std::string name = k.is_string() ? k.to_string() : std::to_string(k.to_int());
+    bool known = false;
+    for (const auto& t : targets) known = known || t.first == name;
+    if (!known) unexpected.push_back(name);
+  }
+  if (!mismatched.empty() || (strict && (!missing.empty() || !unexpected.empty()))) {
+    std::ostringstream os;
+    os << "the weights do not match the model:";
+    auto list = [&os](const char* what, const std::vector<std::string>& names) {
+      if (names.empty()) return;
+      os << "\n  " << what << ":";
+      for (const auto& n : names) os << "\n    " << n;
+    };
+    list("missing in the checkpoint", missing);
+    list("unexpected in the checkpoint", unexpected);
+    list("shape mismatch", mismatched);
+    throw CheckpointMismatch(os.str());
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& t : targets) {
+    if (const Value* v = state_dict.find(t.first)) {
+      if (v->is_tensor()) t.second.copy_(v->to_tensor());
+    }
+  }
+}
+
+void load_weights(torch::nn::Module& model, const std::string& path, bool strict) {
+  ReadOptions ro;
+  ro.require_checksum = false;
+  Value v = read_checkpoint(path, ro);
+  if (!v.is_dict()) throw CheckpointError(path + " does not hold a dict of tensors");
+  if (const Value* sd = v.find("state_dict")) {
+    if (sd->is_dict()) {
+      Value inner = *sd;  // copy first: *sd lives inside v
+      v = std::move(inner);
+    }
+  }
+  load_model_state(model, v, strict);
+}
+
+Value Loop::make_checkpoint(bool emit_event) {
+  pending_ = Value::dict();
+  Value& c = pending_;
+  c.set("format_version", kFormatVersion);
+  c.set("cairn_version", CAIRN_VERSION);
+  c.set("epoch", state_.resume_epoch());
+  c.set("global_step", state_.global_step);
+  c.set("batch_in_epoch", state_.resume_batch());
+  c.set("state_dict", model_ ? model_state(*model_) : Value::dict());
+  Value opts = Value::list();
+  for (auto* o : optimizers_) opts.push_back(optimizer_state_dict(*o));
+  c.set("optimizer_states", std::move(opts));
+  Value scheds = Value::list();
+  for (auto* s : schedulers_) scheds.push_back(s->state_dict());
+  c.set("lr_schedulers", std::move(scheds));
+  c.set("rng_states", capture_rng_states(generators_));
+  c.set("metrics", metrics_.state_dict());
+  c.set("values", values_.raw());
+  Value cbs = Value::dict();
+  for (const auto& cb : callbacks_) {
+    Value s = cb->state_dict();
+    if (!s.is_none()) cbs.set(cb->key(), std::move(s));
+  }
+  c.set("callbacks", std::move(cbs));
+  c.set("hyper_parameters", hyper_parameters_.is_none() ? Value::dict() : hyper_parameters_);
+  Value loop = Value::dict();
+  loop.set("finished", state_.finished);
+  loop.set("stop_reason", state_.stop.requested ? Value(state_.stop.reason) : Value());
+  loop.set("threads", static_cast<int64_t>(at::get_num_threads()));
+  loop.set("accumulators", metrics_.accumulator_state());
+  Value resumes = Value::list();
+  for (const auto& r : resume_points_) resumes.push_back(Value(std::vector<int64_t>{r.first, r.second}));
+  loop.set("resumes", std::move(resumes));
+  flush_resume_warnings();
+  loop.set("resume_warnings", Value(resume_warnings_));
+  Value objects = Value::dict();
+  for (const auto& kv : objects_) objects.set(kv.first, kv.second->state_dict());
+  loop.set("objects", std::move(objects));
+  c.set("loop", std::move(loop));
+  if (emit_event) emit(Event::save_checkpoint);
+  Value out = std::move(pending_);
+  pending_ = Value();
+  return out;
+}
+
+void Loop::load_checkpoint(const Value& c, const std::string& source) {
+  const std::string from = source.empty() ? std::string("the checkpoint") : source;
+  const int64_t version = c.at("format_version").to_int();
+  if (version > kFormatVersion) {
+    throw CheckpointMismatch(from + " has format_version " + std::to_string(version) +
+                             "; this cairn reads up to " + std::to_string(kFormatVersion));
+  }
+  if (model_) load_model_state(*model_, c.at("state_dict"), true);
+  const Value& opts = c.at("optimizer_states");
+  if (opts.size() != optimizers_.size()) {
+    throw CheckpointMismatch(from + " has " + std::to_string(opts.size()) + " optimizer(s); this run has " +
+                             std::to_string(optimizers_.size()));
+  }
+  try {
+    for (size_t i = 0; i < optimizers_.size(); ++i) load_optimizer_state_dict(*optimizers_[i], opts.items()[i]);
+    const Value& scheds = c.at("lr_schedulers");
+    if (scheds.size() != schedulers_.size()) {
+      throw CheckpointMismatch(from + " has " + std::to_string(scheds.size()) + " scheduler(s); this run has " +
+                               std::to_string(schedulers_.size()));
+    }
+    for (size_t i = 0; i < schedulers_.size(); ++i) schedulers_[i]->load_state_dict(scheds.items()[i]);
+  } catch (const CheckpointMismatch&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw CheckpointMismatch(from + ": " + e.what());
+  }
+  restore_rng_states(c.at("rng_states"), generators_);
+  metrics_.load_state_dict(c.at("metrics"));
+  values_.load(c.at("values"));
+  const Value& cbs = c.at("callbacks");
+  for (const auto& cb : callbacks_) {
+    if (const Value* s = cbs.find(cb->key())) cb->load_state_dict(*s);
+  }
+  const Value& loop = c.at("loop");
+  metrics_.load_accumulator_state(loop.at("accumulators"));
+  resume_points_.clear();
+  for (const auto& r : loop.at("resumes").items()) {
+    const auto v = r.to_int_list();
+    resume_points_.emplace_back(v.at(0), v.at(1));
+  }
+  resume_warnings_.clear();
+  if (const Value* w = loop.find("resume_warnings")) {
+    for (const auto& item : w->items()) resume_warnings_.push_back(item.to_string());
+  }
+  if (const Value* objects = loop.find("objects")) {
+    for (const auto& kv : objects_) {
+      if (const Value* s = objects->find(kv.first)) kv.second->load_state_dict(*s);
+    }
+  }
+  state_.epoch = c.at("epoch").to_int();
+  state_.batch_in_epoch = c.at("batch_in_epoch").to_int();
+  state_.global_step = c.at("global_step").to_int();
+  state_.epoch_finished = false;
+  state_.finished = loop.at("finished").to_bool();
+  state_.stop = StopRequest{};
+  if (state_.finished && loop.at("stop_reason").is_string()) state_.stop.reason = loop.at("stop_reason").to_string();
+  const int64_t threads = loop.at("threads").to_int();
+  if (threads != at::get_num_threads()) {
+    std::cerr << "cairn: warning: " << from << " was written with " << threads << " intra-op thread(s), this run uses "
+              << at::get_num_threads() << "; the resumed run will not be bitwise identical to an uninterrupted one\n";
+  }
+  if (!state_.finished) resume_points_.emplace_back(state_.epoch, state_.global_step);
+  flush_resume_warnings();  // those of the check that accepted this resume, at its position
+  boundary_ = Boundary{};
+  mark_boundary();
+  loaded_ = &c;
+  try {
+    emit(Event::load_checkpoint);
+  } catch (...) {
+    loaded_ = nullptr;
+    throw;
+  }
+  loaded_ = nullptr;
+}
+
+namespace {
+//! What a checkpoint's header says about where it stands.
+struct Candidate {
+  std::string path;
+  bool readable = false;
+  std::string error;
+  int64_t global_step = 0, epoch = 0, batch = 0;
+  bool finished = false, weights_only = false, is_last = false;
+};
+
+std::vector<Candidate> scan_checkpoints(const std::string& dir) {
+  std::vector<Candidate> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.path().extension() != ".ckpt" || !e.is_regular_file(ec)) continue;
+    Candidate c;
+    c.path = e.path().string();
+    c.is_last = e.path().filename() == "last.ckpt";
+    try {
+      ReadOptions header;
+      header.header_only = true;
+      const Value h = read_checkpoint(c.path, header);
+      c.global_step = h.at("global_step").to_int();
+      c.epoch = h.at("epoch").to_int();
+      c.batch = h.at("batch_in_epoch").to_int();
+      c.weights_only = h.contains("weights_only");
+      if (const Value* loop = h.find("loop")) {
+        if (const Value* f = loop->find("finished")) c.finished = f->to_bool();
+      }
+      c.readable = true;
+    } catch (const std::exception& ex) {
+      c.error = ex.what();
+    }
+    out.push_back(std::move(c));
+  }
+  // Newest position first; last.ckpt wins ties, then names for determinism.
+  std::sort(out.begin(), out.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.readable != b.readable) return a.readable;
+    const auto ka = std::make_tuple(a.global_step, a.epoch, a.batch, a.finished, a.is_last);
+    const auto kb = std::make_tuple(b.global_step, b.epoch, b.batch, b.finished, b.is_last);
+    if (ka != kb) return ka > kb;
+    return a.path < b.path;
+  });
+  return out;
+}
+}  // namespace
+
+std::vector<std::string> list_checkpoints(const std::string& dir) {
+  std::vector<std::string> out;
+  for (auto& c : scan_checkpoints(dir)) out.push_back(std::move(c.path));
+  return out;
+}
+
+CheckpointChoice newest_checkpoint(const std::string& dir) {
+  CheckpointChoice choice;
+  const auto candidates = scan_checkpoints(dir);
+  // Damaged headers first in the report; they are never chosen.
+  for (const auto& c : candidates) {
+    if (!c.readable) choice.rejected.emplace_back(c.path, c.error);
+  }
+  for (const auto& c : candidates) {
+    if (!c.readable || c.weights_only) continue;
+    try {
+      choice.checkpoint = read_checkpoint(c.path);
+      choice.path = c.path;
+      choice.found = true;
+      return choice;
+    } catch (const CheckpointError& e) {
+      choice.rejected.emplace_back(c.path, e.what());
+    }
+  }
+  return choice;
+}
+
+ResumeInfo Loop::resume(const std::string& path) {
+  ResumeInfo info;
+  std::error_code ec;
+  const bool is_dir = fs::is_directory(path, ec);
+  if (!is_dir && !fs::exists(path, ec)) {
+    // A run directory that does not exist yet is a fresh start; a missing file is an error.
+    if (fs::path(path).extension() != ".ckpt") {
+      resume_info_ = info;
+      return info;
+    }
+    throw CheckpointError("checkpoint " + path + " does not exist");
+  }
+  const size_t locks_before = locks_.size();
+  try {
+    resume_into(path, is_dir, info);
+  } catch (...) {
+    locks_.resize(locks_before);  // a failed resume does not keep the folder locked
+    throw;
+  }
+  resume_info_ = info;
+  return info;
+}
+
+CheckpointChoice open_checkpoint(const std::string& target) {
+  std::error_code ec;
+  if (!fs::is_directory(target, ec)) {
+    CheckpointChoice one;
+    one.checkpoint = read_checkpoint(target);
+    one.path = target;
+    one.found = true;
+    return one;
+  }
+  std::string dir = (fs::path(target) / "checkpoints").string();
+  if (!fs::is_directory(dir, ec)) dir = target;
+  CheckpointChoice choice = newest_checkpoint(dir);
+  if (!choice.found) {
+    std::string why;
+    for (const auto& r : choice.rejected) why += "\n  " + r.second;
+    throw CheckpointError("no usable checkpoint in " + dir + why);
+  }
+  return choice;
+}
+
+void Loop::resume_into(const std::string& path, bool is_dir, ResumeInfo& info) {
+  Value c;
+  if (is_dir) {
+    lock_directory(path);
+    CheckpointChoice choice = newest_checkpoint(path);
+    if (!choice.found) {
+      if (choice.rejected.empty()) return;  // nothing to resume (weights-only files are not run states)
+      // Nothing is renamed: the next attempt fails just as loudly.
+      std::string why;
+      for (const auto& r : choice.rejected) why += "\n  " + r.second;
+      throw CheckpointError("no usable checkpoint in " + path + ": all " + std::to_string(choice.rejected.size()) +
+                            " file(s) are corrupt:" + why);
+    }
+    if (resume_check_) resume_check_(choice.checkpoint, choice.path);
+    for (const auto& r : choice.rejected) {
+      const std::string aside = r.first + ".corrupt";
+      if (::rename(r.first.c_str(), aside.c_str()) == 0) {
+        std::cerr << "cairn: warning: " << r.second << "; set aside as " << aside << "\n";
+        info.set_aside.push_back(aside);
+      } else {
+        std::cerr << "cairn: warning: skipping " << r.second << "\n";
+      }
+      info.skipped.push_back(r.second);
+    }
+    if (!info.set_aside.empty()) fsync_directory(path);
+    c = std::move(choice.checkpoint);
+    info.path = choice.path;
+  } else {
+    c = read_checkpoint(path);
+    if (c.is_dict() && c.contains("weights_only")) {
+      throw CheckpointError("checkpoint " + path + " holds weights only (save_weights_only) and cannot resume a run");
+    }
+    if (resume_check_) resume_check_(c, path);
+    info.path = path;
+  }
+  load_checkpoint(c, info.path);
+  info.resumed = true;
+  info.epoch = state_.epoch;
+  info.batch_in_epoch = state_.batch_in_epoch;
+  info.global_step = state_.global_step;
+  info.finished = state_.finished;
+}
+
+}  // namespace cairn

@@ -1,0 +1,259 @@
+#include "cairn/metrics.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <stdexcept>
+
+namespace cairn {
+
+std::pair<std::string, std::string> MetricLog::split_name(const std::string& name) {
+  const auto slash = name.find('/');
+  if (slash == std::string::npos) return {"", name};
+  return {name.substr(0, slash), name.substr(slash + 1)};
+}
+
+size_t MetricLog::series_index(const std::string& name) {
+  auto it = index_.find(name);
+  if (it != index_.end()) return it->second;
+  const size_t i = names_.size();
+  names_.push_back(name);
+  index_[name] = i;
+  last_row_.emplace_back();
+  counts_.push_back(0);
+  columns_.emplace_back();
+  return i;
+}
+
+void MetricLog::Columns::append(const MetricPoint& p, int64_t seq_no, size_t count) {
+  const auto n = static_cast<int64_t>(count);
+  if (!value.defined() || value.size(0) <= n) {
+    const int64_t cap = std::max<int64_t>(16, 2 * n);
+    auto grow = [&](at::Tensor& t, at::ScalarType dtype) {
+      at::Tensor bigger = at::empty({cap}, at::TensorOptions().dtype(dtype));
+      if (t.defined() && n > 0) bigger.narrow(0, 0, n).copy_(t.narrow(0, 0, n));
+      t = bigger;  // views handed out earlier keep the old storage alive, unchanged
+    };
+    grow(epoch, at::kLong);
+    grow(step, at::kLong);
+    grow(value, at::kDouble);
+    grow(seq, at::kLong);
+  }
+  epoch.data_ptr<int64_t>()[n] = p.epoch;
+  step.data_ptr<int64_t>()[n] = p.step;
+  value.data_ptr<double>()[n] = p.value;
+  seq.data_ptr<int64_t>()[n] = seq_no;
+}
+
+void MetricLog::log(const std::string& name, double value, int64_t epoch, int64_t step) {
+  const size_t s = series_index(name);
+  const MetricPoint p{epoch, step, value};
+  columns_[s].append(p, static_cast<int64_t>(rows_.size()), counts_[s]);
+  rows_.push_back(Row{s, p});
+  last_row_[s] = rows_.size() - 1;
+  ++counts_[s];
+}
+
+void MetricLog::rebuild_columns() {
+  // Fresh storage: views handed to a checkpoint in flight are never written again.
+  columns_.assign(names_.size(), Columns{});
+  std::vector<size_t> n(names_.size(), 0);
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    const size_t s = rows_[i].series;
+    columns_[s].append(rows_[i].point, static_cast<int64_t>(i), n[s]++);
+  }
+}
+
+void MetricLog::truncate(size_t rows) {
+  if (rows >= rows_.size()) return;
+  rows_.resize(rows);
+  std::fill(counts_.begin(), counts_.end(), 0);
+  std::fill(last_row_.begin(), last_row_.end(), std::nullopt);
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    last_row_[rows_[i].series] = i;
+    ++counts_[rows_[i].series];
+  }
+  rebuild_columns();
+}
+
+void MetricLog::accumulate(const std::string& name, double value, double weight) {
+  for (auto& kv : accumulators_) {
+    if (kv.first == name) {
+      kv.second.sum += value * weight;
+      kv.second.weight += weight;
+      return;
+    }
+  }
+  accumulators_.push_back({name, Accumulator{value * weight, weight}});
+}
+
+void MetricLog::flush(const std::string& split, int64_t epoch, int64_t step) {
+  std::vector<std::pair<std::string, Accumulator>> keep;
+  for (auto& kv : accumulators_) {
+    if (split_name(kv.first).first == split) {
+      if (kv.second.weight > 0) log(kv.first, kv.second.sum / kv.second.weight, epoch, step);
+    } else {
+      keep.push_back(kv);
+    }
+  }
+  accumulators_ = std::move(keep);
+}
+
+void MetricLog::reset_accumulators(const std::string& split) {
+  std::vector<std::pair<std::string, Accumulator>> keep;
+  for (auto& kv : accumulators_) {
+    if (split_name(kv.first).first != split) keep.push_back(kv);
+  }
+  accumulators_ = std::move(keep);
+}
+
+bool MetricLog::has(const std::string& name) const { return index_.count(name) > 0; }
+
+std::optional<double> MetricLog::last(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end() || !last_row_[it->second]) return std::nullopt;
+  return rows_[*last_row_[it->second]].point.value;
+}
+
+size_t MetricLog::count(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? 0 : counts_[it->second];
+}
+
+std::vector<MetricPoint> MetricLog::series(const std::string& name) const {
+  std::vector<MetricPoint> out;
+  auto it = index_.find(name);
+  if (it == index_.end()) return out;
+  for (const auto& r : rows_) {
+    if (r.series == it->second) out.push_back(r.point);
+  }
+  return out;
+}
+
+Value MetricLog::state_dict() const {
+  Value d = Value::dict();
+  for (size_t s = 0; s < names_.size(); ++s) {
+    const auto n = static_cast<int64_t>(counts_[s]);
+    const Columns& c = columns_[s];
+    auto view = [n](const at::Tensor& t, at::ScalarType dtype) {
+      return t.defined() ? t.narrow(0, 0, n) : at::empty({0}, at::TensorOptions().dtype(dtype));
+    };
+    Value series = Value::dict();
+    series.set("epoch", view(c.epoch, at::kLong));
+    series.set("step", view(c.step, at::kLong));
+    series.set("value", view(c.value, at::kDouble));
+    series.set("seq", view(c.seq, at::kLong));
+    d.set(names_[s], std::move(series));
+  }
+  return d;
+}
+
+void MetricLog::load_state_dict(const Value& state) {
+  names_.clear();
+  index_.clear();
+  rows_.clear();
+  last_row_.clear();
+  counts_.clear();
+  columns_.clear();
+  // Each column is a 1-D tensor (format 2) or a list (format 1).
+  auto ints = [](const Value& v) { return v.to_int_list(); };
+  auto doubles = [](const Value& v) { return v.to_double_list(); };
+  std::vector<std::vector<int64_t>> ep, st, sq;
+  std::vector<std::vector<double>> va;
+  size_t total = 0;
+  for (size_t k = 0; k < state.keys().size(); ++k) {
+    const Value& s = state.values()[k];
+    ep.push_back(ints(s.at("epoch")));
+    st.push_back(ints(s.at("step")));
+    va.push_back(doubles(s.at("value")));
+    sq.push_back(ints(s.at("seq")));
+    total += va.back().size();
+  }
+  std::vector<Row> rows(total);
+  std::vector<bool> filled(total, false);
+  for (size_t k = 0; k < state.keys().size(); ++k) {
+    const std::string& name = state.keys()[k].to_string();
+    const size_t si = series_index(name);
+    if (ep[k].size() != va[k].size() || st[k].size() != va[k].size() || sq[k].size() != va[k].size()) {
+      throw std::runtime_error("metric '" + name + "': epoch/step/value/seq lengths differ");
+    }
+    for (size_t i = 0; i < va[k].size(); ++i) {
+      const int64_t seq = sq[k][i];
+      if (seq < 0 || static_cast<size_t>(seq) >= total || filled[seq]) {
+        throw std::runtime_error("metric '" + name + "': bad sequence number");
+      }
+      rows[seq] = Row{si, MetricPoint{ep[k][i], st[k][i], va[k][i]}};
+      filled[seq] = true;
+    }
+  }
+  rows_ = std::move(rows);
+  for (size_t i = 0; i < rows_.size(); ++i) {
+    last_row_[rows_[i].series] = i;
+    ++counts_[rows_[i].series];
+  }
+  rebuild_columns();
+}
+
+Value MetricLog::accumulator_state() const {
+  Value d = Value::dict();
+  for (const auto& kv : accumulators_) {
+    d.set(kv.first, Value(std::vector<double>{kv.second.sum, kv.second.weight}));
+  }
+  return d;
+}
+
+void MetricLog::load_accumulator_state(const Value& state) {
+  accumulators_.clear();
+  for (size_t i = 0; i < state.keys().size(); ++i) {
+    const auto v = state.values()[i].to_double_list();
+    if (v.size() != 2) throw std::runtime_error("bad accumulator state");
+    accumulators_.push_back({state.keys()[i].to_string(), Accumulator{v[0], v[1]}});
+  }
+}
+
+const char* mode_name(Mode m) { return m == Mode::min ? "min" : "max"; }
+
+Mode parse_mode(const std::string& s) {
+  if (s == "min") return Mode::min;
+  if (s == "max") return Mode::max;
+  throw std::invalid_argument("mode must be 'min' or 'max', got '" + s + "'");
+}
+
+bool better_than(Mode mode, double value, double best, double min_delta, bool relative) {
+  // The relative form is written as PyTorch writes it, so that an infinite
+  // initial best (inf * (1 - t)) stays infinite instead of becoming NaN.
+  if (mode == Mode::min) return value < (relative ? best * (1.0 - min_delta) : best - min_delta);
+  return value > (relative ? best * (1.0 + min_delta) : best + min_delta);
+}
+
+bool Best::improves(double value) const {
+  if (!std::isfinite(value)) return false;
+  return !best_ || better_than(mode_, value, *best_, min_delta_);
+}
+
+bool Best::update(double value, int64_t epoch, int64_t step) {
+  if (!improves(value)) return false;
+  best_ = value;
+  best_epoch_ = epoch;
+  best_step_ = step;
+  return true;
+}
+
+Value Best::state_dict() const {
+  Value d = Value::dict();
+  d.set("mode", mode_name(mode_));
+  d.set("min_delta", min_delta_);
+  d.set("best", best_ ? Value(*best_) : Value());
+  d.set("best_epoch", best_epoch_);
+  d.set("best_step", best_step_);
+  return d;
+}
+
+void Best::load_state_dict(const Value& state) {
+  const Value& b = state.at("best");
+  best_ = b.is_none() ? std::nullopt : std::optional<double>(b.to_double());
+  best_epoch_ = state.at("best_epoch").to_int();
+  best_step_ = state.at("best_step").to_int();
+}
+
+}  // namespace cairn

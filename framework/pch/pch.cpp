@@ -1,0 +1,2 @@
+// Compiles the shared precompiled header (see framework/pch/pch.h).
+#include "pch.h"

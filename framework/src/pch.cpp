@@ -1,2 +1,0 @@
-// Compiles the shared precompiled header (see framework/include/cairn/pch.h).
-#include "cairn/pch.h"
