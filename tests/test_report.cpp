@@ -21,6 +21,9 @@ TEST_CASE("axis ticks are round numbers with only the decimals their spacing nee
   CHECK(cairn::nice_ticks(-0.7, 2.3, 5) == std::vector<double>{0.0, 1.0, 2.0});
   CHECK(cairn::tick_label(1.5, 0.5) == "1.5");
   CHECK(cairn::nice_ticks(3, 3).size() == 1);  // a flat range does not loop
+  // A spacing that floating point makes a hair short of round is still chosen.
+  CHECK(cairn::nice_step(0.2, 1.2, 5) == doctest::Approx(0.2));
+  CHECK(cairn::nice_step(0.0, 0.3, 3) == doctest::Approx(0.1));
 }
 
 TEST_CASE("cairn report overlays several runs: a colour and a legend entry per run, each run's best marked") {

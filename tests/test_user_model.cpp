@@ -65,7 +65,7 @@ TEST_CASE("a scripted CNN from Python trains, resumes bit-identically after SIGK
   const std::vector<double> test_acc = a.at("metrics").at("test/acc").at("value").to_double_list();
   REQUIRE(test_acc.size() == 1);
   CHECK(py_acc == doctest::Approx(test_acc[0]).epsilon(1e-6));
-  CHECK(test_acc[0] > 0.8);  // three well-separated classes
+  CHECK(test_acc[0] > 0.75);  // three noisy clusters: learnable, not trivial
 }
 
 TEST_CASE("a traced module trains too, and a missing or broken model file is a clear error") {

@@ -28,7 +28,7 @@ class SmallCnn(nn.Module):
 
 def data(seed):
     g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(3, 1, 8, 8, generator=g) * 1.5
+    centres = torch.randn(3, 1, 8, 8, generator=g) * 0.5
 
     def make(n):
         y = torch.randint(0, 3, (n,), generator=g)

@@ -111,21 +111,28 @@ RunData collect(const Value& c, size_t run, std::vector<std::string>& order, int
 }
 }  // namespace
 
-std::vector<double> nice_ticks(double lo, double hi, int target) {
-  if (!(hi > lo) || !std::isfinite(lo) || !std::isfinite(hi) || target < 1) return {lo};
+double nice_step(double lo, double hi, int target) {
+  if (!(hi > lo) || !std::isfinite(lo) || !std::isfinite(hi) || target < 1) return 0.0;
   const double raw = (hi - lo) / target;
   const double mag = std::pow(10.0, std::floor(std::log10(raw)));
-  double step = mag;
-  for (double m : {1.0, 2.0, 5.0, 10.0}) {
-    step = m * mag;
-    if (step >= raw) break;
+  for (double m : {1.0, 2.0, 5.0}) {
+    if (m * mag >= raw * (1.0 - 1e-9)) return m * mag;  // 2 * 0.1 counts as 0.2
   }
+  return 10.0 * mag;
+}
+
+std::vector<double> ticks_every(double lo, double hi, double step) {
+  if (!(step > 0)) return {lo};
   std::vector<double> out;
   for (double k = std::ceil(lo / step - 1e-9); k * step <= hi + step * 1e-9; k += 1.0) {
     const double v = k * step;
     out.push_back(std::fabs(v) < step * 1e-9 ? 0.0 : v);  // no "-0"
   }
   return out;
+}
+
+std::vector<double> nice_ticks(double lo, double hi, int target) {
+  return ticks_every(lo, hi, nice_step(lo, hi, target));
 }
 
 std::string tick_label(double value, double spacing) {
@@ -175,9 +182,9 @@ std::string render_report(const std::vector<ReportRun>& runs, const std::string&
   }
 
   const double W = 860, H = 320, L = 64, R = 250, T = 16, B = 40;
-  const auto xt = nice_ticks(0, static_cast<double>(max_step), 8);
-  const double x_hi = std::max<double>(static_cast<double>(max_step), xt.empty() ? 1.0 : xt.back());
-  const double x_spacing = xt.size() > 1 ? xt[1] - xt[0] : 1.0;
+  const double x_hi = static_cast<double>(max_step);
+  const double x_spacing = nice_step(0, x_hi, 8);
+  const auto xt = ticks_every(0, x_hi, x_spacing);
   for (const auto& name : order) {
     std::vector<const Series*> list;
     for (const auto& d : data) {
@@ -193,22 +200,17 @@ std::string render_report(const std::vector<ReportRun>& runs, const std::string&
     if (!std::isfinite(lo)) { lo = 0; hi = 1; }
     if (hi - lo < 1e-12) { hi += 0.5; lo -= 0.5; }
     const double pad = (hi - lo) * 0.05;
-    const auto yt = nice_ticks(lo - pad, hi + pad, 5);
-    const double y_spacing = yt.size() > 1 ? yt[1] - yt[0] : 1.0;
-    // The axis spans whole ticks, so the top and bottom lines are labelled.
-    lo = std::min(lo - pad, yt.front());
-    hi = std::max(hi + pad, yt.back());
-    if (yt.size() > 1) {
-      lo = std::floor(lo / y_spacing + 1e-9) * y_spacing;
-      hi = std::ceil(hi / y_spacing - 1e-9) * y_spacing;
-    }
+    // The axis spans whole steps, so its bottom and top are labelled too.
+    const double y_spacing = nice_step(lo - pad, hi + pad, 5);
+    lo = std::floor((lo - pad) / y_spacing + 1e-9) * y_spacing;
+    hi = std::ceil((hi + pad) / y_spacing - 1e-9) * y_spacing;
     auto X = [&](double step) { return L + (W - L - R) * step / x_hi; };
     auto Y = [&](double v) { return T + (H - T - B) * (1.0 - (v - lo) / (hi - lo)); };
     h << "<h2>" << escape(name) << "</h2>\n<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart\" data-metric=\""
       << escape(name) << "\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W << " " << H << "\">";
     h << "<line class=\"axis\" x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\"/>";
     h << "<line class=\"axis\" x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B << "\"/>";
-    for (double v : nice_ticks(lo, hi, 5)) {
+    for (double v : ticks_every(lo, hi, y_spacing)) {
       h << "<line class=\"grid\" x1=\"" << L << "\" y1=\"" << Y(v) << "\" x2=\"" << W - R << "\" y2=\"" << Y(v) << "\"/>"
         << "<text class=\"tick y\" x=\"" << L - 4 << "\" y=\"" << Y(v) + 3 << "\" text-anchor=\"end\">"
         << tick_label(v, y_spacing) << "</text>";

@@ -29,8 +29,12 @@ std::string render_report(const std::vector<ReportRun>& runs, const std::string&
 //! The report of one run.
 std::string render_report(const Value& checkpoint, const std::string& title);
 
-//! Round-number axis ticks covering [lo, hi]: about `target` steps of 1, 2 or
-//! 5 times a power of ten. (Exposed for tests.)
+//! A round spacing for about `target` steps over [lo, hi]: 1, 2 or 5 times a
+//! power of ten (0 for an empty range). (Exposed for tests.)
+double nice_step(double lo, double hi, int target = 5);
+//! Every multiple of `step` in [lo, hi].
+std::vector<double> ticks_every(double lo, double hi, double step);
+//! ticks_every(lo, hi, nice_step(lo, hi, target)).
 std::vector<double> nice_ticks(double lo, double hi, int target = 5);
 //! A tick's label with just the decimals its spacing needs ("0.05", "1200").
 std::string tick_label(double value, double spacing);
