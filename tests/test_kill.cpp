@@ -44,6 +44,10 @@ TEST_CASE("SIGKILL at random moments, resumed each time, ends bit-identical to a
   const double full = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   std::mt19937 rng(12345);
+  // 14 kills by default; the ThreadSanitizer build, where every process runs
+  // several times slower, asks for fewer (CAIRN_TEST_KILLS, tests/CMakeLists.txt).
+  const char* kills_env = std::getenv("CAIRN_TEST_KILLS");
+  const int target = kills_env ? std::max(4, std::atoi(kills_env)) : 14;
   int kills = 0, kills_mid_write = 0, attempts = 0;
   const std::string ckpt_dir = run + "/checkpoints";
   while (true) {
@@ -54,7 +58,7 @@ TEST_CASE("SIGKILL at random moments, resumed each time, ends bit-identical to a
       if (e.path().extension() == ".tmp") test::fs::remove(e.path(), ec);
     }
     const pid_t pid = test::spawn({CAIRN_CLI, "fit", "--config", dir / "run.yaml"}, dir / "log.txt");
-    if (kills >= 14) {  // enough: let it finish
+    if (kills >= target) {  // enough: let it finish
       const int code = test::wait_exit(pid);
       REQUIRE_MESSAGE(code == 0, test::read_file(dir / "log.txt"));
       break;
@@ -91,7 +95,7 @@ TEST_CASE("SIGKILL at random moments, resumed each time, ends bit-identical to a
   }
   MESSAGE(kills << " SIGKILLs, " << kills_mid_write << " of them during a checkpoint write, " << attempts
                 << " processes; uninterrupted run " << full << " s");
-  CHECK(kills >= 10);
+  CHECK(kills >= target * 2 / 3);
   CHECK(kills_mid_write >= 1);
   const cairn::Value a = final_state(ref), b = final_state(run);
   CHECK_MESSAGE(a.first_difference(b) == "", a.first_difference(b));

@@ -4,6 +4,7 @@
 // python3-torch, real `cairn fit` processes, a real SIGKILL.
 #include "support.h"
 
+#include <cmath>
 #include <csignal>
 #include <thread>
 
@@ -145,4 +146,62 @@ TEST_CASE("data: tensors reads Python's dict of tensors and names what is wrong 
   auto r = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "data.path=" + (dir / "bad_length.pt")});
   CHECK(r.exit_code == 2);
   CHECK_MESSAGE(r.output.find("data error: data file " + (dir / "bad_length.pt")) != std::string::npos, r.output);
+}
+
+TEST_CASE("data: csv trains on tabular files and names the file, line and column of a bad field") {
+  test::TempDir dir("user_csv");
+  // Two features; the class is which side of a line the point lies on.
+  auto rows = [](int n, int offset) {
+    std::ostringstream os;
+    os << "x1, x2, label\n";
+    for (int i = 0; i < n; ++i) {
+      const double a = std::sin(0.7 * (i + offset)) * 2, b = std::cos(1.3 * (i + offset)) * 2;
+      os << a << "," << b << "," << (a + b > 0 ? 1 : 0) << "\n";
+    }
+    return os.str();
+  };
+  test::write_file(dir / "train.csv", rows(400, 0));
+  test::write_file(dir / "test.csv", rows(100, 1000));
+  const std::string cfg = "name: tabular\nseed: 1\nrun: {dir: " + (dir / "run") + "}\n"
+                          "data: {name: csv, path: " + (dir / "train.csv") + ", test_path: " + (dir / "test.csv") +
+                          ", batch_size: 20}\n"
+                          "model: {name: mlp, hidden: [16]}\noptimizer: {name: adam, lr: 0.02}\n"
+                          "trainer: {max_epochs: 8, threads: 1}\n";
+  test::write_file(dir / "c.yaml", cfg);
+  auto r = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  const cairn::Value c = cairn::read_checkpoint(dir / "run/checkpoints/last.ckpt");
+  const auto acc = c.at("metrics").at("test/acc").at("value").to_double_list();
+  REQUIRE(acc.size() == 1);
+  CHECK(acc[0] > 0.9);  // a linear boundary
+  CHECK(c.at("state_dict").at("1.weight").to_tensor().size(1) == 2);  // Flatten, then Linear(2 features, 16)
+
+  cairn::CsvOptions o;
+  o.path = dir / "train.csv";
+  cairn::CsvData data(o);
+  data.setup();
+  CHECK(data.train.size() + data.valid.size() == 400);
+  CHECK(data.valid.size() == 40);
+  CHECK(data.input_shape == std::vector<int64_t>{2});
+  CHECK(data.num_classes == 2);
+
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"x1,x2,label\n1,2,0\n3,oops,1\n", "bad.csv:3: column 'x2': 'oops' is not a finite number"},
+      {"x1,x2,label\n1,2,0\n3,4\n", "bad.csv:3: expected 3 fields, got 2"},
+      {"x1,x2,label\n1,2,0.5\n", "bad.csv:2: column 'label': class label '0.5' is not an integer"},
+      {"x1,x2,y\n1,2,0\n", "no column named 'label' (columns: x1, x2, y; set data.label)"},
+      {"x1,x2,label\n", "has a header but no rows"},
+  };
+  for (const auto& b : bad) {
+    test::write_file(dir / "bad.csv", b.first);
+    cairn::CsvOptions bo;
+    bo.path = dir / "bad.csv";
+    std::string error;
+    try {
+      cairn::CsvData(bo).setup();
+    } catch (const cairn::DataError& e) {
+      error = e.what();
+    }
+    CHECK_MESSAGE(error.find(b.second) != std::string::npos, b.first << " -> " << error);
+  }
 }

@@ -7,7 +7,10 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 
 namespace cairn {
 
@@ -116,6 +119,128 @@ void SyntheticData::setup() {
   loaded_ = true;
 }
 
+namespace {
+// What the tensors and csv data sets share once their tensors are read: label
+// checks, the class count, and the valid split carved from train by the seed
+// when the data has none (as for Fashion-MNIST, so every run of one seed sees
+// the same examples).
+template <class Fail>
+void finish_classification(DataModule& d, TensorDataset full, int64_t classes, double valid_fraction, uint64_t seed,
+                           Fail fail) {
+  int64_t max_label = -1;
+  for (const auto* part : {&full, &d.valid, &d.test}) {
+    if (part->empty()) continue;
+    const int64_t lo = part->y.min().item<int64_t>();
+    if (lo < 0) throw fail("class labels must be >= 0, found " + std::to_string(lo));
+    max_label = std::max(max_label, part->y.max().item<int64_t>());
+  }
+  d.num_classes = classes > 0 ? classes : max_label + 1;
+  if (max_label >= d.num_classes) {
+    throw fail("label " + std::to_string(max_label) + " is outside num_classes " + std::to_string(d.num_classes));
+  }
+  if (d.valid.empty() && valid_fraction > 0) {
+    const int64_t n = full.size();
+    const auto perm = seeded_permutation(n, seed, 0x7e11503ULL);
+    const int64_t n_valid = std::min<int64_t>(n - 1, static_cast<int64_t>(static_cast<double>(n) * valid_fraction));
+    std::vector<int64_t> train_idx(perm.begin(), perm.end() - n_valid), valid_idx(perm.end() - n_valid, perm.end());
+    std::sort(train_idx.begin(), train_idx.end());
+    std::sort(valid_idx.begin(), valid_idx.end());
+    d.train = full.subset(train_idx);
+    if (!valid_idx.empty()) d.valid = full.subset(valid_idx);
+  } else {
+    d.train = std::move(full);
+  }
+  d.input_shape = d.train.x.sizes().slice(1).vec();
+}
+
+std::vector<std::string> split_csv_line(const std::string& line) {
+  std::vector<std::string> out(1);
+  for (char c : line) {
+    if (c == ',') {
+      out.emplace_back();
+    } else if (c != '\r') {
+      out.back() += c;
+    }
+  }
+  for (auto& f : out) {  // trim spaces
+    const auto b = f.find_first_not_of(" \t"), e = f.find_last_not_of(" \t");
+    f = b == std::string::npos ? std::string() : f.substr(b, e - b + 1);
+  }
+  return out;
+}
+
+// A CSV file of numbers with a header row: the `label` column becomes y, the
+// others x. A non-empty `header` (the training file's) must match this file's;
+// it is set to this file's header.
+TensorDataset read_csv(const std::string& path, const std::string& label, std::vector<std::string>& header) {
+  std::ifstream in(path);
+  if (!in) throw DataError("cannot open the CSV file " + path);
+  std::string line;
+  int64_t line_no = 0;
+  auto fail = [&](const std::string& what) { return DataError(path + ":" + std::to_string(line_no) + ": " + what); };
+  std::vector<std::string> names;
+  while (names.empty() && std::getline(in, line)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") != std::string::npos) names = split_csv_line(line);
+  }
+  if (names.empty()) throw DataError("the CSV file " + path + " is empty (a header row naming the columns comes first)");
+  if (!header.empty() && names != header) throw fail("its columns differ from the training file's");
+  const auto label_it = std::find(names.begin(), names.end(), label);
+  if (label_it == names.end()) {
+    std::string cols;
+    for (const auto& n : names) cols += (cols.empty() ? "" : ", ") + n;
+    throw fail("no column named '" + label + "' (columns: " + cols + "; set data.label)");
+  }
+  if (names.size() < 2) throw fail("needs at least one feature column besides '" + label + "'");
+  const size_t label_col = static_cast<size_t>(label_it - names.begin());
+  std::vector<float> xs;
+  std::vector<int64_t> ys;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const auto fields = split_csv_line(line);
+    if (fields.size() != names.size()) {
+      throw fail("expected " + std::to_string(names.size()) + " fields, got " + std::to_string(fields.size()));
+    }
+    for (size_t i = 0; i < fields.size(); ++i) {
+      const char* begin = fields[i].c_str();
+      char* end = nullptr;
+      const double v = std::strtod(begin, &end);
+      if (fields[i].empty() || *end != '\0' || !std::isfinite(v)) {
+        throw fail("column '" + names[i] + "': '" + fields[i] + "' is not a finite number");
+      }
+      if (i == label_col) {
+        if (v != std::floor(v)) throw fail("column '" + label + "': class label '" + fields[i] + "' is not an integer");
+        ys.push_back(static_cast<int64_t>(v));
+      } else {
+        xs.push_back(static_cast<float>(v));
+      }
+    }
+  }
+  header = names;
+  const int64_t n = static_cast<int64_t>(ys.size()), f = static_cast<int64_t>(names.size() - 1);
+  if (n == 0) throw DataError("the CSV file " + path + " has a header but no rows");
+  return TensorDataset{torch::from_blob(xs.data(), {n, f}, torch::kFloat32).clone(),
+                       torch::from_blob(ys.data(), {n}, torch::kLong).clone()};
+}
+}  // namespace
+
+CsvData::CsvData(CsvOptions options) : options_(std::move(options)) {
+  batch_size = options_.batch_size;
+  seed = options_.seed;
+}
+
+void CsvData::setup() {
+  if (loaded_) return;
+  std::vector<std::string> header;
+  TensorDataset full = read_csv(options_.path, options_.label, header);
+  if (!options_.valid_path.empty()) valid = read_csv(options_.valid_path, options_.label, header);
+  if (!options_.test_path.empty()) test = read_csv(options_.test_path, options_.label, header);
+  finish_classification(*this, std::move(full), options_.num_classes, options_.valid_fraction, options_.seed,
+                        [&](const std::string& what) { return DataError("data file " + options_.path + ": " + what); });
+  loaded_ = true;
+}
+
 TensorFileData::TensorFileData(TensorFileOptions options) : options_(std::move(options)) {
   batch_size = options_.batch_size;
   seed = options_.seed;
@@ -177,31 +302,7 @@ void TensorFileData::setup() {
                  c10::str(full.x.sizes().slice(1)));
     }
   }
-  int64_t max_label = -1;
-  for (const auto* part : {&full, &valid, &test}) {
-    if (part->empty()) continue;
-    const int64_t lo = part->y.min().item<int64_t>();
-    if (lo < 0) throw fail("class labels must be >= 0, found " + std::to_string(lo));
-    max_label = std::max(max_label, part->y.max().item<int64_t>());
-  }
-  num_classes = options_.num_classes > 0 ? options_.num_classes : max_label + 1;
-  if (max_label >= num_classes) {
-    throw fail("label " + std::to_string(max_label) + " is outside num_classes " + std::to_string(num_classes));
-  }
-  if (valid.empty() && options_.valid_fraction > 0) {
-    // As for Fashion-MNIST: a seeded split, so every run of one seed sees the same examples.
-    const int64_t n = full.size();
-    const auto perm = seeded_permutation(n, options_.seed, 0x7e11503ULL);
-    const int64_t n_valid = std::min<int64_t>(n - 1, static_cast<int64_t>(static_cast<double>(n) * options_.valid_fraction));
-    std::vector<int64_t> train_idx(perm.begin(), perm.end() - n_valid), valid_idx(perm.end() - n_valid, perm.end());
-    std::sort(train_idx.begin(), train_idx.end());
-    std::sort(valid_idx.begin(), valid_idx.end());
-    train = full.subset(train_idx);
-    if (!valid_idx.empty()) valid = full.subset(valid_idx);
-  } else {
-    train = std::move(full);
-  }
-  input_shape = shape;
+  finish_classification(*this, std::move(full), options_.num_classes, options_.valid_fraction, options_.seed, fail);
   loaded_ = true;
 }
 

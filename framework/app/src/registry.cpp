@@ -85,6 +85,25 @@ void register_data(Registry& r) {
       return std::make_shared<TensorFileData>(o);
     };
   });
+  r.add_data("csv", [](ConfigNode& c) {
+    CsvOptions o;
+    std::error_code ec;
+    o.path = c.get_string("path", std::nullopt);
+    if (!std::filesystem::is_regular_file(o.path, ec)) c.fail("path", "no such file: " + o.path);
+    for (const char* k : {"valid_path", "test_path"}) {
+      const auto p = c.get_optional_string(k);
+      if (p && !std::filesystem::is_regular_file(*p, ec)) c.fail(k, "no such file: " + *p);
+      (std::string(k) == "valid_path" ? o.valid_path : o.test_path) = p.value_or("");
+    }
+    o.label = c.get_string("label", o.label);
+    o.batch_size = c.get_int("batch_size", 64, 1);
+    o.valid_fraction = c.get_double("valid_fraction", 0.1, 0.0, 0.9);
+    o.num_classes = c.get_optional_int("num_classes", 2).value_or(0);
+    return [o](BuildContext& ctx) mutable -> std::shared_ptr<DataModule> {
+      o.seed = ctx.seed;
+      return std::make_shared<CsvData>(o);
+    };
+  });
 }
 
 using OptimPtr = std::shared_ptr<torch::optim::Optimizer>;

@@ -87,4 +87,30 @@ class TensorFileData : public DataModule {
   bool loaded_ = false;
 };
 
+struct CsvOptions {
+  std::string path;              //!< training rows; a header row names the columns
+  std::string valid_path;        //!< optional; else `valid_fraction` of train is carved out from the seed
+  std::string test_path;         //!< optional
+  std::string label = "label";   //!< the column of integer class labels; every other column is a feature
+  int64_t batch_size = 64;
+  double valid_fraction = 0.1;
+  int64_t num_classes = 0;       //!< 0: the largest label + 1
+  uint64_t seed = 0;
+};
+
+//! Tabular data: CSV files of numbers with a header row. Features become
+//! float32 [N, columns - 1]; a field that is not a finite number, a row with
+//! the wrong number of fields, or a label that is not an integer is a
+//! DataError naming file:line and the column.
+class CsvData : public DataModule {
+ public:
+  explicit CsvData(CsvOptions options);
+  void setup() override;
+  std::string name() const override { return "csv"; }
+
+ private:
+  CsvOptions options_;
+  bool loaded_ = false;
+};
+
 }  // namespace cairn
