@@ -128,7 +128,7 @@ template <class Fail>
 void finish_classification(DataModule& d, TensorDataset full, int64_t classes, double valid_fraction, uint64_t seed,
                            Fail fail) {
   int64_t max_label = -1;
-  for (const auto* part : {&full, &d.valid, &d.test}) {
+  for (const TensorDataset* part : {&full, &d.valid, &d.test}) {
     if (part->empty()) continue;
     const int64_t lo = part->y.min().item<int64_t>();
     if (lo < 0) throw fail("class labels must be >= 0, found " + std::to_string(lo));
