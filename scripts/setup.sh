@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   g++ cmake ninja-build                   # toolchain
+  libgloo-dev                             # c10d ProcessGroupGloo (data parallelism)
   clang libclang-rt-14-dev                # sanitizer builds and libFuzzer (scripts/test.sh, fuzz.sh)
   libtorch-dev                            # LibTorch 1.13 (CPU)
   libopenblas0-pthread                    # fast BLAS behind LibTorch (else the reference BLAS)

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
 #include <sys/mount.h>
@@ -64,9 +65,11 @@ struct ProcessResult {
 
 //! Starts `args` with stdout+stderr to `log`; returns the pid. `file_size_limit`
 //! > 0 sets the child's RLIMIT_FSIZE (writes past it fail with EFBIG).
-inline pid_t spawn(const std::vector<std::string>& args, const std::string& log, long file_size_limit = 0) {
+inline pid_t spawn(const std::vector<std::string>& args, const std::string& log, long file_size_limit = 0,
+                   const std::map<std::string, std::string>& env = {}) {
   const pid_t pid = ::fork();
   if (pid == 0) {
+    for (const auto& kv : env) ::setenv(kv.first.c_str(), kv.second.c_str(), 1);
     if (file_size_limit > 0) {
       struct rlimit rl {static_cast<rlim_t>(file_size_limit), static_cast<rlim_t>(file_size_limit)};
       ::setrlimit(RLIMIT_FSIZE, &rl);

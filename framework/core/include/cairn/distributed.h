@@ -1,0 +1,115 @@
+// Data parallelism on PyTorch's c10d (the process groups DistributedDataParallel
+// runs on): joining a process group from the environment, broadcasting a
+// model from rank 0, and averaging gradients with bucketed allreduce that
+// overlaps backward, as DDP does.
+//
+// A hand-written loop (examples/data_parallel.cpp):
+//   const cairn::DistEnv env = cairn::DistEnv::from_environment();   // torchrun / SLURM variables
+//   auto pg = cairn::ProcessGroup::join(env);                        // Gloo over a TCPStore
+//   pg->broadcast_module(*model);                                    // rank 0's weights everywhere
+//   cairn::GradientSync sync(pg, model->parameters());
+//   for (...) {
+//     sync.prepare_for_backward();   // only on the last backward of an accumulation cycle
+//     loss.backward();               // buckets are allreduced while backward runs
+//     optimizer.step();              // gradients are the mean over all ranks
+//   }
+//
+// Not yet here: the Trainer and YAML experiments, sharded evaluation, per-rank
+// RNG in checkpoints, collective stop decisions and the --nproc launcher.
+#pragma once
+
+#include "cairn/torch_fwd.h"
+
+#include <ATen/Tensor.h>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace cairn {
+
+//! A process group could not be formed or a collective failed (a peer that
+//! never arrived, died, or timed out). The message says which and why.
+class DistributedError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+//! Where this process stands in a job, from the environment.
+struct DistEnv {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  std::string source = "none";  //!< "torchrun", "slurm" or "none" (one process)
+
+  bool distributed() const { return world_size > 1; }
+
+  //! torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, else
+  //! SLURM's SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID (with MASTER_ADDR and
+  //! MASTER_PORT). Without either, one process. Inconsistent or malformed
+  //! values are a DistributedError naming the variable.
+  static DistEnv from_environment();
+  //! The same, from a given environment (for tests).
+  static DistEnv from(const std::map<std::string, std::string>& env);
+};
+
+//! A c10d process group (Gloo, CPU tensors) over a TCPStore hosted by rank 0.
+class ProcessGroup {
+ public:
+  //! Joins the group described by `env`; waits at most `timeout` for the
+  //! others, and every later collective also fails after `timeout`.
+  static std::shared_ptr<ProcessGroup> join(const DistEnv& env,
+                                            std::chrono::milliseconds timeout = std::chrono::minutes(5));
+  ~ProcessGroup();
+
+  int rank() const;
+  int size() const;
+  //! Sums each tensor over all ranks, in place.
+  void allreduce_sum(std::vector<at::Tensor>& tensors);
+  //! Copies `root`'s tensors into every rank's, in place.
+  void broadcast(std::vector<at::Tensor>& tensors, int root = 0);
+  //! Rank 0's parameters and buffers into every rank's module.
+  void broadcast_module(torch::nn::Module& module);
+  void barrier();
+
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  explicit ProcessGroup(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+//! Averages gradients over the ranks as DDP does: parameters are grouped in
+//! buckets of about `bucket_bytes` (in reverse order, the order in which
+//! backward produces them); each bucket's allreduce starts as soon as all its
+//! gradients are accumulated, so communication overlaps the rest of backward,
+//! and backward returns once every bucket is averaged.
+class GradientSync {
+ public:
+  GradientSync(std::shared_ptr<ProcessGroup> group, const std::vector<at::Tensor>& parameters,
+               int64_t bucket_bytes = 25 << 20);
+  ~GradientSync();
+  GradientSync(const GradientSync&) = delete;
+  GradientSync& operator=(const GradientSync&) = delete;
+
+  //! Arms the next backward to communicate. Call it before the last backward
+  //! of an accumulation cycle only; other backwards stay local (no_sync).
+  void prepare_for_backward();
+  size_t buckets() const;
+  //! Seconds spent waiting for allreduces after backward's own work ended.
+  double last_wait_seconds() const;
+
+  struct State;
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace cairn

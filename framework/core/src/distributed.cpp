@@ -1,0 +1,277 @@
+#include "cairn/distributed.h"
+
+#include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/comm.hpp>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace cairn {
+
+namespace {
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+int parse_int(const std::map<std::string, std::string>& env, const std::string& key, int min) {
+  const std::string& text = env.at(key);
+  char* end = nullptr;
+  const long v = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || v < min || v > 1 << 20) {
+    throw DistributedError("environment variable " + key + "='" + text + "' is not an integer >= " + std::to_string(min));
+  }
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+DistEnv DistEnv::from(const std::map<std::string, std::string>& env) {
+  DistEnv d;
+  auto has = [&](const char* k) { return env.count(k) > 0 && !env.at(k).empty(); };
+  const char* rank_key = nullptr;
+  const char* size_key = nullptr;
+  const char* local_key = nullptr;
+  if (has("WORLD_SIZE") || has("RANK")) {
+    d.source = "torchrun";
+    rank_key = "RANK", size_key = "WORLD_SIZE", local_key = "LOCAL_RANK";
+  } else if (has("SLURM_NTASKS") && has("SLURM_PROCID") && (has("MASTER_ADDR") || has("MASTER_PORT"))) {
+    // Only a SLURM step that names its rendezvous: a plain `sbatch` script
+    // with one task also sets these, and must stay one process.
+    d.source = "slurm";
+    rank_key = "SLURM_PROCID", size_key = "SLURM_NTASKS", local_key = "SLURM_LOCALID";
+  } else {
+    return d;
+  }
+  if (!has(rank_key) || !has(size_key)) {
+    throw DistributedError(std::string("the environment sets ") + (has(rank_key) ? rank_key : size_key) + " but not " +
+                           (has(rank_key) ? size_key : rank_key) + ": set both (or neither, for one process)");
+  }
+  d.world_size = parse_int(env, size_key, 1);
+  d.rank = parse_int(env, rank_key, 0);
+  if (d.rank >= d.world_size) {
+    throw DistributedError(std::string(rank_key) + "=" + std::to_string(d.rank) + " is not below " + size_key + "=" +
+                           std::to_string(d.world_size));
+  }
+  d.local_rank = has(local_key) ? parse_int(env, local_key, 0) : d.rank;
+  if (d.world_size > 1) {
+    if (!has("MASTER_ADDR") || !has("MASTER_PORT")) {
+      throw DistributedError(std::string("a job of ") + std::to_string(d.world_size) + " processes (" + size_key +
+                             ") needs MASTER_ADDR and MASTER_PORT: where rank 0 listens");
+    }
+    d.master_addr = env.at("MASTER_ADDR");
+    d.master_port = parse_int(env, "MASTER_PORT", 1);
+    if (d.master_port > 65535) throw DistributedError("MASTER_PORT=" + env.at("MASTER_PORT") + " is not a TCP port");
+  }
+  return d;
+}
+
+DistEnv DistEnv::from_environment() {
+  std::map<std::string, std::string> env;
+  for (char** e = environ; e && *e; ++e) {
+    const std::string kv = *e;
+    const auto eq = kv.find('=');
+    if (eq != std::string::npos) env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  return from(env);
+}
+
+// ---------------------------------------------------------------------------
+struct ProcessGroup::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  DistEnv env;
+  std::chrono::milliseconds timeout{0};
+
+  // Runs a collective, turning c10d's errors into DistributedError.
+  template <class F>
+  void run(const char* what, F&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      throw DistributedError(std::string(what) + " failed on rank " + std::to_string(env.rank) + " of " +
+                             std::to_string(env.world_size) + " (a peer died, or did not answer within " +
+                             std::to_string(timeout.count() / 1000.0) + " s): " + first_line(e.what()));
+    }
+  }
+};
+
+ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ProcessGroup::~ProcessGroup() = default;
+
+std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, std::chrono::milliseconds timeout) {
+  auto impl = std::make_unique<Impl>();
+  impl->env = env;
+  impl->timeout = timeout;
+  const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
+  try {
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<uint16_t>(env.master_port);
+    so.isServer = env.rank == 0;
+    so.numWorkers = env.world_size;
+    so.waitWorkers = true;
+    so.timeout = timeout;
+    impl->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    auto opts = c10d::ProcessGroupGloo::Options::create();
+    // One machine: loopback. Several: the interface Gloo picks for this host's name.
+    const bool local = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
+    opts->devices.push_back(local ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                  : c10d::ProcessGroupGloo::createDefaultDevice());
+    opts->timeout = timeout;
+    impl->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, env.rank, env.world_size, opts);
+  } catch (const std::exception& e) {
+    throw DistributedError("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
+                           " could not join the process group at " + where + " within " +
+                           std::to_string(timeout.count() / 1000.0) + " s (" + env.source +
+                           " environment; is every rank started, and the port free?): " + first_line(e.what()));
+  }
+  return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
+}
+
+int ProcessGroup::rank() const { return impl_->env.rank; }
+int ProcessGroup::size() const { return impl_->env.world_size; }
+
+void ProcessGroup::allreduce_sum(std::vector<at::Tensor>& tensors) {
+  impl_->run("allreduce", [&] { impl_->pg->allreduce(tensors)->wait(); });
+}
+
+void ProcessGroup::broadcast(std::vector<at::Tensor>& tensors, int root) {
+  impl_->run("broadcast", [&] {
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    for (auto& t : tensors) {
+      std::vector<at::Tensor> one{t};
+      impl_->pg->broadcast(one, o)->wait();
+    }
+  });
+}
+
+void ProcessGroup::broadcast_module(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> tensors = module.parameters();
+  for (auto& b : module.buffers()) tensors.push_back(b);
+  impl_->run("broadcast of the model", [&] { c10d::broadcast_coalesced(impl_->pg, tensors, 8 << 20, 0); });
+}
+
+void ProcessGroup::barrier() {
+  impl_->run("barrier", [&] { impl_->pg->barrier()->wait(); });
+}
+
+// ---------------------------------------------------------------------------
+namespace {
+struct ReadyHook : torch::autograd::FunctionPostHook {
+  std::function<void()> fn;
+  explicit ReadyHook(std::function<void()> f) : fn(std::move(f)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list&) override {
+    fn();
+    return outputs;
+  }
+};
+}  // namespace
+
+struct GradientSync::State {
+  std::shared_ptr<ProcessGroup> group;
+  std::vector<at::Tensor> params;
+  std::vector<std::vector<size_t>> buckets;  // parameter indices, in launch order
+  std::vector<size_t> bucket_of, pending;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  std::vector<at::Tensor> flat;
+  // Autograd keeps only weak pointers to grad accumulators: without these the
+  // nodes, and the hooks on them, would be gone.
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+  std::vector<uintptr_t> hook_keys;
+  bool armed = false, queued = false;
+  double wait_seconds = 0;
+
+  void ready(size_t k) {
+    if (!armed) return;
+    if (!queued) {
+      queued = true;
+      torch::autograd::Engine::get_default_engine().queue_callback([this] { finish(); });
+    }
+    const size_t b = bucket_of[k];
+    if (--pending[b] != 0) return;
+    std::vector<at::Tensor> grads;
+    for (size_t i : buckets[b]) grads.push_back(params[i].grad().reshape(-1));
+    flat[b] = torch::cat(grads).div_(group->size());
+    std::vector<at::Tensor> t{flat[b]};
+    group->impl().run("gradient allreduce", [&] { works[b] = group->impl().pg->allreduce(t); });
+  }
+
+  void finish() {
+    armed = false;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (size_t b = 0; b < buckets.size(); ++b) {
+      if (!works[b]) {
+        throw DistributedError("gradient sync: parameter " + std::to_string(buckets[b].front()) +
+                               " got no gradient in this backward; every parameter must take part in the loss");
+      }
+      group->impl().run("gradient allreduce", [&] { works[b]->wait(); });
+      int64_t offset = 0;
+      for (size_t i : buckets[b]) {
+        at::Tensor g = params[i].grad();
+        const int64_t n = g.numel();
+        g.copy_(flat[b].slice(0, offset, offset + n).view_as(g));
+        offset += n;
+      }
+      works[b].reset();
+      flat[b] = at::Tensor();
+    }
+    wait_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+};
+
+GradientSync::GradientSync(std::shared_ptr<ProcessGroup> group, const std::vector<at::Tensor>& parameters,
+                           int64_t bucket_bytes)
+    : state_(std::make_unique<State>()) {
+  State& s = *state_;
+  s.group = std::move(group);
+  for (const auto& p : parameters) {
+    if (p.requires_grad()) s.params.push_back(p);
+  }
+  // Reverse order: backward produces the last layers' gradients first.
+  int64_t bytes = 0;
+  for (size_t k = s.params.size(); k-- > 0;) {
+    const int64_t b = s.params[k].numel() * static_cast<int64_t>(s.params[k].element_size());
+    if (s.buckets.empty() || (bytes > 0 && bytes + b > bucket_bytes)) {
+      s.buckets.emplace_back();
+      bytes = 0;
+    }
+    s.buckets.back().push_back(k);
+    bytes += b;
+  }
+  s.bucket_of.resize(s.params.size());
+  for (size_t b = 0; b < s.buckets.size(); ++b) {
+    for (size_t k : s.buckets[b]) s.bucket_of[k] = b;
+  }
+  State* state = &s;
+  for (size_t k = 0; k < s.params.size(); ++k) {
+    auto acc = torch::autograd::impl::grad_accumulator(s.params[k]);
+    s.hook_keys.push_back(acc->add_post_hook(std::make_unique<ReadyHook>([state, k] { state->ready(k); })));
+    s.accumulators.push_back(std::move(acc));
+  }
+}
+
+GradientSync::~GradientSync() {
+  for (size_t k = 0; k < state_->accumulators.size(); ++k) state_->accumulators[k]->del_post_hook(state_->hook_keys[k]);
+}
+
+void GradientSync::prepare_for_backward() {
+  State& s = *state_;
+  s.armed = true;
+  s.queued = false;
+  s.pending.resize(s.buckets.size());
+  for (size_t b = 0; b < s.buckets.size(); ++b) s.pending[b] = s.buckets[b].size();
+  s.works.assign(s.buckets.size(), {});
+  s.flat.assign(s.buckets.size(), at::Tensor());
+}
+
+size_t GradientSync::buckets() const { return state_->buckets.size(); }
+double GradientSync::last_wait_seconds() const { return state_->wait_seconds; }
+
+}  // namespace cairn
