@@ -4,8 +4,8 @@
 //
 // One process:   ./build/example_data_parallel OUT.ckpt EPOCHS BATCH [ACCUMULATE]
 // Two processes (torchrun's variables; any free port):
-//   for r in 0 1; do RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29511 \
-//     ./build/example_data_parallel OUT.ckpt EPOCHS BATCH & done; wait
+//   for r in 0 1; do RANK=$r WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29511
+//     ./build/example_data_parallel OUT.ckpt EPOCHS BATCH & done; wait     (one line)
 // BATCH is per process (as in Lightning): the global batch is BATCH x N.
 // Rank 0 writes the final weights to OUT.ckpt (a torch.load-able state_dict).
 // CAIRN_DIST_TIMEOUT_MS bounds every wait for a peer (default 60000).
