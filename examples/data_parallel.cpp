@@ -12,6 +12,7 @@
 #include <cairn/checkpoint_file.h>
 #include <cairn/data.h>
 #include <cairn/distributed.h>
+#include <cairn/trainer.h>
 #include <cairn/loop.h>
 
 #include <torch/torch.h>
@@ -27,7 +28,7 @@ int main(int argc, char** argv) {
   const std::string out = argv[1];
   const int64_t epochs = std::stoll(argv[2]), batch = std::stoll(argv[3]);
   const int64_t accumulate = argc > 4 ? std::stoll(argv[4]) : 1;
-  torch::set_num_threads(1);
+  cairn::set_threads(1);  // LibTorch and OpenBLAS: one thread each
   try {
     const cairn::DistEnv env = cairn::DistEnv::from_environment();
     const char* t = std::getenv("CAIRN_DIST_TIMEOUT_MS");

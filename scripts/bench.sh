@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 ./build/bench_loop "$@"
 ./build/bench_checkpoint "$@"
+./build/bench_distributed

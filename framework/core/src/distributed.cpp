@@ -234,11 +234,13 @@ GradientSync::GradientSync(std::shared_ptr<ProcessGroup> group, const std::vecto
   for (const auto& p : parameters) {
     if (p.requires_grad()) s.params.push_back(p);
   }
-  // Reverse order: backward produces the last layers' gradients first.
+  // Reverse order: backward produces the last layers' gradients first. As in
+  // DDP, the first bucket is small (1 MB) so that communication starts early.
   int64_t bytes = 0;
   for (size_t k = s.params.size(); k-- > 0;) {
     const int64_t b = s.params[k].numel() * static_cast<int64_t>(s.params[k].element_size());
-    if (s.buckets.empty() || (bytes > 0 && bytes + b > bucket_bytes)) {
+    const int64_t cap = s.buckets.size() <= 1 ? std::min<int64_t>(bucket_bytes, 1 << 20) : bucket_bytes;
+    if (s.buckets.empty() || (bytes > 0 && bytes + b > cap)) {
       s.buckets.emplace_back();
       bytes = 0;
     }
