@@ -11,15 +11,12 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <arpa/inet.h>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <map>
-#include <netinet/in.h>
 #include <sstream>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -106,22 +103,10 @@ int worker(int steps, int64_t bucket_mb) {
   return 0;
 }
 
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // Runs this program as `world` workers; returns rank 0's result line as key -> value.
 std::map<std::string, double> run(int world, int steps, int64_t bucket_mb) {
   const std::string log = "/tmp/cairn-bench-dist-" + std::to_string(::getpid()) + ".log";
-  const int port = free_port();
+  const int port = cairn::free_local_port();
   std::vector<pid_t> pids;
   for (int r = 0; r < world; ++r) {
     const pid_t pid = ::fork();

@@ -4,10 +4,7 @@
 
 #include <cairn/distributed.h>
 
-#include <arpa/inet.h>
 #include <csignal>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #ifndef CAIRN_EXAMPLE_DATA_PARALLEL
 #error "test_distributed runs examples/data_parallel.cpp: configure with CAIRN_BUILD_EXAMPLES=ON"
@@ -15,18 +12,6 @@
 
 namespace {
 // A port nobody listens on right now (the kernel picks it).
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 std::map<std::string, std::string> rank_env(int rank, int world, int port, int timeout_ms = 60000) {
   return {{"RANK", std::to_string(rank)},       {"WORLD_SIZE", std::to_string(world)},
           {"LOCAL_RANK", std::to_string(rank)}, {"MASTER_ADDR", "127.0.0.1"},
@@ -36,7 +21,7 @@ std::map<std::string, std::string> rank_env(int rank, int world, int port, int t
 // Runs the example as `world` processes; returns rank 0's and rank 1's exit codes.
 std::vector<int> run_workers(int world, const std::string& out, const std::string& batch, const std::string& accumulate,
                              const std::string& log_prefix) {
-  const int port = free_port();
+  const int port = cairn::free_local_port();
   std::vector<pid_t> pids;
   for (int r = 0; r < world; ++r) {
     pids.push_back(test::spawn({CAIRN_EXAMPLE_DATA_PARALLEL, out, "3", batch, accumulate},
@@ -129,7 +114,7 @@ TEST_CASE("a peer that never arrives, or dies mid-run, is a clear error within t
   // Rank 0 alone, waiting for a rank 1 that is never started.
   const auto t0 = std::chrono::steady_clock::now();
   const pid_t lone = test::spawn({CAIRN_EXAMPLE_DATA_PARALLEL, dir / "x.ckpt", "3", "16"}, dir / "lone.log", 0,
-                                 rank_env(0, 2, free_port(), 2000));
+                                 rank_env(0, 2, cairn::free_local_port(), 2000));
   const int code = test::wait_exit(lone);
   const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::string lone_log = test::read_file(dir / "lone.log");
@@ -138,7 +123,7 @@ TEST_CASE("a peer that never arrives, or dies mid-run, is a clear error within t
   CHECK(waited < 30);
 
   // Both start; rank 1 is killed after the first epoch: rank 0 reports the failed collective.
-  const int port = free_port();
+  const int port = cairn::free_local_port();
   const pid_t r0 = test::spawn({CAIRN_EXAMPLE_DATA_PARALLEL, dir / "y.ckpt", "400", "16"}, dir / "r0.log", 0,
                                rank_env(0, 2, port, 5000));
   const pid_t r1 = test::spawn({CAIRN_EXAMPLE_DATA_PARALLEL, dir / "y.ckpt", "400", "16"}, dir / "r1.log", 0,

@@ -172,21 +172,32 @@ bool Checkpoint::better(double a, double b) const {
 
 void Checkpoint::on_batch_end(Loop& loop) {
   if (writer_.pending() && !writer_.busy()) wait_for_pending(loop);  // report a finished write promptly
-  if (options_.async_save() && !reserved_ && !writer_.pending() && !loop.state().accumulating) {
+  const bool distributed = loop.world_size() > 1;
+  if (options_.async_save() && !reserved_ && (distributed || !writer_.pending()) && !loop.state().accumulating) {
     // After the first optimizer step every tensor a checkpoint holds exists (optimizer
     // state included): allocate the snapshot buffers now, in the background, so the
     // first save blocks training no longer than the later ones.
     reserved_ = true;
+    if (!loop.is_rank_zero()) {
+      (void)loop.make_checkpoint(/*emit_event=*/false);  // a collective: rank 0 gathers every rank's RNG state
+      return on_batch_end_due(loop);
+    }
+    wait_for_pending(loop);
     job_is_save_ = false;
     auto slots = StateSnapshot::layout(loop.make_checkpoint(/*emit_event=*/false));
     writer_.submit([this, slots = std::move(slots)] { snapshot_.reserve(slots); });
   }
+  on_batch_end_due(loop);
+}
+
+void Checkpoint::on_batch_end_due(Loop& loop) {
   const bool stepped = !loop.state().accumulating;  // this batch ended with an optimizer step
   bool due = stepped && options_.every_n_train_steps() > 0 &&
              loop.state().global_step % options_.every_n_train_steps() == 0;
   if (!due && options_.train_time_interval() > 0) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count();
-    due = elapsed >= options_.train_time_interval();
+    // Clocks differ between processes: rank 0's decides, so that all ranks save together.
+    due = loop.rank_zero_decides(elapsed >= options_.train_time_interval());
   }
   // Mid gradient-accumulation the state is not a resume point: save at the cycle's end.
   due_ = due_ || due;
@@ -219,6 +230,16 @@ void Checkpoint::report_failure(Loop& loop, const std::string& what) {
 void Checkpoint::on_exception(Loop& loop) {
   resolve_dir(loop);
   const auto& st = loop.state();
+  if (loop.world_size() > 1) {
+    // The other ranks may not be able to take part in a save any more (one of
+    // them may be the reason): keep what is on disk.
+    wait_for_pending(loop);
+    if (loop.is_rank_zero()) {
+      std::cerr << "cairn: a step threw in a run of " << loop.world_size() << " processes; " << durable_text()
+                << ": a resume continues from there\n";
+    }
+    return;
+  }
   if (st.dirty || !options_.save_on_exception()) {
     wait_for_pending(loop);
     std::cerr << "cairn: a step threw"
@@ -257,7 +278,10 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
     wait_for_pending(loop);
     return false;
   }
-  if (job_is_save_ && writer_.busy() && !force_last_only && options_.on_busy() == "skip") {
+  bool skip = job_is_save_ && writer_.busy() && !force_last_only && options_.on_busy() == "skip";
+  // Only rank 0 writes: its writer decides for every rank.
+  if (loop.world_size() > 1 && !force_last_only && options_.on_busy() == "skip") skip = loop.rank_zero_decides(skip);
+  if (skip) {
     ++skipped_saves_;
     std::cerr << "cairn: warning: skipping the checkpoint at step " << st.global_step
               << ": the previous one is still being written (on_busy: skip)\n";
@@ -337,6 +361,14 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
   set_book(next);
   const auto t0 = std::chrono::steady_clock::now();
   const bool background = options_.async_save() && !force_last_only;
+  if (!loop.is_rank_zero()) {
+    // The other ranks take part in assembling it (every rank's RNG state) and write nothing.
+    (void)loop.make_checkpoint();
+    last_saved_step_ = st.global_step;
+    last_saved_epoch_end_ = st.epoch_finished;
+    last_save_time_ = std::chrono::steady_clock::now();
+    return true;
+  }
   try {
     Value ckpt = loop.make_checkpoint();
     if (options_.save_weights_only()) {

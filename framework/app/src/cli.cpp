@@ -2,8 +2,10 @@
 
 #include "cairn/checkpoint_file.h"
 #include "cairn/config_drift.h"
+#include "cairn/distributed.h"
 #include "cairn/experiment.h"
 #include "cairn/json.h"
+#include "cairn/launcher.h"
 #include "cairn/loop.h"
 #include "cairn/optim_state.h"
 #include "cairn/report.h"
@@ -26,12 +28,13 @@ namespace fs = std::filesystem;
 namespace {
 // The documented exit codes (README, "Exit codes").
 constexpr int kExitOk = 0, kExitError = 1, kExitUsage = 2, kExitCheckpoint = 3, kExitLocked = 4,
-              kExitNotSaved = 5;
+              kExitNotSaved = 5, kExitPeer = 6;
 
 const char* kUsage =
     "usage:\n"
     "  cairn fit --config FILE [--set dotted.key=value]... [--run-dir DIR]\n"
     "            [--resume auto|never|PATH] [--overwrite] [--allow-config-change]\n"
+    "            [--nproc N [--max-restarts K]]\n"
     "  cairn print-config --config FILE [--set dotted.key=value]...\n"
     "  cairn inspect CHECKPOINT [--json]\n"
     "  cairn report RUN_DIR|CHECKPOINT [MORE RUNS...] [--out report.html]\n"
@@ -42,10 +45,15 @@ const char* kUsage =
     "(refusing to overwrite an existing run's checkpoints without --overwrite);\n"
     "PATH resumes from that file. A resume whose config changes the model, the\n"
     "data, the sample order or the schedule is refused unless\n"
-    "--allow-config-change is given. Exit codes: 0 done, 1 unexpected error,\n"
+    "--allow-config-change is given. --nproc N trains with N processes on this\n"
+    "machine (data parallel; data.batch_size is per process) and restarts them\n"
+    "all from the last checkpoint up to K times when one dies.\n"
+    "Exit codes: 0 done, 1 unexpected error,\n"
     "2 bad usage/config (or a refused config change), 3 unusable checkpoint,\n"
     "4 the run directory is in use by another process, 5 the final checkpoint\n"
-    "could not be saved, 128+N stopped by signal N (a checkpoint was saved).\n";
+    "could not be saved, 6 a process of a distributed run failed or did not\n"
+    "answer within distributed.timeout, 128+N stopped by signal N (a checkpoint\n"
+    "was saved).\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -62,14 +70,28 @@ struct Args {
   bool json = false;
   std::string out;
   std::vector<std::string> positional;
+  int nproc = 1;
+  int max_restarts = 0;
+  std::vector<std::string> raw;  //!< argv[1..] without --nproc and --max-restarts (for the workers)
 };
+
+int parse_count(const std::string& flag, const std::string& text, int min) {
+  char* end = nullptr;
+  const long v = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || v < min || v > 4096) {
+    throw UsageError(flag + " needs an integer >= " + std::to_string(min) + ", got '" + text + "'");
+  }
+  return static_cast<int>(v);
+}
 
 Args parse_args(int argc, char** argv) {
   Args a;
   if (argc < 2) throw UsageError("missing command");
   a.command = argv[1];
+  a.raw.push_back(argv[1]);
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
+    const int first = i;
     auto value = [&](const char* flag) -> std::string {
       const std::string prefix = std::string(flag) + "=";
       if (arg.compare(0, prefix.size(), prefix) == 0) return arg.substr(prefix.size());
@@ -89,6 +111,12 @@ Args parse_args(int argc, char** argv) {
       a.resume = value("--resume");
     } else if (is("--out")) {
       a.out = value("--out");
+    } else if (is("--nproc")) {
+      a.nproc = parse_count("--nproc", value("--nproc"), 1);
+      continue;
+    } else if (is("--max-restarts")) {
+      a.max_restarts = parse_count("--max-restarts", value("--max-restarts"), 0);
+      continue;
     } else if (arg == "--overwrite") {
       a.overwrite = true;
     } else if (arg == "--allow-config-change") {
@@ -100,6 +128,7 @@ Args parse_args(int argc, char** argv) {
     } else {
       a.positional.push_back(arg);
     }
+    for (int k = first; k <= i; ++k) a.raw.push_back(argv[k]);
   }
   return a;
 }
@@ -240,14 +269,29 @@ std::string checkpoint_dir_of(Trainer& t) {
 //! Refuses a resume whose config changes what the checkpoint means (exit 2),
 //! unless --allow-config-change; safe changes are listed as notes.
 void check_config_drift(Loop& loop, const Value& saved, const Value& current, const std::string& path,
-                        const std::string& config_file, bool allow) {
-  const auto changes = diff_configs(saved, current);
+                        const std::string& config_file, bool allow, int64_t saved_world, int64_t world) {
+  auto changes = diff_configs(saved, current);
+  for (auto& c : changes) {
+    // The same global batch split over another number of processes continues
+    // the same sample sequence.
+    if (c.key != "data.batch_size" || saved_world == world) continue;
+    try {
+      if (std::stoll(c.old_value) * saved_world == std::stoll(c.new_value) * world) {
+        c.safe = true;
+        c.why = "the global batch stays " + std::to_string(std::stoll(c.new_value) * world) + " (" +
+                std::to_string(saved_world) + " -> " + std::to_string(world) + " processes)";
+      }
+    } catch (const std::exception&) {
+    }
+  }
   std::vector<const ConfigChange*> unsafe;
   for (const auto& c : changes) {
     if (!c.safe) unsafe.push_back(&c);
   }
   for (const auto& c : changes) {
-    if (c.safe) std::cerr << "cairn: note: config change on resume: " << c.line() << "\n";
+    if (c.safe && loop.is_rank_zero()) {
+      std::cerr << "cairn: note: config change on resume: " << c.line() << (c.why.empty() ? "" : " (" + c.why + ")") << "\n";
+    }
   }
   if (unsafe.empty()) return;
   if (!allow) {
@@ -265,31 +309,76 @@ void check_config_drift(Loop& loop, const Value& saved, const Value& current, co
   }
 }
 
+int launch(const Args& a) {
+  if (DistEnv::from_environment().distributed()) {
+    throw UsageError("--nproc starts the processes of a job itself; this process is already rank " +
+                     std::to_string(DistEnv::from_environment().rank) + " of one (RANK/WORLD_SIZE are set)");
+  }
+  LaunchOptions o;
+  o.nproc = a.nproc;
+  o.max_restarts = a.max_restarts;
+  o.program = fs::read_symlink("/proc/self/exe").string();
+  o.args = a.raw;
+  // Restarts continue the run: from the newest checkpoint, never over it.
+  for (size_t i = 0; i < a.raw.size(); ++i) {
+    const std::string& x = a.raw[i];
+    if (x == "--overwrite") continue;
+    if (x == "--resume") {
+      ++i;
+      continue;
+    }
+    if (x.rfind("--resume=", 0) == 0) continue;
+    o.restart_args.push_back(x);
+  }
+  return launch_workers(o);
+}
+
 int cmd_fit(const Args& a) {
   if (a.config.empty()) throw UsageError("fit needs --config FILE");
   if (a.resume.empty()) throw UsageError("--resume needs auto, never or a checkpoint path");
   ExperimentSpec spec = parse_experiment(a.config, a.sets);
+  if (a.nproc > 1) return launch(a);
   const std::string run_dir = a.run_dir.empty() ? spec.run_dir : a.run_dir;
+  const DistEnv env = DistEnv::from_environment();
+  const bool rank0 = env.rank == 0;
   // One owner per run: refuse at once, before loading data or touching a file.
-  std::shared_ptr<RunLock> lock = RunLock::acquire(run_dir);
+  // (In a job, rank 0 owns it for all ranks.)
+  std::shared_ptr<RunLock> lock = rank0 ? RunLock::acquire(run_dir) : nullptr;
   signals::install();
-  std::unique_ptr<Trainer> trainer = build_trainer(spec, run_dir);
+  std::shared_ptr<ProcessGroup> group;
+  if (env.distributed()) {
+    group = ProcessGroup::join(
+        env, std::chrono::milliseconds(static_cast<int64_t>(spec.trainer.dist_timeout() * 1000)),
+        spec.trainer.dist_backend());
+  }
+  std::unique_ptr<Trainer> trainer = build_trainer(spec, run_dir, group);
+  if (group) trainer->loop().set_process_group(group);
   const std::string ckpt_dir = checkpoint_dir_of(*trainer);
   std::error_code ec;
 
   const Value current = yaml_to_value(spec.resolved());
   trainer->loop().set_resume_check([&](const Value& ckpt, const std::string& path) {
     const Value* hp = ckpt.find("hyper_parameters");
-    if (hp && hp->is_dict() && hp->size() > 0) check_config_drift(trainer->loop(), *hp, current, path, a.config, a.allow_config_change);
+    int64_t saved_world = 1;
+    if (const Value* l = ckpt.find("loop")) {
+      if (const Value* w = l->find("world_size")) saved_world = w->to_int();
+    }
+    if (hp && hp->is_dict() && hp->size() > 0) {
+      check_config_drift(trainer->loop(), *hp, current, path, a.config, a.allow_config_change, saved_world,
+                         env.world_size);
+    }
   });
   if (a.resume == "never") {
     const auto existing = list_checkpoints(ckpt_dir);
+    if (group) group->barrier();  // every rank has looked before rank 0 removes anything
     if (!existing.empty()) {
       if (!a.overwrite) {
         throw UsageError("the run directory " + run_dir + " already has checkpoints (" + existing.front() +
                          "); pass --resume auto to continue it, --overwrite to start over, or --run-dir to use another folder");
       }
-      for (const auto& f : existing) fs::remove(f, ec);
+      if (rank0) {
+        for (const auto& f : existing) fs::remove(f, ec);
+      }
     }
   } else if (a.resume == "auto") {
     trainer->resume_from(ckpt_dir);
@@ -302,6 +391,7 @@ int cmd_fit(const Args& a) {
   const std::string config_path = (fs::path(run_dir) / "config.yaml").string();
   const std::string resolved = yaml_to_string(spec.resolved());
   trainer->loop().on(Event::fit_begin, [&](Loop& loop) {
+    if (!rank0) return;
     std::ofstream(config_path) << resolved;
     const ResumeInfo& ri = trainer->resume_info();
     if (!ri.resumed) return;
@@ -321,8 +411,12 @@ int cmd_fit(const Args& a) {
                    "not change. Set scheduler.total_steps (or a new schedule with --allow-config-change) to train on\n";
     }
   }, Order::producer);
-  std::cout << "cairn: run '" << spec.name << "' in " << run_dir << " (threads " << torch::get_num_threads()
-            << ", device " << trainer->options().device() << ")\n";
+  if (rank0) {
+    std::cout << "cairn: run '" << spec.name << "' in " << run_dir << " (threads " << torch::get_num_threads()
+              << ", device " << trainer->options().device();
+    if (group) std::cout << ", " << env.world_size << " processes, global batch " << trainer->data().batch_size * env.world_size;
+    std::cout << ")\n";
+  }
   const FitResult r = trainer->fit();
   if (!r.save_error.empty()) {
     std::cerr << "cairn: the run is NOT saved where it stopped (epoch " << r.epochs_completed << ", step "
@@ -379,6 +473,9 @@ int cli_main(int argc, char** argv) {
   } catch (const RunLocked& e) {
     std::cerr << "cairn: " << e.what() << "\n";
     return kExitLocked;
+  } catch (const DistributedError& e) {
+    std::cerr << "cairn: distributed error: " << e.what() << "\n";
+    return kExitPeer;
   } catch (const ConfigError& e) {
     std::cerr << "cairn: config error: " << e.what() << "\n";
     return kExitUsage;

@@ -1,6 +1,7 @@
 #include "cairn/experiment.h"
 
 #include "cairn/callback.h"
+#include "cairn/distributed.h"
 #include "cairn/loop.h"
 #include "cairn/schedulers.h"
 
@@ -89,6 +90,21 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
     trainer.finish();
   });
 
+  attempt([&] {
+    // Used only when the environment names a job of several processes
+    // (`cairn fit --nproc N`, torchrun, srun).
+    ConfigNode dist = top.get_map("distributed");
+    spec.trainer.dist_backend(dist.get_choice("backend", std::string("auto"), {"auto", "gloo", "nccl"}));
+#ifndef USE_C10D_NCCL
+    if (spec.trainer.dist_backend() == "nccl") {
+      dist.fail("backend", "this LibTorch build has no NCCL; use gloo (or auto), which also carries CUDA tensors");
+    }
+#endif
+    spec.trainer.dist_timeout(dist.get_double("timeout", 300.0, 0.1));
+    spec.trainer.bucket_cap_mb(dist.get_double("bucket_cap_mb", 25.0, 0.001));
+    dist.finish();
+  });
+
   std::vector<ConfigNode> cbs;
   attempt([&] { cbs = top.get_map_list("callbacks"); });
   bool has_checkpoint = false, has_csv = false, has_progress = false;
@@ -120,7 +136,8 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
   return spec;
 }
 
-std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& run_dir_override) {
+std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& run_dir_override,
+                                       std::shared_ptr<ProcessGroup> group) {
   BuildContext ctx;
   ctx.run_dir = run_dir_override.empty() ? spec.run_dir : run_dir_override;
   ctx.seed = spec.seed;
@@ -131,7 +148,8 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   ctx.data->setup();
   // Step-interval schedules count optimizer steps: one per accumulation cycle
   // (the epoch's last, possibly short, cycle steps too).
-  const int64_t batches = (ctx.data->train.size() + ctx.data->batch_size - 1) / ctx.data->batch_size;
+  const int64_t global_batch = ctx.data->batch_size * (group ? group->size() : 1);
+  const int64_t batches = (ctx.data->train.size() + global_batch - 1) / global_batch;
   const int64_t accumulate = std::max<int64_t>(1, spec.trainer.accumulate_grad_batches());
   ctx.steps_per_epoch = (batches + accumulate - 1) / accumulate;
   ctx.model = spec.model(ctx);
@@ -139,7 +157,7 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   ctx.model.module->to(resolve_device(spec.trainer.device()));
   ctx.optimizer = spec.optimizer(ctx);
   auto trainer = std::make_unique<Trainer>(spec.trainer);
-  trainer->set_model(ctx.model).set_data(ctx.data).set_optimizer(ctx.optimizer);
+  trainer->set_model(ctx.model).set_data(ctx.data).set_optimizer(ctx.optimizer).set_process_group(std::move(group));
   if (spec.scheduler) trainer->set_scheduler((*spec.scheduler)(ctx));
   trainer->loop().set_run_dir(ctx.run_dir);
   trainer->loop().set_hyper_parameters(yaml_to_value(spec.resolved()));

@@ -7,7 +7,12 @@
 #include <torch/csrc/distributed/c10d/comm.hpp>
 #include <torch/torch.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <cstdlib>
+#include <cstring>
 #include <unistd.h>
 
 extern char** environ;
@@ -103,7 +108,13 @@ struct ProcessGroup::Impl {
 ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ProcessGroup::~ProcessGroup() = default;
 
-std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, std::chrono::milliseconds timeout) {
+std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, std::chrono::milliseconds timeout,
+                                                 const std::string& backend) {
+  if (backend != "auto" && backend != "gloo") {
+    throw DistributedError("backend '" + backend + "': this LibTorch build " +
+                           (backend == "nccl" ? std::string("has no NCCL (c10d's ProcessGroupNCCL)") : "does not know it") +
+                           "; use gloo (or auto), which also carries CUDA tensors");
+  }
   auto impl = std::make_unique<Impl>();
   impl->env = env;
   impl->timeout = timeout;
@@ -159,6 +170,61 @@ void ProcessGroup::broadcast_module(torch::nn::Module& module) {
 
 void ProcessGroup::barrier() {
   impl_->run("barrier", [&] { impl_->pg->barrier()->wait(); });
+}
+
+std::vector<std::string> ProcessGroup::allgather_bytes(const std::string& bytes) {
+  const int n = size();
+  std::vector<std::string> out(static_cast<size_t>(n));
+  impl_->run("allgather", [&] {
+    // Lengths first, then the bytes padded to the longest.
+    std::vector<at::Tensor> len_in{torch::tensor({static_cast<int64_t>(bytes.size())}, torch::kLong)};
+    std::vector<std::vector<at::Tensor>> len_out(1);
+    for (int r = 0; r < n; ++r) len_out[0].push_back(torch::zeros({1}, torch::kLong));
+    impl_->pg->allgather(len_out, len_in)->wait();
+    int64_t longest = 1;
+    for (const auto& t : len_out[0]) longest = std::max(longest, t.item<int64_t>());
+    at::Tensor in = torch::zeros({longest}, torch::kUInt8);
+    std::memcpy(in.data_ptr(), bytes.data(), bytes.size());
+    std::vector<at::Tensor> data_in{in};
+    std::vector<std::vector<at::Tensor>> data_out(1);
+    for (int r = 0; r < n; ++r) data_out[0].push_back(torch::zeros({longest}, torch::kUInt8));
+    impl_->pg->allgather(data_out, data_in)->wait();
+    for (int r = 0; r < n; ++r) {
+      const auto len = static_cast<size_t>(len_out[0][static_cast<size_t>(r)].item<int64_t>());
+      out[static_cast<size_t>(r)].assign(static_cast<const char*>(data_out[0][static_cast<size_t>(r)].data_ptr()), len);
+    }
+  });
+  return out;
+}
+
+std::string ProcessGroup::broadcast_bytes(const std::string& bytes, int root) {
+  std::string out;
+  impl_->run("broadcast", [&] {
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    std::vector<at::Tensor> len{torch::tensor({static_cast<int64_t>(bytes.size())}, torch::kLong)};
+    impl_->pg->broadcast(len, o)->wait();
+    const int64_t n = len[0].item<int64_t>();
+    std::vector<at::Tensor> data{torch::zeros({std::max<int64_t>(n, 1)}, torch::kUInt8)};
+    if (rank() == root) std::memcpy(data[0].data_ptr(), bytes.data(), bytes.size());
+    impl_->pg->broadcast(data, o)->wait();
+    out.assign(static_cast<const char*>(data[0].data_ptr()), static_cast<size_t>(n));
+  });
+  return out;
+}
+
+int free_local_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw DistributedError(std::string("socket: ") + std::strerror(errno));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+  ::close(fd);
+  if (!ok) throw DistributedError(std::string("no free TCP port on 127.0.0.1: ") + std::strerror(errno));
+  return ntohs(a.sin_port);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #include "cairn/loop.h"
 
 #include "cairn/checkpoint_file.h"
+#include "cairn/distributed.h"
 #include "cairn/optim_state.h"
 #include "cairn/rng.h"
 #include "cairn/run_lock.h"
@@ -10,6 +11,7 @@
 #include <torch/torch.h>
 
 #include <csignal>
+#include <functional>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -79,6 +81,33 @@ void Loop::add(std::shared_ptr<Callback> cb) {
   }
   const Order o = cb->order();
   Callback* c = cb.get();
+  if (cb->rank_zero_only()) {
+    // Every hook of a rank-0 callback is skipped on the other ranks.
+    auto* self = this;
+    auto skip = [self] { return self->rank_ != 0; };
+    auto wrap = [&](Event e, void (Callback::*hook)(Loop&)) {
+      bus_.connect(e, [c, hook, skip](Loop& l) { if (!skip()) (c->*hook)(l); }, o);
+    };
+    wrap(Event::fit_begin, &Callback::on_fit_begin);
+    wrap(Event::epoch_begin, &Callback::on_epoch_begin);
+    wrap(Event::batch_begin, &Callback::on_batch_begin);
+    wrap(Event::after_backward, &Callback::on_after_backward);
+    wrap(Event::before_optimizer_step, &Callback::on_before_optimizer_step);
+    wrap(Event::batch_end, &Callback::on_batch_end);
+    wrap(Event::validation_begin, &Callback::on_validation_begin);
+    wrap(Event::validation_batch_end, &Callback::on_validation_batch_end);
+    wrap(Event::validation_end, &Callback::on_validation_end);
+    wrap(Event::epoch_end, &Callback::on_epoch_end);
+    wrap(Event::test_begin, &Callback::on_test_begin);
+    wrap(Event::test_batch_end, &Callback::on_test_batch_end);
+    wrap(Event::test_end, &Callback::on_test_end);
+    wrap(Event::fit_end, &Callback::on_fit_end);
+    wrap(Event::exception, &Callback::on_exception);
+    wrap(Event::save_checkpoint, &Callback::on_save_checkpoint);
+    wrap(Event::load_checkpoint, &Callback::on_load_checkpoint);
+    callbacks_.push_back(std::move(cb));
+    return;
+  }
   bus_.connect(Event::fit_begin, [c](Loop& l) { c->on_fit_begin(l); }, o);
   bus_.connect(Event::epoch_begin, [c](Loop& l) { c->on_epoch_begin(l); }, o);
   bus_.connect(Event::batch_begin, [c](Loop& l) { c->on_batch_begin(l); }, o);
@@ -139,15 +168,151 @@ void Loop::log(const std::string& name, double value) {
 
 void Loop::log_step(const std::string& name, double value, double weight) {
   if (name == loss_metric_ && state_.stage == Stage::train) state_.batch_loss = value;
-  metrics_.accumulate(name, value, weight);
-  step_values_.emplace_back(name, value);
+  // Distributed training batches are averaged over the ranks at batch_end first.
+  if (!group_ || state_.stage != Stage::train) metrics_.accumulate(name, value, weight);
+  step_values_.push_back({name, value, weight});
+}
+
+void Loop::set_process_group(std::shared_ptr<ProcessGroup> group) {
+  group_ = std::move(group);
+  rank_ = group_ ? group_->rank() : 0;
+  world_size_ = group_ ? group_->size() : 1;
+  agreed_stop_ = false;
+}
+
+bool Loop::rank_zero_decides(bool local) {
+  if (!group_) return local;
+  std::vector<at::Tensor> t{torch::full({1}, local ? 1.0 : 0.0, torch::kDouble)};
+  group_->broadcast(t, 0);
+  return t[0].item<double>() != 0.0;
+}
+
+void Loop::agree_on_stop() {
+  if (!group_ || agreed_stop_) return;
+  std::vector<at::Tensor> flags{torch::zeros({world_size_}, torch::kDouble)};
+  if (state_.stop.requested) flags[0][rank_] = 1.0;
+  group_->allreduce_sum(flags);
+  int first = -1;
+  for (int r = 0; r < world_size_ && first < 0; ++r) {
+    if (flags[0][r].item<double>() > 0) first = r;
+  }
+  if (first < 0) return;
+  // The lowest requesting rank's request (reason, interrupt, signal) holds everywhere.
+  const StopRequest& mine = state_.stop;
+  const std::string text = std::string(mine.interrupt ? "1" : "0") + (state_.invalid_state ? "1" : "0") +
+                           std::to_string(mine.signal) + "\n" + mine.reason;
+  const std::string got = group_->broadcast_bytes(text, first);
+  const size_t nl = got.find('\n');
+  StopRequest agreed;
+  agreed.requested = true;
+  agreed.interrupt = got.at(0) == '1';
+  state_.invalid_state = state_.invalid_state || got.at(1) == '1';
+  agreed.signal = std::stoi(got.substr(2, nl - 2));
+  agreed.reason = got.substr(nl + 1);
+  if (first != rank_) agreed.reason += " (on rank " + std::to_string(first) + ")";
+  state_.stop = agreed;
+  agreed_stop_ = true;
+}
+
+namespace {
+//! A 48-bit hash of names (exact as a double), to check ranks logged the same.
+double names_hash(const std::vector<std::string>& names) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const auto& n : names) h = (h ^ std::hash<std::string>{}(n)) * 1099511628211ULL;
+  return static_cast<double>(h >> 16);
+}
+}  // namespace
+
+void Loop::reduce_step_values() {
+  std::vector<std::string> names;
+  for (const auto& v : step_values_) names.push_back(v.name);
+  const double n = static_cast<double>(state_.batch_size);
+  // First: did every rank log the same names (in the same order)?
+  std::vector<at::Tensor> check{torch::zeros({world_size_ + 1}, torch::kDouble)};
+  check[0][rank_] = names_hash(names);
+  check[0][world_size_] = static_cast<double>(names.size());
+  group_->allreduce_sum(check);
+  bool same = true;
+  for (int r = 1; r < world_size_; ++r) same = same && check[0][r].item<double>() == check[0][0].item<double>();
+  same = same && check[0][world_size_].item<double>() == static_cast<double>(names.size() * world_size_);
+  if (!same) {
+    // A rank without examples in this batch (the epoch's last, short one) or a
+    // step that logs conditionally: reduce over the union of the names.
+    std::string mine;
+    for (const auto& x : names) mine += x + "\n";
+    std::vector<std::string> all;
+    for (const auto& blob : group_->allgather_bytes(mine)) {
+      size_t at = 0;
+      for (size_t nl; (nl = blob.find('\n', at)) != std::string::npos; at = nl + 1) all.push_back(blob.substr(at, nl - at));
+    }
+    std::sort(all.begin(), all.end());
+    all.erase(std::unique(all.begin(), all.end()), all.end());
+    std::vector<StepValue> merged;
+    for (const auto& x : all) {
+      StepValue sv{x, 0.0, 0.0};
+      for (const auto& v : step_values_) {
+        if (v.name == x) sv = v;
+      }
+      merged.push_back(sv);
+    }
+    step_values_ = std::move(merged);
+  }
+  std::vector<at::Tensor> t{torch::zeros({2 * static_cast<int64_t>(step_values_.size()) + 2}, torch::kDouble)};
+  double* p = t[0].data_ptr<double>();
+  p[0] = state_.batch_loss * n;
+  p[1] = n;
+  for (size_t i = 0; i < step_values_.size(); ++i) {
+    p[2 + 2 * i] = step_values_[i].weight > 0 ? step_values_[i].value * step_values_[i].weight : 0.0;
+    p[3 + 2 * i] = step_values_[i].weight;
+  }
+  group_->allreduce_sum(t);
+  p = t[0].data_ptr<double>();
+  if (p[1] > 0) state_.batch_loss = p[0] / p[1];
+  std::vector<StepValue> kept;
+  for (size_t i = 0; i < step_values_.size(); ++i) {
+    const double w = p[3 + 2 * i];
+    if (w <= 0) continue;
+    StepValue v{step_values_[i].name, p[2 + 2 * i] / w, w};
+    metrics_.accumulate(v.name, v.value, v.weight);
+    kept.push_back(v);
+  }
+  step_values_ = std::move(kept);
+}
+
+void Loop::reduce_accumulators(const std::string& split) {
+  const auto mine = metrics_.accumulators(split);
+  std::string names;
+  for (const auto& a : mine) names += a.first + "\n";
+  std::vector<std::string> all;
+  for (const auto& blob : group_->allgather_bytes(names)) {
+    size_t at = 0;
+    for (size_t nl; (nl = blob.find('\n', at)) != std::string::npos; at = nl + 1) all.push_back(blob.substr(at, nl - at));
+  }
+  std::sort(all.begin(), all.end());
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  if (all.empty()) return;
+  std::vector<at::Tensor> t{torch::zeros({2 * static_cast<int64_t>(all.size())}, torch::kDouble)};
+  double* p = t[0].data_ptr<double>();
+  for (size_t i = 0; i < all.size(); ++i) {
+    for (const auto& a : mine) {
+      if (a.first == all[i]) {
+        p[2 * i] = a.second.first;
+        p[2 * i + 1] = a.second.second;
+      }
+    }
+  }
+  group_->allreduce_sum(t);
+  p = t[0].data_ptr<double>();
+  for (size_t i = 0; i < all.size(); ++i) metrics_.set_accumulator(all[i], p[2 * i], p[2 * i + 1]);
 }
 
 void Loop::fit_begin() {
   state_.stop = StopRequest{};
   state_.dirty = false;
+  agreed_stop_ = false;
   check_signals();
   emit(Event::fit_begin);
+  agree_on_stop();
   mark_boundary();
 }
 
@@ -174,17 +339,19 @@ void Loop::before_optimizer_step() {
 
 void Loop::batch_end() {
   ++state_.batch_in_epoch;
+  if (group_) reduce_step_values();
   // global_step counts optimizer steps: a batch in the middle of a gradient
   // accumulation cycle does not advance it.
   if (!state_.accumulating) {
     ++state_.global_step;
     if (log_every_n_steps_ > 0 && state_.global_step % log_every_n_steps_ == 0) {
-      for (const auto& kv : step_values_) metrics_.log(kv.first + "_step", kv.second, state_.epoch, state_.global_step);
+      for (const auto& v : step_values_) metrics_.log(v.name + "_step", v.value, state_.epoch, state_.global_step);
     }
   }
   step_values_.clear();
   check_signals();
   emit(Event::batch_end);
+  agree_on_stop();
   if (!state_.accumulating) mark_boundary();
 }
 
@@ -198,9 +365,11 @@ void Loop::validation_begin() {
 }
 void Loop::validation_batch_end() { emit(Event::validation_batch_end); }
 void Loop::validation_end() {
+  if (group_) reduce_accumulators("valid");
   metrics_.flush("valid", state_.epoch, state_.global_step);
   check_signals();
   emit(Event::validation_end);
+  agree_on_stop();
   state_.stage = Stage::train;
   // Until epoch_end, an epoch-interval scheduler may step: no roll-back past here.
   phase_ = Phase::stepped;
@@ -211,6 +380,7 @@ void Loop::epoch_end() {
   state_.epoch_finished = true;
   check_signals();
   emit(Event::epoch_end);
+  agree_on_stop();
   state_.epoch += 1;
   state_.batch_in_epoch = 0;
   state_.epoch_finished = false;
@@ -226,6 +396,7 @@ void Loop::test_begin() {
 }
 void Loop::test_batch_end() { emit(Event::test_batch_end); }
 void Loop::test_end() {
+  if (group_) reduce_accumulators("test");
   metrics_.flush("test", state_.epoch, state_.global_step);
   emit(Event::test_end);
   state_.stage = Stage::idle;
@@ -307,6 +478,7 @@ void Loop::flush_resume_warnings() {
 }
 
 void Loop::lock_directory(const std::string& dir) {
+  if (group_ && rank_ != 0) return;  // rank 0 owns the run's folders for the whole job
   auto lock = RunLock::acquire(dir);
   for (const auto& l : locks_) {
     if (l == lock) return;
@@ -394,7 +566,15 @@ Value Loop::make_checkpoint(bool emit_event) {
   Value scheds = Value::list();
   for (auto* s : schedulers_) scheds.push_back(s->state_dict());
   c.set("lr_schedulers", std::move(scheds));
-  c.set("rng_states", capture_rng_states(generators_));
+  Value rng = capture_rng_states(generators_);
+  if (group_) {
+    // Every rank's generators, gathered to the file rank 0 writes; rank 0's
+    // stay at the top level too, where a one-process resume reads them.
+    Value ranks = Value::list();
+    for (const auto& blob : group_->allgather_bytes(encode_rng_states(rng))) ranks.push_back(decode_rng_states(blob));
+    rng.set("ranks", std::move(ranks));
+  }
+  c.set("rng_states", std::move(rng));
   c.set("metrics", metrics_.state_dict());
   c.set("values", values_.raw());
   Value cbs = Value::dict();
@@ -408,6 +588,13 @@ Value Loop::make_checkpoint(bool emit_event) {
   loop.set("finished", state_.finished);
   loop.set("stop_reason", state_.stop.requested ? Value(state_.stop.reason) : Value());
   loop.set("threads", static_cast<int64_t>(at::get_num_threads()));
+  loop.set("world_size", static_cast<int64_t>(world_size_));
+  loop.set("global_batch_size", state_.global_batch_size);
+  {
+    int64_t samples = state_.resume_batch() * state_.global_batch_size;
+    if (state_.train_samples > 0) samples = std::min(samples, state_.train_samples);
+    loop.set("samples_in_epoch", samples);
+  }
   loop.set("accumulators", metrics_.accumulator_state());
   Value resumes = Value::list();
   for (const auto& r : resume_points_) resumes.push_back(Value(std::vector<int64_t>{r.first, r.second}));
@@ -450,7 +637,24 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
   } catch (const std::exception& e) {
     throw CheckpointMismatch(from + ": " + e.what());
   }
-  restore_rng_states(c.at("rng_states"), generators_);
+  {
+    const Value& rng = c.at("rng_states");
+    const Value* ranks = rng.find("ranks");
+    if (ranks && static_cast<size_t>(rank_) < ranks->size()) {
+      restore_rng_states(ranks->items()[static_cast<size_t>(rank_)], generators_);
+    } else {
+      restore_rng_states(rng, generators_);
+      if (rank_ > 0) {
+        // More ranks than the checkpoint's run had: no saved state for this
+        // one. Its generators start from a seed of its own (step and rank).
+        const uint64_t seed = (static_cast<uint64_t>(c.at("global_step").to_int()) << 16) ^ static_cast<uint64_t>(rank_) ^
+                              0x9e3779b97f4a7c15ULL;
+        torch::manual_seed(seed);
+        std::cerr << "cairn: note: rank " << rank_ << " has no RNG state in " << from
+                  << " (written by fewer processes); its generators are seeded from the step and the rank\n";
+      }
+    }
+  }
   metrics_.load_state_dict(c.at("metrics"));
   values_.load(c.at("values"));
   const Value& cbs = c.at("callbacks");
@@ -475,6 +679,26 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
   }
   state_.epoch = c.at("epoch").to_int();
   state_.batch_in_epoch = c.at("batch_in_epoch").to_int();
+  if (const Value* g = loop.find("global_batch_size")) {
+    // The position is kept in samples: another split of the batch over the
+    // processes continues at the same sample, a different global batch only
+    // where its batches line up.
+    const int64_t saved = g->to_int(), now = state_.global_batch_size;
+    if (saved > 0 && now > 0 && saved != now && state_.batch_in_epoch > 0) {
+      const int64_t samples = loop.at("samples_in_epoch").to_int();
+      if (state_.train_samples > 0 && samples >= state_.train_samples) {
+        state_.batch_in_epoch = (state_.train_samples + now - 1) / now;
+      } else if (samples % now == 0) {
+        state_.batch_in_epoch = samples / now;
+      } else {
+        throw CheckpointMismatch(from + " stopped after " + std::to_string(samples) + " samples of epoch " +
+                                 std::to_string(state_.epoch) + " with a global batch of " + std::to_string(saved) +
+                                 "; this run's global batch (" + std::to_string(now) +
+                                 ") does not divide that: keep the global batch (batch_size x processes) or resume "
+                                 "from a checkpoint at an epoch's end");
+      }
+    }
+  }
   state_.global_step = c.at("global_step").to_int();
   state_.epoch_finished = false;
   state_.finished = loop.at("finished").to_bool();
@@ -578,9 +802,16 @@ ResumeInfo Loop::resume(const std::string& path) {
   ResumeInfo info;
   std::error_code ec;
   const bool is_dir = fs::is_directory(path, ec);
+  if (group_ && rank_ != 0 && (is_dir || fs::path(path).extension() != ".ckpt")) {
+    // Rank 0 owns the run directory (its lock); the others read what it chose.
+    resume_into(path, /*is_dir=*/true, info);
+    resume_info_ = info;
+    return info;
+  }
   if (!is_dir && !fs::exists(path, ec)) {
     // A run directory that does not exist yet is a fresh start; a missing file is an error.
     if (fs::path(path).extension() != ".ckpt") {
+      if (group_ && rank_ == 0) group_->broadcast_bytes("", 0);  // the others wait for rank 0's choice
       resume_info_ = info;
       return info;
     }
@@ -619,17 +850,36 @@ CheckpointChoice open_checkpoint(const std::string& target) {
 
 void Loop::resume_into(const std::string& path, bool is_dir, ResumeInfo& info) {
   Value c;
-  if (is_dir) {
-    lock_directory(path);
+  if (is_dir && group_ && rank_ != 0) {
+    // Rank 0 chooses (and sets damaged files aside); the others read its choice.
+    const std::string chosen = group_->broadcast_bytes("", 0);
+    if (chosen.empty()) return;
+    if (chosen[0] == '!') throw CheckpointError(chosen.substr(1));
+    c = read_checkpoint(chosen);
+    if (resume_check_) resume_check_(c, chosen);
+    info.path = chosen;
+  } else if (is_dir) {
+    try {
+      lock_directory(path);
+    } catch (const std::exception& e) {
+      if (group_) group_->broadcast_bytes(std::string("!") + e.what(), 0);
+      throw;
+    }
     CheckpointChoice choice = newest_checkpoint(path);
     if (!choice.found) {
-      if (choice.rejected.empty()) return;  // nothing to resume (weights-only files are not run states)
+      if (choice.rejected.empty()) {
+        if (group_) group_->broadcast_bytes("", 0);
+        return;  // nothing to resume (weights-only files are not run states)
+      }
       // Nothing is renamed: the next attempt fails just as loudly.
       std::string why;
       for (const auto& r : choice.rejected) why += "\n  " + r.second;
-      throw CheckpointError("no usable checkpoint in " + path + ": all " + std::to_string(choice.rejected.size()) +
-                            " file(s) are corrupt:" + why);
+      const std::string what = "no usable checkpoint in " + path + ": all " + std::to_string(choice.rejected.size()) +
+                               " file(s) are corrupt:" + why;
+      if (group_) group_->broadcast_bytes("!" + what, 0);
+      throw CheckpointError(what);
     }
+    if (group_) group_->broadcast_bytes(choice.path, 0);
     if (resume_check_) resume_check_(choice.checkpoint, choice.path);
     for (const auto& r : choice.rejected) {
       const std::string aside = r.first + ".corrupt";

@@ -202,6 +202,24 @@ Value MetricLog::accumulator_state() const {
   return d;
 }
 
+std::vector<std::pair<std::string, std::pair<double, double>>> MetricLog::accumulators(const std::string& split) const {
+  std::vector<std::pair<std::string, std::pair<double, double>>> out;
+  for (const auto& kv : accumulators_) {
+    if (split_name(kv.first).first == split) out.push_back({kv.first, {kv.second.sum, kv.second.weight}});
+  }
+  return out;
+}
+
+void MetricLog::set_accumulator(const std::string& name, double sum, double weight) {
+  for (auto& kv : accumulators_) {
+    if (kv.first == name) {
+      kv.second = Accumulator{sum, weight};
+      return;
+    }
+  }
+  accumulators_.push_back({name, Accumulator{sum, weight}});
+}
+
 void MetricLog::load_accumulator_state(const Value& state) {
   accumulators_.clear();
   for (size_t i = 0; i < state.keys().size(); ++i) {

@@ -1,5 +1,6 @@
 #include "cairn/trainer.h"
 
+#include "cairn/distributed.h"
 #include "cairn/schedulers.h"
 
 #include <torch/torch.h>
@@ -61,6 +62,15 @@ Trainer& Trainer::resume_from(std::string path) {
   resume_path_ = std::move(path);
   return *this;
 }
+Trainer& Trainer::set_process_group(std::shared_ptr<ProcessGroup> group) {
+  group_ = std::move(group);
+  return *this;
+}
+
+std::pair<int64_t, int64_t> Trainer::shard(int64_t n) const {
+  const int64_t w = loop_.world_size(), r = loop_.rank();
+  return {n * r / w, n * (r + 1) / w};
+}
 
 DataModule& Trainer::data() {
   if (!data_) throw std::logic_error("Trainer has no data: call set_data() first");
@@ -113,17 +123,41 @@ void Trainer::configure_optimizers() {
 void Trainer::setup() {
   if (!model_) throw std::logic_error("Trainer has no model: call set_model() first");
   set_threads(options_.threads());
+  if (!group_) {
+    const DistEnv env = DistEnv::from_environment();
+    if (env.distributed()) {
+      group_ = ProcessGroup::join(env, std::chrono::milliseconds(static_cast<int64_t>(options_.dist_timeout() * 1000)),
+                                  options_.dist_backend());
+    }
+  }
   device_ = resolve_device(options_.device());
+  if (group_ && device_.is_cuda()) {
+    // One GPU per process: LOCAL_RANK picks it.
+    const int local = DistEnv::from_environment().local_rank;
+    device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local % std::max<int64_t>(1, torch::cuda::device_count())));
+  }
   data().setup();
   model_.module->to(device_);
+  if (group_) {
+    loop_.set_process_group(group_);
+    // Rank 0's weights and buffers everywhere; then each rank its own random stream.
+    group_->broadcast_module(*model_.module);
+    if (group_->rank() > 0) torch::manual_seed(data().seed * 1000003ULL + static_cast<uint64_t>(group_->rank()));
+  }
   configure_optimizers();
+  if (group_ && !sync_) {
+    sync_ = std::make_unique<GradientSync>(group_, model_.module->parameters(),
+                                           static_cast<int64_t>(options_.bucket_cap_mb() * (1 << 20)));
+  }
   loop_.track(*model_.module);
   loop_.track(*optimizer_);
   if (scheduler_) loop_.track(*scheduler_);
   auto& st = loop_.state();
   st.max_epochs = options_.max_epochs();
-  const int64_t bs = data().batch_size;
-  st.batches_per_epoch = (data().train.size() + bs - 1) / bs;
+  const int64_t global = data().batch_size * loop_.world_size();
+  st.global_batch_size = global;
+  st.train_samples = data().train.size();
+  st.batches_per_epoch = (data().train.size() + global - 1) / global;
 }
 
 void Trainer::clip_gradients() {
@@ -141,16 +175,45 @@ void Trainer::train_epoch(EpochSampler& sampler) {
   const int64_t n = sampler.batches_per_epoch();
   const int64_t accumulate = std::max<int64_t>(1, options_.accumulate_grad_batches());
   model_.module->train();
+  const int64_t world = loop_.world_size(), rank = loop_.rank();
   for (int64_t k = st.batch_in_epoch; k < n; ++k) {
-    Batch batch = to_device(data().train.gather(sampler.batch_indices(st.epoch, k)));
+    at::Tensor indices = sampler.batch_indices(st.epoch, k);
+    // Distributed: the global batch split into near-equal contiguous slices;
+    // each rank's loss is weighted so the averaged gradient is the global batch's mean.
+    double weight = 1.0;
+    if (world > 1) {
+      const int64_t m = indices.size(0), base = m / world, extra = m % world;
+      const int64_t begin = rank * base + std::min(rank, extra), len = base + (rank < extra ? 1 : 0);
+      indices = indices.slice(0, begin, begin + len);
+      weight = static_cast<double>(len * world) / static_cast<double>(m);
+    }
+    const bool cycle_end = (k + 1) % accumulate == 0 || k + 1 == n;
+    if (indices.size(0) == 0) {
+      // The epoch's last global batch has fewer examples than ranks: this one
+      // has none, but still takes part in the gradient average (with zeros).
+      st.batch_size = 0;
+      loop_.batch_begin();
+      if (k % accumulate == 0) optimizer_->zero_grad();
+      if (sync_ && cycle_end) sync_->prepare_for_backward();
+      at::Tensor zero = torch::zeros({}, torch::TensorOptions().device(device_));
+      for (const auto& p : model_.module->parameters()) {
+        if (p.requires_grad()) zero = zero + p.sum() * 0.0;
+      }
+      zero.backward();
+    } else {
+    Batch batch = to_device(data().train.gather(indices));
     st.batch_size = batch.size();
     loop_.batch_begin();
     if (k % accumulate == 0) optimizer_->zero_grad();
     at::Tensor loss = training_step(batch);
     // The loss training_step returns is the batch loss that TerminateOnNaN and the progress bar read.
     st.batch_loss = loss.detach().item<double>();
-    (accumulate > 1 ? loss / static_cast<double>(accumulate) : loss).backward();
-    const bool cycle_end = (k + 1) % accumulate == 0 || k + 1 == n;
+    if (accumulate > 1) loss = loss / static_cast<double>(accumulate);
+    if (weight != 1.0) loss = loss * weight;
+    // Only the cycle's last backward communicates (as DDP's no_sync).
+    if (sync_ && cycle_end) sync_->prepare_for_backward();
+    loss.backward();
+    }
     st.accumulating = !cycle_end;
     loop_.after_backward();
     if (cycle_end) {
@@ -170,8 +233,9 @@ void Trainer::run_validation() {
   model_.module->eval();
   loop_.validation_begin();
   const int64_t bs = data().batch_size;
-  for (int64_t b = 0; b < data().valid.size(); b += bs) {
-    Batch batch = to_device(data().valid.slice(b, std::min(b + bs, data().valid.size())));
+  const auto part = shard(data().valid.size());  // each rank its share; metrics are summed at validation_end
+  for (int64_t b = part.first; b < part.second; b += bs) {
+    Batch batch = to_device(data().valid.slice(b, std::min(b + bs, part.second)));
     loop_.state().batch_size = batch.size();
     validation_step(batch);
     loop_.validation_batch_end();
@@ -185,8 +249,9 @@ void Trainer::run_test() {
   model_.module->eval();
   loop_.test_begin();
   const int64_t bs = data().batch_size;
-  for (int64_t b = 0; b < data().test.size(); b += bs) {
-    Batch batch = to_device(data().test.slice(b, std::min(b + bs, data().test.size())));
+  const auto part = shard(data().test.size());
+  for (int64_t b = part.first; b < part.second; b += bs) {
+    Batch batch = to_device(data().test.slice(b, std::min(b + bs, part.second)));
     loop_.state().batch_size = batch.size();
     test_step(batch);
     loop_.test_batch_end();
@@ -220,7 +285,9 @@ FitResult Trainer::fit() {
       return result;
     }
   }
-  EpochSampler sampler(data().train.size(), data().batch_size, data().seed, /*shuffle=*/true);
+  // The epoch's order and its cut into global batches depend only on the seed
+  // and the global batch, not on how many processes share each batch.
+  EpochSampler sampler(data().train.size(), st.global_batch_size, data().seed, /*shuffle=*/true);
   try {
     loop_.fit_begin();
     while (st.epoch < options_.max_epochs() && !loop_.should_stop()) {

@@ -121,6 +121,8 @@ class Checkpoint : public Callback {
   std::string format_filename(const Loop& loop) const;
 
  private:
+  //! The save schedule part of on_batch_end (every N steps, every T seconds).
+  void on_batch_end_due(Loop& loop);
   bool better(double a, double b) const;
   void resolve_dir(const Loop& loop);
   //! Bookkeeping that a save changes; restored when its write fails.

@@ -18,6 +18,8 @@ class MetricFileLogger : public Callback {
  public:
   explicit MetricFileLogger(std::string path, std::string default_name);
   ~MetricFileLogger() override;
+  //! Files are written by rank 0 of a distributed run (every rank logs the same values).
+  bool rank_zero_only() const override { return true; }
 
   void on_fit_begin(Loop& loop) override { rewrite(loop); }
   void on_load_checkpoint(Loop& loop) override { rewrite(loop); }

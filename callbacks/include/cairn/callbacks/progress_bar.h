@@ -26,6 +26,8 @@ class ProgressBar : public Callback {
  public:
   explicit ProgressBar(ProgressBarOptions options = {}, std::FILE* out = stdout);
   std::string key() const override { return "ProgressBar"; }
+  //! One bar for a distributed run: rank 0's.
+  bool rank_zero_only() const override { return true; }
   void on_fit_begin(Loop& loop) override;
   void on_epoch_begin(Loop& loop) override;
   void on_batch_end(Loop& loop) override;

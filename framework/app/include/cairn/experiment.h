@@ -5,7 +5,7 @@
 // and builds the model, optimizer, scheduler and callbacks through the Registry.
 //
 // Sections: name, seed, run, data, model, optimizer, scheduler, trainer,
-// callbacks (see README for every key). Unless the config lists them, a
+// distributed, callbacks (see README for every key). Unless the config lists them, a
 // `checkpoint`, a `csv_logger` and a `progress_bar` callback are added
 // (trainer.enable_checkpointing / enable_progress_bar turn those off).
 #pragma once
@@ -41,7 +41,10 @@ struct ExperimentSpec {
 ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::string>& overrides = {},
                                 const Registry& registry = Registry::global());
 
-//! Seeds torch, loads the data and builds everything. `run_dir` overrides spec.run_dir when not empty.
-std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& run_dir = "");
+//! Seeds torch, loads the data and builds everything. `run_dir` overrides
+//! spec.run_dir when not empty. With `group`, the trainer is one rank of that
+//! data-parallel job (step-based schedules count global batches).
+std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& run_dir = "",
+                                       std::shared_ptr<ProcessGroup> group = nullptr);
 
 }  // namespace cairn

@@ -31,6 +31,11 @@ class Callback : public Stateful {
   virtual std::string key() const = 0;
   //! The slot group every hook of this callback runs in.
   virtual Order order() const { return Order::normal; }
+  //! In a run of several processes, a callback that only writes files or the
+  //! terminal (loggers, progress) runs on rank 0 alone. The default (false)
+  //! runs it on every rank: callbacks whose state is saved, or that stop the
+  //! run, must see the same events everywhere (they see the same reduced metrics).
+  virtual bool rank_zero_only() const { return false; }
 
   virtual void on_fit_begin(Loop&) {}
   virtual void on_epoch_begin(Loop&) {}

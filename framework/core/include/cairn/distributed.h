@@ -14,8 +14,10 @@
 //     optimizer.step();              // gradients are the mean over all ranks
 //   }
 //
-// Not yet here: the Trainer and YAML experiments, sharded evaluation, per-rank
-// RNG in checkpoints, collective stop decisions and the --nproc launcher.
+// The Trainer (and so YAML experiments and `cairn fit --nproc N`) does all of
+// this by itself when the environment names a job of more than one process;
+// a Loop given the group with Loop::set_process_group() agrees on stops,
+// reduces metrics and saves every rank's RNG state (see loop.h).
 #pragma once
 
 #include "cairn/torch_fwd.h"
@@ -64,8 +66,12 @@ class ProcessGroup {
  public:
   //! Joins the group described by `env`; waits at most `timeout` for the
   //! others, and every later collective also fails after `timeout`.
+  //! `backend`: "auto" or "gloo" (Gloo works for CPU and CUDA tensors);
+  //! "nccl" needs a LibTorch built with NCCL, which Debian's is not: there it
+  //! is a DistributedError saying so.
   static std::shared_ptr<ProcessGroup> join(const DistEnv& env,
-                                            std::chrono::milliseconds timeout = std::chrono::minutes(5));
+                                            std::chrono::milliseconds timeout = std::chrono::minutes(5),
+                                            const std::string& backend = "auto");
   ~ProcessGroup();
 
   int rank() const;
@@ -77,6 +83,10 @@ class ProcessGroup {
   //! Rank 0's parameters and buffers into every rank's module.
   void broadcast_module(torch::nn::Module& module);
   void barrier();
+  //! Every rank's `bytes`, by rank (any lengths).
+  std::vector<std::string> allgather_bytes(const std::string& bytes);
+  //! `root`'s `bytes` on every rank.
+  std::string broadcast_bytes(const std::string& bytes, int root = 0);
 
   struct Impl;
   Impl& impl() { return *impl_; }
@@ -111,5 +121,9 @@ class GradientSync {
  private:
   std::unique_ptr<State> state_;
 };
+
+//! A TCP port on 127.0.0.1 that was free a moment ago (for a local job's
+//! MASTER_PORT; the kernel picks it).
+int free_local_port();
 
 }  // namespace cairn

@@ -46,6 +46,7 @@ namespace cairn {
 
 class Scheduler;
 class RunLock;
+class ProcessGroup;
 
 //! When a filtered slot runs (as Ignite's event filters). The count an event
 //! is compared with is the loop's own: global_step for batch events, completed
@@ -225,7 +226,28 @@ class Loop {
   //! Hand-written loops get the roll-back by calling before_optimizer_step().
   void exception(std::exception_ptr e);
   std::exception_ptr current_exception() const { return current_exception_; }
-  bool should_stop() const { return state_.stop.requested; }
+  //! Whether the loop should end at this batch boundary. In a distributed run
+  //! this is the ranks' common decision: a stop requested on any rank (a
+  //! callback, a signal, a failed save) holds on every rank from the same
+  //! agreement point on (the end of batch_end, validation_end, epoch_end).
+  bool should_stop() const { return group_ ? agreed_stop_ : state_.stop.requested; }
+
+  // --- more than one process ---------------------------------------------------
+  //! Makes this loop one rank of a data-parallel job (the Trainer does this
+  //! itself). Then: stop requests are agreed on by all ranks; per-batch
+  //! `log_step` values, the batch loss and validation/test accumulators are
+  //! reduced (sums and weights) so every rank logs the same values; callbacks
+  //! with rank_zero_only() run on rank 0 only; checkpoints hold every rank's RNG
+  //! state (`rng_states.ranks`) and are written by rank 0; resume reads the file
+  //! rank 0 chose. Every rank must call the same lifecycle methods in the same order.
+  void set_process_group(std::shared_ptr<ProcessGroup> group);
+  const std::shared_ptr<ProcessGroup>& process_group() const { return group_; }
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
+  bool is_rank_zero() const { return rank_ == 0; }
+  //! Rank 0's `local` on every rank (a broadcast); `local` itself in one
+  //! process. For decisions that depend on a clock or on rank 0's writer.
+  bool rank_zero_decides(bool local);
 
   // --- checkpoints -----------------------------------------------------------
   //! Assembles the full checkpoint dict, with references to the live tensors
@@ -263,6 +285,12 @@ class Loop {
  private:
   void emit(Event e);
   void check_signals();
+  //! Distributed: the common stop decision (see should_stop()).
+  void agree_on_stop();
+  //! Distributed: this batch's log_step values and batch loss, averaged over the ranks.
+  void reduce_step_values();
+  //! Distributed: the accumulators of `split` summed over the ranks.
+  void reduce_accumulators(const std::string& split);
   //! Remembers the current state as the point exception() can roll back to.
   void mark_boundary();
   //! Puts the state back to the last boundary; false when that is not safe.
@@ -295,7 +323,14 @@ class Loop {
   Value hyper_parameters_;
   std::string run_dir_;
   int64_t log_every_n_steps_ = 50;
-  std::vector<std::pair<std::string, double>> step_values_;  //!< this batch's log_step() values
+  struct StepValue {
+    std::string name;
+    double value, weight;
+  };
+  std::vector<StepValue> step_values_;  //!< this batch's log_step() values
+  std::shared_ptr<ProcessGroup> group_;
+  int rank_ = 0, world_size_ = 1;
+  bool agreed_stop_ = false;
   std::vector<std::pair<int64_t, int64_t>> resume_points_;
   std::exception_ptr current_exception_;
   Value pending_;

@@ -58,6 +58,11 @@ class MetricLog : public Stateful {
   //! Running epoch means not yet flushed: name -> [sum, weight].
   Value accumulator_state() const;
   void load_accumulator_state(const Value& state);
+  //! The accumulated (sum, weight) of every metric of `split`, by name (for
+  //! reducing them over the ranks of a distributed run).
+  std::vector<std::pair<std::string, std::pair<double, double>>> accumulators(const std::string& split) const;
+  //! Replaces (or adds) the accumulated sum and weight of `name`.
+  void set_accumulator(const std::string& name, double sum, double weight);
 
   //! Drops every point logged after the first `rows` (rolls the journal back).
   void truncate(size_t rows);

@@ -16,5 +16,9 @@ Value capture_rng_states(const std::map<std::string, at::Generator>& extra = {})
 //! Restores what capture_rng_states() returned. Missing CUDA states (a
 //! checkpoint from a CPU machine) leave the CUDA generators alone.
 void restore_rng_states(const Value& states, const std::map<std::string, at::Generator>& extra = {});
+//! capture_rng_states()'s result as bytes and back (to gather every rank's
+//! states to rank 0 in a distributed run).
+std::string encode_rng_states(const Value& states);
+Value decode_rng_states(const std::string& bytes);
 
 }  // namespace cairn

@@ -24,6 +24,11 @@ struct LoopState {
   int64_t batch_in_epoch = 0;     //!< training batches completed in the current epoch
   int64_t max_epochs = 0;         //!< planned epochs (0: unknown)
   int64_t batches_per_epoch = 0;  //!< training batches per epoch (0: unknown)
+  //! Examples per optimizer-step batch over all processes (per-process batch x
+  //! processes; 0: unknown). Saved with the position, so that a run resumed
+  //! with another split of the same global batch continues at the same sample.
+  int64_t global_batch_size = 0;
+  int64_t train_samples = 0;      //!< examples in the training split (0: unknown)
   Stage stage = Stage::idle;
   bool epoch_finished = false;    //!< true from validation's end until the next epoch begins
   bool finished = false;          //!< the fit completed (max_epochs, or a callback's stop)

@@ -27,6 +27,8 @@
 namespace cairn {
 
 class Scheduler;
+class ProcessGroup;
+class GradientSync;
 
 /// Trainer options. `Trainer(TrainerOptions().max_epochs(10).threads(1))`
 struct TrainerOptions {
@@ -52,6 +54,16 @@ struct TrainerOptions {
   //! N). global_step counts optimizer steps; saves and stops happen only at
   //! the end of a cycle, so resume stays exact.
   TORCH_ARG(int64_t, accumulate_grad_batches) = 1;
+
+  // --- more than one process (when the environment names a job: RANK,
+  // WORLD_SIZE, MASTER_ADDR, MASTER_PORT as set by `cairn fit --nproc`,
+  // torchrun or srun; see distributed.h) ---
+  //! "auto" (Gloo in this build), "gloo" or "nccl" (builds with NCCL only).
+  TORCH_ARG(std::string, dist_backend) = "auto";
+  //! Seconds to wait for the other processes, at start and in every collective.
+  TORCH_ARG(double, dist_timeout) = 300.0;
+  //! Gradient buckets of about this many MB are averaged while backward runs.
+  TORCH_ARG(double, bucket_cap_mb) = 25.0;
 };
 
 //! How fit() ended.
@@ -81,6 +93,14 @@ class Trainer {
   Trainer& set_scheduler(std::shared_ptr<Scheduler> scheduler);
   //! Resume from a checkpoint file or directory at fit() ("" = fresh start).
   Trainer& resume_from(std::string path);
+  //! Trains as one rank of `group` (data parallel). Without it, fit() joins
+  //! the job the environment names, if any. data.batch_size is per process:
+  //! each optimizer step consumes batch_size x processes examples, a slice of
+  //! the epoch's (seed, epoch) order per rank; gradients are averaged as DDP
+  //! does; validation and test are split over the ranks and their metrics
+  //! reduced; rank 0 writes checkpoints and logs.
+  Trainer& set_process_group(std::shared_ptr<ProcessGroup> group);
+  const std::shared_ptr<ProcessGroup>& process_group() const { return group_; }
 
   //! Trains: configure_optimizers(), resume (if asked), then epochs of
   //! training and validation, a test pass, and fit_end. Exceptions from steps
@@ -123,6 +143,8 @@ class Trainer {
   void run_test();
   void train_epoch(EpochSampler& sampler);
   void clip_gradients();
+  //! This rank's contiguous share [begin, end) of `n` items.
+  std::pair<int64_t, int64_t> shard(int64_t n) const;
 
   TrainerOptions options_;
   Loop loop_;
@@ -133,6 +155,8 @@ class Trainer {
   torch::Device device_{torch::kCPU};
   std::string resume_path_;
   ResumeInfo resume_info_;
+  std::shared_ptr<ProcessGroup> group_;
+  std::unique_ptr<GradientSync> sync_;
 };
 
 //! Resolves "auto" / "cpu" / "cuda" / "cuda:N" to a device; throws

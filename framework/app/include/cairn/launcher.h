@@ -1,0 +1,34 @@
+// The local launcher behind `cairn fit --nproc N [--max-restarts K]`.
+//
+// Starts N copies of a program on this machine as ranks 0..N-1 of one job,
+// with the variables torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK,
+// LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT), and:
+//   - prefixes every line they print with "[rank R] " (stdout to stdout,
+//     stderr to stderr);
+//   - forwards SIGTERM and SIGINT to every worker once (the workers run in a
+//     process group of their own, so a terminal's Ctrl-C reaches them only
+//     through the launcher), and they stop together at the same step;
+//   - when a worker dies (a signal, or exit code 1 or 6), stops the others
+//     (SIGKILL: the last durable checkpoint stands) and, up to K times, starts
+//     all N again with `restart_args`, which resume from the last checkpoint;
+//   - exits with the workers' code: 0, 128+N after a forwarded signal N, or
+//     the first failing worker's code (128+N when it died by signal N).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace cairn {
+
+struct LaunchOptions {
+  int nproc = 2;
+  int max_restarts = 0;
+  std::string program;                    //!< the executable (e.g. /proc/self/exe)
+  std::vector<std::string> args;          //!< argv[1..] of the first start
+  std::vector<std::string> restart_args;  //!< argv[1..] of restarts (they must resume)
+};
+
+//! Runs the job to its end; returns the exit code described above.
+int launch_workers(const LaunchOptions& options);
+
+}  // namespace cairn
