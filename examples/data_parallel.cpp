@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
     if (group) group->barrier();  // nobody leaves while a peer still needs it
   } catch (const cairn::DistributedError& e) {
     std::cerr << "error: " << e.what() << "\n";
-    return 3;
+    return 6;  // as cairn fit: a peer failed or did not answer in time
   }
   return 0;
 }

@@ -192,6 +192,9 @@ inline cairn::Value comparable(cairn::Value c) {
     for (const char* k : {"dirpath", "best_model_path", "last_model_path"}) {
       if (cairn::Value* v = s.find(k)) *v = fs::path(v->to_string()).filename().string();
     }
+    if (cairn::Value* np = s.find("newest_paths")) {
+      for (auto& item : np->items()) item = cairn::Value(fs::path(item.to_string()).filename().string());
+    }
     if (cairn::Value* bk = s.find("best_k_models")) {
       cairn::Value renamed = cairn::Value::dict();
       for (size_t j = 0; j < bk->keys().size(); ++j) {

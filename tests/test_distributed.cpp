@@ -4,14 +4,18 @@
 
 #include <cairn/distributed.h>
 
+#include <algorithm>
 #include <csignal>
+#include <random>
+#include <sstream>
+#include <thread>
 
 #ifndef CAIRN_EXAMPLE_DATA_PARALLEL
 #error "test_distributed runs examples/data_parallel.cpp: configure with CAIRN_BUILD_EXAMPLES=ON"
 #endif
 
 namespace {
-// A port nobody listens on right now (the kernel picks it).
+// torchrun's variables for one rank of a job on this machine.
 std::map<std::string, std::string> rank_env(int rank, int world, int port, int timeout_ms = 60000) {
   return {{"RANK", std::to_string(rank)},       {"WORLD_SIZE", std::to_string(world)},
           {"LOCAL_RANK", std::to_string(rank)}, {"MASTER_ADDR", "127.0.0.1"},
@@ -118,7 +122,7 @@ TEST_CASE("a peer that never arrives, or dies mid-run, is a clear error within t
   const int code = test::wait_exit(lone);
   const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::string lone_log = test::read_file(dir / "lone.log");
-  CHECK(code == 3);
+  CHECK(code == 6);
   CHECK_MESSAGE(lone_log.find("rank 0 of 2 could not join the process group at 127.0.0.1:") != std::string::npos, lone_log);
   CHECK(waited < 30);
 
@@ -137,8 +141,216 @@ TEST_CASE("a peer that never arrives, or dies mid-run, is a clear error within t
   const int code0 = test::wait_exit(r0);
   const double after = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   const std::string r0_log = test::read_file(dir / "r0.log");
-  CHECK(code0 == 3);
+  CHECK(code0 == 6);
   CHECK_MESSAGE(r0_log.find("failed on rank 0 of 2") != std::string::npos, r0_log);
   CHECK(after < 30);
   CHECK_FALSE(test::fs::exists(dir / "y.ckpt"));  // nothing half-trained was written
+}
+
+// ---------------------------------------------------------------------------
+// `cairn fit` as a job of several processes: the launcher, the Trainer's
+// sharded data, reduced metrics, agreed stops and per-rank RNG states.
+namespace {
+//! A small experiment on synthetic data. With dropout, every rank's random
+//! stream matters; without it (and with SGD) one process with the doubled
+//! batch computes the same updates.
+std::string dist_config(const std::string& run, int batch, bool dropout) {
+  return "name: dist\nseed: 5\nrun: {dir: " + run + "}\n"
+         "data: {name: synthetic, train_size: 1000, valid_size: 200, test_size: 200, features: 16, num_classes: 4, "
+         "noise: 1.0, batch_size: " + std::to_string(batch) + "}\n"
+         "model: {name: mlp, hidden: [64]" + (dropout ? ", dropout: 0.3" : "") + "}\n"
+         "optimizer: {name: " + (dropout ? "adam, lr: 0.002" : "sgd, lr: 0.1") + "}\n"
+         "trainer: {max_epochs: 4, threads: 1, log_every_n_steps: 5}\n"
+         "distributed: {timeout: 20}\n"
+         "callbacks:\n"
+         "  - {name: checkpoint, monitor: valid/acc, mode: max, save_top_k: 2, every_n_train_steps: 4}\n"
+         "  - {name: csv_logger}\n";
+}
+
+cairn::Value last_checkpoint(const std::string& run) { return cairn::read_checkpoint(run + "/checkpoints/last.ckpt"); }
+
+double metric_difference(const cairn::Value& a, const cairn::Value& b, const std::string& name) {
+  const at::Tensor x = a.at("metrics").at(name).at("value").to_tensor();
+  const at::Tensor y = b.at("metrics").at(name).at("value").to_tensor();
+  if (x.sizes() != y.sizes()) return 1e9;
+  return (x - y).abs().max().item<double>();
+}
+
+//! The launcher's children (the workers), from /proc.
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  {
+    // The children its main thread forked (the launcher forks from it).
+    const std::string p = std::to_string(parent);
+    std::istringstream in(test::read_file("/proc/" + p + "/task/" + p + "/children"));
+    for (pid_t c; in >> c;) out.push_back(c);
+    if (!out.empty()) {
+      std::sort(out.begin(), out.end());
+      return out;
+    }
+  }
+  std::error_code ec;
+  for (const auto& e : test::fs::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string stat = test::read_file(e.path().string() + "/stat");
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 2));
+    char state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == parent && state != 'Z') out.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void wait_for_file(const std::string& path, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (!test::fs::exists(path) && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+}  // namespace
+
+TEST_CASE("cairn fit --nproc 2 with batch b: the weights and metrics of one process with batch 2b; stopped at 2 "
+          "processes and resumed at 1, the sample sequence continues") {
+  test::TempDir dir("dist_fit");
+  const std::string one = dir / "one", two = dir / "two", moved = dir / "moved";
+  test::write_file(dir / "one.yaml", dist_config(one, 32, false));
+  test::write_file(dir / "two.yaml", dist_config(two, 16, false));
+  test::write_file(dir / "moved.yaml", dist_config(moved, 16, false));
+
+  auto r1 = test::cairn_cli({"fit", "--config", dir / "one.yaml"});
+  REQUIRE_MESSAGE(r1.exit_code == 0, r1.output);
+  auto r2 = test::cairn_cli({"fit", "--config", dir / "two.yaml", "--nproc", "2"});
+  REQUIRE_MESSAGE(r2.exit_code == 0, r2.output);
+  // Output carries the rank; rank 0 alone draws progress and writes files.
+  CHECK_MESSAGE(r2.output.find("[rank 0] cairn: run 'dist' in " + two + " (threads 1, device auto, 2 processes, global batch 32)") != std::string::npos, r2.output);
+  CHECK(r2.output.find("[rank 1] cairn: finished") != std::string::npos);
+  CHECK(r2.output.find("[rank 1] epoch") == std::string::npos);
+  CHECK(test::fs::exists(two + "/metrics.csv"));
+
+  const cairn::Value a = last_checkpoint(one), b = last_checkpoint(two);
+  CHECK(a.at("global_step").to_int() == b.at("global_step").to_int());
+  const double dw = max_difference(a.at("state_dict"), b.at("state_dict"));
+  MESSAGE("N=2 x 16 vs N=1 x 32: max weight difference " << dw);
+  CHECK(dw < 1e-4);
+  for (const char* m : {"train/loss", "train/acc", "valid/loss", "valid/acc", "test/loss", "test/acc", "train/loss_step"}) {
+    CHECK_MESSAGE(metric_difference(a, b, m) < 1e-5, m << " differs by " << metric_difference(a, b, m));
+  }
+  // Validation was split over the ranks and summed: 200 examples, not 100 or 400.
+  CHECK(b.at("loop").at("world_size").to_int() == 2);
+  CHECK(b.at("rng_states").at("ranks").size() == 2);
+
+  // Stopped mid-epoch at 2 processes (SIGTERM to the launcher), resumed at 1
+  // with the same global batch (32 x 1): it continues the same samples.
+  const pid_t launcher = test::spawn({CAIRN_CLI, "fit", "--config", dir / "moved.yaml", "--nproc", "2"}, dir / "moved.log");
+  wait_for_file(moved + "/checkpoints/last.ckpt", 120);
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  ::kill(launcher, SIGTERM);
+  REQUIRE_MESSAGE(test::wait_exit(launcher) == 143, test::read_file(dir / "moved.log"));
+  const int64_t stopped = last_checkpoint(moved).at("global_step").to_int();
+  auto resumed = test::cairn_cli({"fit", "--config", dir / "moved.yaml", "--set", "data.batch_size=32"});
+  REQUIRE_MESSAGE(resumed.exit_code == 0, resumed.output);
+  CHECK_MESSAGE(resumed.output.find("data.batch_size: 16 -> 32 (the global batch stays 32 (2 -> 1 processes))") != std::string::npos, resumed.output);
+  const cairn::Value c = last_checkpoint(moved);
+  MESSAGE("stopped at step " << stopped << ", resumed at 1 process; max weight difference to N=1: "
+                             << max_difference(a.at("state_dict"), c.at("state_dict")));
+  CHECK(c.at("loop").at("resumes").size() == 1);
+  CHECK(max_difference(a.at("state_dict"), c.at("state_dict")) < 1e-4);
+  CHECK(metric_difference(a, c, "valid/acc") < 1e-5);
+  // The comparison can fail: resumed at 1 process with the per-process batch
+  // unchanged (a global batch of 16), the run takes other steps.
+  const std::string other = dir / "other";
+  test::write_file(dir / "other.yaml", dist_config(other, 16, false));
+  auto o = test::cairn_cli({"fit", "--config", dir / "other.yaml"});
+  REQUIRE(o.exit_code == 0);
+  CHECK(max_difference(a.at("state_dict"), last_checkpoint(other).at("state_dict")) > 1e-2);
+}
+
+TEST_CASE("a 2-process run survives SIGKILL of either worker (--max-restarts) and SIGTERM to the launcher, and ends "
+          "bit-identical to an uninterrupted one") {
+  test::TempDir dir("dist_kill");
+  const std::string ref = dir / "ref", run = dir / "run", term = dir / "term";
+  test::write_file(dir / "ref.yaml", dist_config(ref, 16, true));
+  test::write_file(dir / "run.yaml", dist_config(run, 16, true));
+  test::write_file(dir / "term.yaml", dist_config(term, 16, true));
+  auto r = test::cairn_cli({"fit", "--config", dir / "ref.yaml", "--nproc", "2"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  const cairn::Value expected = test::comparable(last_checkpoint(ref));
+
+  // SIGKILL rank 1, then rank 0, each a random moment after a checkpoint exists.
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> delay_ms(0, 400);
+  const pid_t launcher = test::spawn({CAIRN_CLI, "fit", "--config", dir / "run.yaml", "--nproc", "2", "--max-restarts", "3"},
+                                     dir / "run.log");
+  int kills = 0;
+  for (int victim : {1, 0}) {
+    test::fs::remove(run + "/checkpoints/last.ckpt");  // wait for a fresh one from these workers
+    wait_for_file(run + "/checkpoints/last.ckpt", 120);
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
+    const auto workers = children_of(launcher);
+    REQUIRE_MESSAGE(workers.size() == 2, test::read_file(dir / "run.log"));
+    // Workers are started in rank order: the lower pid is rank 0.
+    if (::kill(workers[static_cast<size_t>(victim)], SIGKILL) == 0) ++kills;
+  }
+  const int code = test::wait_exit(launcher);
+  const std::string log = test::read_file(dir / "run.log");
+  REQUIRE_MESSAGE(code == 0, log);
+  CHECK(kills == 2);
+  CHECK_MESSAGE(log.find("rank 1 was killed by signal 9; restarting all 2 processes from the last checkpoint") != std::string::npos, log);
+  CHECK(log.find("rank 0 was killed by signal 9; restarting all 2 processes") != std::string::npos);
+  CHECK(log.find("(restart 2 of 3)") != std::string::npos);
+  const cairn::Value got = last_checkpoint(run);
+  CHECK(got.at("loop").at("resumes").size() >= 1);
+  const cairn::Value got_cmp = test::comparable(got);
+  CHECK_MESSAGE(expected.first_difference(got_cmp) == "", expected.first_difference(got_cmp));
+
+  // SIGTERM to the launcher: both ranks stop at the same step, rank 0 saves, exit 143.
+  const pid_t l2 = test::spawn({CAIRN_CLI, "fit", "--config", dir / "term.yaml", "--nproc", "2"}, dir / "term.log");
+  wait_for_file(term + "/checkpoints/last.ckpt", 120);
+  std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
+  ::kill(l2, SIGTERM);
+  const int term_code = test::wait_exit(l2);
+  const std::string term_log = test::read_file(dir / "term.log");
+  REQUIRE_MESSAGE(term_code == 143, term_log);
+  const int64_t step = last_checkpoint(term).at("global_step").to_int();
+  const std::string at = "interrupted at epoch " + std::to_string(last_checkpoint(term).at("epoch").to_int()) +
+                         ", step " + std::to_string(step) + ";";
+  CHECK_MESSAGE(term_log.find("[rank 0] cairn: " + at) != std::string::npos, term_log);
+  CHECK(term_log.find("[rank 1] cairn: " + at) != std::string::npos);
+  auto resumed = test::cairn_cli({"fit", "--config", dir / "term.yaml", "--nproc", "2"});
+  REQUIRE_MESSAGE(resumed.exit_code == 0, resumed.output);
+  CHECK(resumed.output.find("resumed from") != std::string::npos);
+  const cairn::Value term_cmp = test::comparable(last_checkpoint(term));
+  CHECK_MESSAGE(expected.first_difference(term_cmp) == "", expected.first_difference(term_cmp));
+}
+
+TEST_CASE("cairn fit in a job whose peer never arrives exits 6 within distributed.timeout; a bad config is not restarted") {
+  test::TempDir dir("dist_cli_fail");
+  std::string cfg = dist_config(dir / "lone", 16, false);
+  cfg.replace(cfg.find("timeout: 20"), 11, "timeout: 2");
+  test::write_file(dir / "lone.yaml", cfg);
+  const auto t0 = std::chrono::steady_clock::now();
+  const pid_t lone = test::spawn({CAIRN_CLI, "fit", "--config", dir / "lone.yaml"}, dir / "lone.log", 0,
+                                 rank_env(0, 2, cairn::free_local_port()));
+  const int code = test::wait_exit(lone);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string log = test::read_file(dir / "lone.log");
+  CHECK_MESSAGE(code == 6, log);
+  CHECK(log.find("cairn: distributed error: rank 0 of 2 could not join the process group at 127.0.0.1:") != std::string::npos);
+  CHECK(waited < 30);
+
+  // A config error is the same on every restart: reported once, exit 2.
+  test::write_file(dir / "bad.yaml", dist_config(dir / "bad", 16, false) + "trainer_typo: 1\n");
+  auto bad = test::cairn_cli({"fit", "--config", dir / "bad.yaml", "--nproc", "2", "--max-restarts", "2"});
+  CHECK_MESSAGE(bad.exit_code == 2, bad.output);
+  CHECK(bad.output.find("restart") == std::string::npos);
+  // Nested launches are refused.
+  const pid_t nested = test::spawn({CAIRN_CLI, "fit", "--config", dir / "lone.yaml", "--nproc", "2"}, dir / "nested.log",
+                                   0, rank_env(0, 2, cairn::free_local_port()));
+  CHECK(test::wait_exit(nested) == 2);
+  CHECK(test::read_file(dir / "nested.log").find("already rank 0 of one") != std::string::npos);
 }
