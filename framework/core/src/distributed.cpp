@@ -246,7 +246,11 @@ struct GradientSync::State {
   std::vector<std::vector<size_t>> buckets;  // parameter indices, in launch order
   std::vector<size_t> bucket_of, pending;
   std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  // One flat buffer per bucket, allocated once; each parameter's gradient is
+  // a view into it (as DDP's gradient_as_bucket_view), so a bucket is
+  // allreduced in place with no copy in or out and no fresh memory per step.
   std::vector<at::Tensor> flat;
+  std::vector<at::Tensor> views;  // per parameter: its slice of its bucket
   // Autograd keeps only weak pointers to grad accumulators: without these the
   // nodes, and the hooks on them, would be gone.
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
@@ -260,11 +264,19 @@ struct GradientSync::State {
       queued = true;
       torch::autograd::Engine::get_default_engine().queue_callback([this] { finish(); });
     }
+    // Normally the gradient already is the view (accumulated in place). After
+    // a zero_grad that dropped it (set to none), copy it in and point it back.
+    at::Tensor g = params[k].grad();
+    if (!g.defined()) {
+      views[k].zero_();
+      params[k].mutable_grad() = views[k];
+    } else if (!g.is_same(views[k])) {
+      views[k].copy_(g);
+      params[k].mutable_grad() = views[k];
+    }
     const size_t b = bucket_of[k];
     if (--pending[b] != 0) return;
-    std::vector<at::Tensor> grads;
-    for (size_t i : buckets[b]) grads.push_back(params[i].grad().reshape(-1));
-    flat[b] = torch::cat(grads).div_(group->size());
+    flat[b].div_(group->size());
     std::vector<at::Tensor> t{flat[b]};
     group->impl().run("gradient allreduce", [&] { works[b] = group->impl().pg->allreduce(t); });
   }
@@ -278,15 +290,7 @@ struct GradientSync::State {
                                " got no gradient in this backward; every parameter must take part in the loss");
       }
       group->impl().run("gradient allreduce", [&] { works[b]->wait(); });
-      int64_t offset = 0;
-      for (size_t i : buckets[b]) {
-        at::Tensor g = params[i].grad();
-        const int64_t n = g.numel();
-        g.copy_(flat[b].slice(0, offset, offset + n).view_as(g));
-        offset += n;
-      }
       works[b].reset();
-      flat[b] = at::Tensor();
     }
     wait_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
@@ -314,8 +318,25 @@ GradientSync::GradientSync(std::shared_ptr<ProcessGroup> group, const std::vecto
     bytes += b;
   }
   s.bucket_of.resize(s.params.size());
+  s.views.resize(s.params.size());
   for (size_t b = 0; b < s.buckets.size(); ++b) {
-    for (size_t k : s.buckets[b]) s.bucket_of[k] = b;
+    int64_t n = 0;
+    for (size_t k : s.buckets[b]) n += s.params[k].numel();
+    s.flat.push_back(torch::zeros({n}, s.params[s.buckets[b].front()].options().requires_grad(false)));
+    int64_t offset = 0;
+    for (size_t k : s.buckets[b]) {
+      s.bucket_of[k] = b;
+      const int64_t m = s.params[k].numel();
+      // Shares the bucket's storage without being an autograd view: optimizers'
+      // zero_grad() detaches gradients in place, which views refuse.
+      torch::NoGradGuard no_grad;
+      s.views[k] = torch::empty({0}, s.flat[b].options())
+                       .set_(s.flat[b].storage(), offset, s.params[k].sizes(), s.params[k].contiguous().strides());
+      offset += m;
+      // An existing gradient moves into the bucket; from now on it lives there.
+      if (s.params[k].grad().defined()) s.views[k].copy_(s.params[k].grad());
+      s.params[k].mutable_grad() = s.views[k];
+    }
   }
   State* state = &s;
   for (size_t k = 0; k < s.params.size(); ++k) {
@@ -336,7 +357,6 @@ void GradientSync::prepare_for_backward() {
   s.pending.resize(s.buckets.size());
   for (size_t b = 0; b < s.buckets.size(); ++b) s.pending[b] = s.buckets[b].size();
   s.works.assign(s.buckets.size(), {});
-  s.flat.assign(s.buckets.size(), at::Tensor());
 }
 
 size_t GradientSync::buckets() const { return state_->buckets.size(); }
