@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 ./build/bench_loop "$@"
 ./build/bench_checkpoint "$@"
-./build/bench_distributed
+./build/bench_distributed --batch 128   # communication-heavy: 25 MB of gradients per 128 examples
+./build/bench_distributed --batch 512   # compute-bound: the same model, 4x the work per step
