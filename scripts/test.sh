@@ -3,7 +3,7 @@
 #  1. the whole test suite (CTest: doctest cases, the CLI, kill-and-resume
 #     with real processes, Python interop, hostile inputs, the examples),
 #     built by clang with AddressSanitizer + UndefinedBehaviorSanitizer;
-#  2. each libFuzzer target for CAIRN_FUZZ_SECONDS (default 60) seconds;
+#  2. each libFuzzer target for CAIRN_FUZZ_SECONDS (default 45) seconds;
 #  3. the threaded tests (checkpoint files and their helper threads, the
 #     async writer, signals and SIGKILL) built with ThreadSanitizer.
 # Extra arguments go to the first ctest (e.g. -R test_config).
@@ -20,8 +20,8 @@ export LSAN_OPTIONS="suppressions=$PWD/tests/sanitizers/lsan.supp:print_suppress
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 (cd build-check && ctest --output-on-failure -j "$(nproc)" "$@")
 
-echo "== fuzzing (${CAIRN_FUZZ_SECONDS:-60} s per target)"
-bash scripts/fuzz.sh "${CAIRN_FUZZ_SECONDS:-60}"
+echo "== fuzzing (${CAIRN_FUZZ_SECONDS:-45} s per target)"
+bash scripts/fuzz.sh "${CAIRN_FUZZ_SECONDS:-45}"
 
 echo "== threaded tests (ThreadSanitizer)"
 bash scripts/check-build.sh tsan
