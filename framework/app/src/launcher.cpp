@@ -18,7 +18,11 @@ namespace cairn {
 namespace {
 
 volatile std::sig_atomic_t g_signal = 0;
-void on_signal(int sig) { g_signal = sig; }
+volatile std::sig_atomic_t g_count = 0;
+void on_signal(int sig) {
+  g_signal = sig;
+  g_count = g_count + 1;
+}
 
 struct Stream {
   int fd = -1;
@@ -140,6 +144,7 @@ int launch_workers(const LaunchOptions& o) {
     for (int r = 0; r < o.nproc; ++r) workers.push_back(spawn(o, *args, r, port));
 
     int forwarded = 0;
+    bool aborted = false;
     int first_failure = -1;
     for (;;) {
       std::vector<pollfd> fds;
@@ -165,6 +170,14 @@ int launch_workers(const LaunchOptions& o) {
                   << ": passing it to every process; they save at the same step and stop\n";
         for (auto& w : workers) {
           if (!w.exited) ::kill(w.pid, forwarded);
+        }
+      }
+      if (g_count >= 2 && forwarded != 0 && !aborted) {
+        aborted = true;
+        // A second Ctrl-C: stop at once, as one process does (nothing more is saved).
+        std::cerr << "cairn: second signal: stopping every process now, without saving\n";
+        for (auto& w : workers) {
+          if (!w.exited) ::kill(w.pid, SIGKILL);
         }
       }
       bool all_exited = true;
@@ -200,6 +213,7 @@ int launch_workers(const LaunchOptions& o) {
     }
 
     if (forwarded != 0) {
+      if (aborted) return 128 + forwarded;
       for (const auto& w : workers) {
         if (w.code != 0 && w.code != 128 + forwarded) return w.code;
       }

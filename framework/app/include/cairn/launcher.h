@@ -7,7 +7,8 @@
 //     stderr to stderr);
 //   - forwards SIGTERM and SIGINT to every worker once (the workers run in a
 //     process group of their own, so a terminal's Ctrl-C reaches them only
-//     through the launcher), and they stop together at the same step;
+//     through the launcher), and they stop together at the same step; a
+//     second signal kills them at once (nothing more is saved);
 //   - when a worker dies (a signal, or exit code 1 or 6), stops the others
 //     (SIGKILL: the last durable checkpoint stands) and, up to K times, starts
 //     all N again with `restart_args`, which resume from the last checkpoint;
