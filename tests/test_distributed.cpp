@@ -283,16 +283,34 @@ TEST_CASE("a 2-process run survives SIGKILL of either worker (--max-restarts) an
 
   // SIGKILL rank 1, then rank 0, each a random moment after a checkpoint exists.
   std::mt19937 rng(7);
-  std::uniform_int_distribution<int> delay_ms(0, 400);
+  std::uniform_int_distribution<int> delay_ms(0, 250);
   const pid_t launcher = test::spawn({CAIRN_CLI, "fit", "--config", dir / "run.yaml", "--nproc", "2", "--max-restarts", "3"},
                                      dir / "run.log");
-  int kills = 0;
+  int kills = 0, round = 0;
   for (int victim : {1, 0}) {
-    test::fs::remove(run + "/checkpoints/last.ckpt");  // wait for a fresh one from these workers
-    wait_for_file(run + "/checkpoints/last.ckpt", 120);
-    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
-    const auto workers = children_of(launcher);
+    // This round's workers: started (after `round` restarts), both alive, and
+    // a checkpoint written by them (newer than the moment they were seen).
+    const std::string started = round == 0 ? "starting 2 processes" : "(restart " + std::to_string(round) + " of 3)";
+    std::vector<pid_t> workers;
+    for (int i = 0; i < 12000; ++i) {
+      if (test::read_file(dir / "run.log").find(started) != std::string::npos) {
+        workers = children_of(launcher);
+        if (workers.size() == 2) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     REQUIRE_MESSAGE(workers.size() == 2, test::read_file(dir / "run.log"));
+    const auto seen = test::fs::file_time_type::clock::now();
+    const std::string last = run + "/checkpoints/last.ckpt";
+    for (int i = 0; i < 12000; ++i) {
+      std::error_code ec;
+      const auto t = test::fs::last_write_time(last, ec);
+      if (!ec && t > seen) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ++round;
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
+    REQUIRE_MESSAGE(children_of(launcher) == workers, test::read_file(dir / "run.log"));
     // Workers are started in rank order: the lower pid is rank 0.
     if (::kill(workers[static_cast<size_t>(victim)], SIGKILL) == 0) ++kills;
   }
