@@ -221,6 +221,19 @@ double names_hash(const std::vector<std::string>& names) {
   for (const auto& n : names) h = (h ^ std::hash<std::string>{}(n)) * 1099511628211ULL;
   return static_cast<double>(h >> 16);
 }
+//! The sorted union of every rank's `names` (a collective).
+std::vector<std::string> names_on_any_rank(ProcessGroup& group, const std::vector<std::string>& names) {
+  std::string mine;
+  for (const auto& x : names) mine += x + "\n";
+  std::vector<std::string> all;
+  for (const auto& blob : group.allgather_bytes(mine)) {
+    size_t at = 0;
+    for (size_t nl; (nl = blob.find('\n', at)) != std::string::npos; at = nl + 1) all.push_back(blob.substr(at, nl - at));
+  }
+  std::sort(all.begin(), all.end());
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  return all;
+}
 }  // namespace
 
 void Loop::reduce_step_values() {
@@ -238,15 +251,7 @@ void Loop::reduce_step_values() {
   if (!same) {
     // A rank without examples in this batch (the epoch's last, short one) or a
     // step that logs conditionally: reduce over the union of the names.
-    std::string mine;
-    for (const auto& x : names) mine += x + "\n";
-    std::vector<std::string> all;
-    for (const auto& blob : group_->allgather_bytes(mine)) {
-      size_t at = 0;
-      for (size_t nl; (nl = blob.find('\n', at)) != std::string::npos; at = nl + 1) all.push_back(blob.substr(at, nl - at));
-    }
-    std::sort(all.begin(), all.end());
-    all.erase(std::unique(all.begin(), all.end()), all.end());
+    const std::vector<std::string> all = names_on_any_rank(*group_, names);
     std::vector<StepValue> merged;
     for (const auto& x : all) {
       StepValue sv{x, 0.0, 0.0};
@@ -281,15 +286,9 @@ void Loop::reduce_step_values() {
 
 void Loop::reduce_accumulators(const std::string& split) {
   const auto mine = metrics_.accumulators(split);
-  std::string names;
-  for (const auto& a : mine) names += a.first + "\n";
-  std::vector<std::string> all;
-  for (const auto& blob : group_->allgather_bytes(names)) {
-    size_t at = 0;
-    for (size_t nl; (nl = blob.find('\n', at)) != std::string::npos; at = nl + 1) all.push_back(blob.substr(at, nl - at));
-  }
-  std::sort(all.begin(), all.end());
-  all.erase(std::unique(all.begin(), all.end()), all.end());
+  std::vector<std::string> names;
+  for (const auto& a : mine) names.push_back(a.first);
+  const std::vector<std::string> all = names_on_any_rank(*group_, names);
   if (all.empty()) return;
   std::vector<at::Tensor> t{torch::zeros({2 * static_cast<int64_t>(all.size())}, torch::kDouble)};
   double* p = t[0].data_ptr<double>();
