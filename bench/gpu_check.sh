@@ -5,7 +5,7 @@
 # reading checkpoints with weights_only=True), then the checkpoint benchmark.
 #
 # Needs, next to the tree (git-ignored, carried to the machine):
-#   .debs/  apt-get download libyaml-cpp-dev libyaml-cpp0.7 libboost1.74-dev doctest-dev libxxhash-dev zlib1g-dev zlib1g
+#   .debs/  apt-get download libyaml-cpp-dev libyaml-cpp0.7 libboost1.74-dev doctest-dev libxxhash-dev zlib1g-dev zlib1g libisal-dev libisal2
 #   .data/fashion-mnist/  the four .gz files of dataset-fashion-mnist
 # Writes logs to $OUT (or ./gpu_out).
 set -uo pipefail

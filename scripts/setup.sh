@@ -14,6 +14,7 @@ packages=(
   libopenblas0-pthread                    # fast BLAS behind LibTorch (else the reference BLAS)
   libyaml-cpp-dev libboost-dev            # YAML experiments, Boost.Signals2 events
   doctest-dev zlib1g-dev libxxhash-dev    # tests, .gz datasets, checkpoint checksums
+  libisal-dev                             # fast zip CRC-32 for checkpoints
   dataset-fashion-mnist                   # the real Fashion-MNIST (gzipped IDX files)
   python3-torch                           # Python interop tests (/usr/bin/python3)
   chromium                                # renders `cairn report` pages in the report test

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <fcntl.h>
 #include <ftw.h>
 #include <cstdlib>
@@ -138,6 +139,29 @@ struct SmallDisk {
     }
   }
   void remove_filler() { fs::remove(dir + "/filler"); }
+};
+
+//! A small ext4 filesystem on a loop device (root only): a real block device,
+//! where direct I/O has alignment rules and a full disk says ENOSPC to
+//! O_DIRECT writes (tmpfs accepts any alignment).
+struct LoopDisk {
+  std::string dir, image;
+  bool ok = false;
+  LoopDisk(const std::string& d, long bytes) : dir(d), image(d + ".img") {
+    if (::geteuid() != 0) return;
+    fs::create_directories(dir);
+    { std::ofstream(image, std::ios::binary).flush(); }
+    fs::resize_file(image, static_cast<uintmax_t>(bytes));
+    ok = std::system(("mkfs.ext4 -q -F '" + image + "' >/dev/null 2>&1 && mount -o loop '" + image + "' '" + dir +
+                      "' >/dev/null 2>&1").c_str()) == 0;
+  }
+  ~LoopDisk() {
+    if (ok && std::system(("umount '" + dir + "' >/dev/null 2>&1 || umount -l '" + dir + "'").c_str()) != 0) {
+      std::fprintf(stderr, "could not unmount %s\n", dir.c_str());
+    }
+    fs::remove(image);
+  }
+  bool mounted() const { return ok; }
 };
 
 inline ProcessResult python(const std::string& script, std::vector<std::string> args) {

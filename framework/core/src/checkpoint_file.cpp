@@ -4,6 +4,7 @@
 
 #include "cairn/run_lock.h"
 #include "checksums.h"
+#include "file_io.h"
 #include "zip_reader.h"
 #include "zip_writer.h"
 
@@ -690,65 +691,6 @@ using checksums::hex;
 constexpr const char* kChecksumRecord = checksums::kRecord;
 constexpr const char* kChecksumHeader = checksums::kHeader;
 
-//! Buffers small writes; large tensor payloads go straight to the fd. Every
-//! 64 MiB it asks the kernel to start writing back (sync_file_range), so the
-//! disk works while the CPU serialises the rest instead of all at fsync.
-class FdSink {
- public:
-  explicit FdSink(int fd) : fd_(fd) { buf_.reserve(kBuf); }
-
-  // Never fails towards the zip writer (whose destructor may not throw):
-  // the first error is remembered and later writes are dropped.
-  size_t write(const void* data, size_t n) {
-    if (error_) return n;
-    if (n >= kBuf) {
-      flush();
-      raw(static_cast<const char*>(data), n);
-    } else {
-      if (buf_.size() + n > kBuf) flush();
-      buf_.insert(buf_.end(), static_cast<const char*>(data), static_cast<const char*>(data) + n);
-    }
-    total_ += n;
-    return n;
-  }
-  void flush() {
-    if (!buf_.empty() && !error_) raw(buf_.data(), buf_.size());
-    buf_.clear();
-  }
-  int error() const { return error_; }
-  uint64_t total() const { return total_; }
-
- private:
-  static constexpr size_t kBuf = 1 << 20;
-  void raw(const char* p, size_t n) {
-    while (n > 0 && !error_) {
-      const ssize_t w = ::write(fd_, p, n);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        error_ = errno;
-        return;
-      }
-      p += w;
-      n -= static_cast<size_t>(w);
-      written_ += static_cast<uint64_t>(w);
-    }
-#ifdef SYNC_FILE_RANGE_WRITE
-    if (written_ - flushed_ >= kWriteback) {
-      ::sync_file_range(fd_, static_cast<off64_t>(flushed_), static_cast<off64_t>(written_ - flushed_),
-                        SYNC_FILE_RANGE_WRITE);  // best effort: an error here only loses the overlap
-      flushed_ = written_;
-    }
-#endif
-  }
-  static constexpr uint64_t kWriteback = 64ull << 20;
-  uint64_t written_ = 0;  //!< bytes handed to the kernel
-  uint64_t flushed_ = 0;  //!< bytes whose writeback was started
-  int fd_;
-  int error_ = 0;
-  uint64_t total_ = 0;
-  std::vector<char> buf_;
-};
-
 std::string errno_text(int e) { return std::strerror(e); }
 }  // namespace
 
@@ -773,7 +715,7 @@ double since(std::chrono::steady_clock::time_point t) {
 }
 }  // namespace
 
-WriteStats write_checkpoint(const std::string& path, const Value& root) {
+WriteStats write_checkpoint(const std::string& path, const Value& root, const WriteOptions& options) {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
   WriteStats stats;
@@ -808,15 +750,19 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
   stats.pickle_seconds = since(t0);
 
   const std::string tmp = unique_temp_name(path);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  bool direct = false;
+  const int fd = fileio::open_for_write(tmp, options.direct_io && fileio::direct_io_enabled(), &direct);
   if (fd < 0) {
     const int e = errno;
     throw CheckpointWriteError("cannot create " + tmp + ": " + errno_text(e), e);
   }
 
-  // Hashes run ahead of the writes on two helper threads (zip CRC-32 and
-  // cairn's XXH3-64), in record order, so that the disk never waits for a
-  // hash except the first record's. Device tensors are hashed inline.
+  // Both hashes of every host record (the zip CRC-32 and cairn's XXH3-64) run
+  // ahead of the writes on one helper thread, in record order, 1 MiB at a
+  // time: the second hash reads the piece from the cache, not from memory
+  // (reading the tensors' memory, not hashing it, is the cost on some VMs).
+  // The disk never waits for a hash except the first record's CRC. Device
+  // tensors are hashed inline, once copied.
   std::vector<std::promise<uint32_t>> crc_promise(records.size());
   std::vector<std::promise<uint64_t>> xxh_promise(records.size());
   std::vector<std::future<uint32_t>> crc_future;
@@ -826,30 +772,37 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
     xxh_future.push_back(xxh_promise[i].get_future());
   }
   std::atomic<bool> cancel{false};
-  std::thread crc_thread([&] {
+  std::thread hash_thread([&] {
+    XXH3_state_t state;
     for (size_t i = 0; i < host_ranges.size(); ++i) {
       const HostRange& h = host_ranges[i];
-      crc_promise[i].set_value(h.on_host && !cancel ? zip::crc32_parallel(h.ptr, h.size, 1) : 0);
+      uint32_t crc = 0;
+      uint64_t xxh = 0;
+      if (h.on_host && !cancel) {
+        XXH3_64bits_reset(&state);
+        const char* p = static_cast<const char*>(h.ptr);
+        for (size_t done = 0; done < h.size;) {
+          const size_t n = std::min<size_t>(h.size - done, 1u << 20);
+          crc = zip::crc32(p + done, n, crc);
+          XXH3_64bits_update(&state, p + done, n);
+          done += n;
+        }
+        xxh = XXH3_64bits_digest(&state);
+      }
+      crc_promise[i].set_value(crc);
+      xxh_promise[i].set_value(xxh);
     }
   });
-  std::thread xxh_thread([&] {
-    for (size_t i = 0; i < host_ranges.size(); ++i) {
-      const HostRange& h = host_ranges[i];
-      xxh_promise[i].set_value(h.on_host && !cancel ? XXH3_64bits(h.ptr, h.size) : 0);
-    }
-  });
-  struct Join {  // the helpers read the tensors: they finish before anything is freed
-    std::thread& a;
-    std::thread& b;
+  struct Join {  // the helper reads the tensors: it finishes before anything is freed
+    std::thread& t;
     std::atomic<bool>& cancel;
     ~Join() {
       cancel = true;
-      a.join();
-      b.join();
+      t.join();
     }
-  } join{crc_thread, xxh_thread, cancel};
+  } join{hash_thread, cancel};
 
-  FdSink sink(fd);
+  fileio::FileSink sink(fd, direct, options.direct_io_block);
   double hash_wait = 0;
   zip::ZipWriter writer([&sink](const void* data, size_t n) {
     sink.write(data, n);
@@ -861,15 +814,16 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
   sums.add("data.pkl", pkl.data(), pkl.size());
   static const std::string kByteorder = "little";
   writer.add("byteorder", kByteorder);
+  // Each record waits for its CRC-32 only (the local header carries it); the
+  // XXH3 hashes are needed by the checksum record at the end.
+  std::vector<uint64_t> hashes(records.size(), 0);
   for (size_t i = 0; i < records.size() && sink.error() == 0; ++i) {
     TensorRecord& r = records[i];
     const std::string name = "data/" + std::to_string(i);
     uint32_t crc;
-    uint64_t hash;
     if (host_ranges[i].on_host) {
       const auto w0 = Clock::now();
       crc = crc_future[i].get();
-      hash = xxh_future[i].get();
       hash_wait += since(w0);
     } else {  // a device tensor: copy it now (one at a time), hash it here
       r.data = r.source.to(at::kCPU).contiguous();
@@ -878,23 +832,32 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
       const void* p = r.ptr;
       const size_t n = r.size;
       auto h = std::async(std::launch::async, [p, n] { return XXH3_64bits(p, n); });
-      crc = zip::crc32_parallel(p, n, 2);
-      hash = h.get();
+      crc = zip::crc32(p, n);
+      hashes[i] = h.get();
     }
     writer.add(name, r.ptr, r.size, crc);
-    sums.add(name, r.size, hash);
     if (!r.source.device().is_cpu()) r.data = at::Tensor();  // free the host copy
+  }
+  if (sink.error() == 0) {
+    const auto w0 = Clock::now();
+    for (size_t i = 0; i < records.size(); ++i) {
+      if (host_ranges[i].on_host) hashes[i] = xxh_future[i].get();
+      sums.add("data/" + std::to_string(i), records[i].size, hashes[i]);
+    }
+    hash_wait += since(w0);
   }
   writer.add(kChecksumRecord, sums.text());
   writer.add("version", std::string("3\n"));
   writer.finish();
-  sink.flush();
+  sink.finish();
+  stats.direct_io = sink.direct();
   stats.write_seconds = since(tw) - hash_wait;
   stats.hash_wait_seconds = hash_wait;
   int err = sink.error();
   const auto tf = Clock::now();
   if (!err && ::fsync(fd) != 0) err = errno;
   stats.fsync_seconds = since(tf);
+  const auto tr = Clock::now();
   if (::close(fd) != 0 && !err) err = errno;
   if (err) {
     ::unlink(tmp.c_str());
@@ -907,6 +870,7 @@ WriteStats write_checkpoint(const std::string& path, const Value& root) {
     throw CheckpointWriteError("renaming " + tmp + " to " + path + " failed: " + errno_text(e), e);
   }
   fsync_directory(dir.string());
+  stats.rename_seconds = since(tr);
   stats.bytes = sink.total();
   stats.seconds = since(t0);
   return stats;
@@ -969,6 +933,10 @@ std::unordered_map<std::string, std::pair<uint64_t, std::string>> parse_checksum
 }
 }  // namespace
 
+namespace {
+constexpr uint64_t kLargeRecord = 1u << 20;
+}  // namespace
+
 Value read_checkpoint(const std::string& path, const ReadOptions& options) {
   auto corrupt = [&](const std::string& why) {
     return CheckpointError("checkpoint " + path + " is not usable: " + why);
@@ -1015,6 +983,7 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
   struct PendingCheck {
     std::string name;
     std::future<bool> ok;
+    at::Tensor keep;  //!< the buffer being hashed, alive until the check is done (even if loading fails first)
   };
   std::vector<PendingCheck> pending;
   struct Drain {  // checks read buffers that must outlive them, on every path
@@ -1025,7 +994,7 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
       }
     }
   } drain{pending};
-  auto check = [&](const zip::Entry& e, const void* ptr) {
+  auto check = [&](const zip::Entry& e, const void* ptr, const at::Tensor& keep) {
     const size_t n = static_cast<size_t>(e.size);
     std::function<bool()> verify;
     if (has_checksums) {
@@ -1035,10 +1004,10 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
       verify = [ptr, n, want] { return hex(XXH3_64bits(ptr, n)) == want; };
     } else {
       const uint32_t want = e.crc;
-      verify = [ptr, n, want] { return zip::crc32_parallel(ptr, n, 1) == want; };
+      verify = [ptr, n, want] { return zip::crc32(ptr, n) == want; };
     }
     if (n >= (8u << 20)) {
-      pending.push_back({e.name, std::async(std::launch::async, verify)});
+      pending.push_back({e.name, std::async(std::launch::async, verify), keep});
     } else if (!verify()) {
       throw corrupt("checksum mismatch in record " + e.name);
     }
@@ -1054,14 +1023,28 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
     if (!e) throw corrupt("record " + name.substr(0, 80) + " is missing");
     return *e;
   };
+  // Large records go to huge-page memory of their own, read directly from the
+  // disk where possible (file_io.h); freshly allocated 4 KiB pages cost one
+  // page fault each, which dominated large loads on some VMs.
+  fileio::DirectReader direct(path, reader->fd(), options.direct_io && fileio::direct_io_enabled());
   auto read_bytes = [&](const zip::Entry& e) {
-    at::Tensor buf = at::empty({static_cast<int64_t>(e.size)}, at::TensorOptions().dtype(at::kByte));
-    try {
-      reader->read(e, buf.data_ptr());
-    } catch (const zip::ZipError& err) {
-      throw corrupt("record " + e.name + " cannot be read (" + err.what() + ")");
+    at::Tensor buf;
+    if (e.size >= kLargeRecord) {
+      auto memory = std::make_shared<fileio::HostMemory>();
+      size_t start = 0;
+      const std::string error = direct.read(e.data, static_cast<size_t>(e.size), memory.get(), &start);
+      if (!error.empty()) throw corrupt("record " + e.name + " cannot be read (" + error + ")");
+      buf = torch::from_blob(memory->data() + start, {static_cast<int64_t>(e.size)},
+                             [memory](void*) mutable { memory.reset(); }, at::TensorOptions().dtype(at::kByte));
+    } else {
+      buf = at::empty({static_cast<int64_t>(e.size)}, at::TensorOptions().dtype(at::kByte));
+      try {
+        reader->read(e, buf.data_ptr());
+      } catch (const zip::ZipError& err) {
+        throw corrupt("record " + e.name + " cannot be read (" + err.what() + ")");
+      }
     }
-    check(e, buf.data_ptr());
+    check(e, buf.data_ptr(), buf);
     return buf;
   };
 
@@ -1072,7 +1055,7 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
   } catch (const zip::ZipError& err) {
     throw corrupt(std::string("record data.pkl cannot be read (") + err.what() + ")");
   }
-  check(pkl_entry, pkl.data());
+  check(pkl_entry, pkl.data(), at::Tensor());  // (pkl outlives every check)
   std::unordered_set<std::string> loaded;
   StorageLoader loader = [&](const std::string& key, c10::ScalarType t, int64_t numel) {
     const zip::Entry& e = entry("data/" + key);

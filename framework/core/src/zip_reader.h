@@ -47,6 +47,8 @@ class ZipReader {
   ZipReader& operator=(const ZipReader&) = delete;
 
   uint64_t file_size() const { return file_size_; }
+  //! The open descriptor (for large reads done elsewhere; see file_io.h).
+  int fd() const { return fd_; }
   const std::vector<Entry>& entries() const { return entries_; }
   const Entry* find(const std::string& name) const;
 

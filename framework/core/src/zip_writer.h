@@ -6,8 +6,8 @@
 // writer emits the same layout — stored (uncompressed) entries named
 // `archive/<record>`, each record's data aligned to 64 bytes through an "FB"
 // padding extra field, zip64 fields where sizes or offsets pass 4 GiB — and
-// lets the caller supply CRCs computed elsewhere (zlib's crc32, on helper
-// threads, ahead of the writes). Readers (PyTorch's PyTorchStreamReader,
+// lets the caller supply CRCs computed elsewhere (ISA-L's CRC-32, on a
+// helper thread, ahead of the writes). Readers (PyTorch's PyTorchStreamReader,
 // Python's zipfile, torch.load) see an ordinary zip.
 //
 // Private to the checkpoint writer (not installed).
@@ -61,9 +61,9 @@ class ZipWriter {
   std::vector<Entry> entries_;
 };
 
-//! zlib's CRC-32 of `size` bytes, split into `pieces` ranges computed in
-//! parallel and joined with crc32_combine (pieces <= 1: one pass).
-uint32_t crc32_parallel(const void* data, size_t size, int pieces);
+//! The zip CRC-32 (zlib's crc32) of `size` bytes, computed with ISA-L;
+//! `crc` continues a previous piece's value (as zlib's first argument).
+uint32_t crc32(const void* data, size_t size, uint32_t crc = 0);
 
 }  // namespace zip
 }  // namespace cairn
