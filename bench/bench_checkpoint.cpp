@@ -3,7 +3,8 @@
 // bytes on the same disk (`dd if=/dev/zero bs=1M conv=fsync`; `cat` for reads)
 // measured in the same run.
 //
-//   ./build/bench_checkpoint [--dir DIR] [--big-layers N] [--repeats R]
+//   ./build/bench_checkpoint [--dir DIR] [--big-layers N] [--repeats R (0: skip the save/load table)]
+//                            [--steps S --every E --batch B] [--history-points P --history-saves K]
 #include <cairn/cairn.h>
 #include <cairn/callbacks.h>
 
@@ -249,72 +250,74 @@ int main(int argc, char** argv) {
   fs::create_directories(dir);
   cairn::set_threads(1);
   torch::manual_seed(0);
-  std::vector<Row> rows;
-  rows.push_back(measure("mlp", cairn::make_mlp({{1, 28, 28}, {256, 128}, 10, 0.1}), torch::randn({64, 1, 28, 28}),
-                         dir, repeats));
-  rows.push_back(measure("big", big_model(big_layers), torch::randn({2, 4096}), dir, repeats));
-  rows.push_back(measure("big-bg", big_model(big_layers), torch::randn({2, 4096}), dir, repeats, true));
-  std::printf("\n== checkpoint save/load vs the disk (%s), median of %d ==\n", dir.c_str(), repeats);
-  std::printf("%-6s %9s %9s %9s %9s %10s %9s %9s %9s %9s %10s\n", "model", "params(M)", "size(MB)", "save(s)", "MB/s",
-              "dd MB/s", "ratio", "vs direct", "load(s)", "cat(s)", "load/cat");
-  for (const auto& r : rows) {
-    std::printf("%-6s %9.1f %9.1f %9.3f %9.0f %10.0f %9.3f %9.3f %9.3f %9.3f %10.2f\n", r.name.c_str(), r.params_m,
-                r.mb, r.save_s, r.mb / r.save_s, r.mb / r.dd_s, r.dd_s / r.save_s, r.dd_direct_s / r.save_s, r.load_s,
-                r.cat_s, r.load_s / r.cat_s);
-  }
-  std::printf("(ratio = cairn write throughput / `dd bs=1M conv=fsync` throughput, the target's baseline; vs direct ="
-              " the same against `dd oflag=direct conv=fsync`; cairn also renames and fsyncs the directory, which dd"
-              " does not. big: write_checkpoint of the live state, assembly (%.3f s) included; big-bg: what the"
-              " Checkpoint callback's background thread writes, from its snapshot buffers; reads are %s)\n",
-              rows[1].assemble_s, rows[1].cold ? "cold (page cache dropped)" : "warm (cannot drop caches here)");
-
-  for (size_t k = 1; k < rows.size(); ++k) {
-    const Row& b = rows[k];
-    std::printf("%s: save runs (s):", b.name.c_str());
-    for (double d : b.save_all) std::printf(" %.3f", d);
-    std::printf("; dd conv=fsync runs (MB/s):");
-    for (double d : b.dd_all) std::printf(" %.0f", b.mb / d);
-    std::printf("; dd oflag=direct runs (MB/s):");
-    for (double d : b.dd_direct_all) std::printf(" %.0f", b.mb / d);
-    std::printf("\n  breakdown of the last save (%s): pickle+prepare %.3f s, waiting for hashes %.3f s,"
-                " staging+write(2) %.3f s, fsync %.3f s, close+rename+directory fsync %.3f s, total %.3f s\n",
-                b.last.direct_io ? "O_DIRECT" : "buffered", b.last.pickle_seconds, b.last.hash_wait_seconds,
-                b.last.write_seconds, b.last.fsync_seconds, b.last.rename_seconds, b.last.seconds);
-  }
-  {
-    // Hash rates over 256 MB in memory: what each pass costs on this CPU.
-    std::vector<unsigned char> buf(256u << 20, 7);
-    auto rate = [&](const std::function<void()>& f) {
-      const auto t = Clock::now();
-      f();
-      return static_cast<double>(buf.size()) / 1e6 / std::chrono::duration<double>(Clock::now() - t).count();
-    };
-    volatile uint64_t sink = 0;
-    const double isal_rate = rate([&] { sink = sink + cairn::zip::crc32(buf.data(), buf.size()); });
-    const double zlib_rate = rate([&] { sink = sink + ::crc32(0L, buf.data(), static_cast<uInt>(buf.size())); });
-    const double xxh_rate = rate([&] { sink = sink + XXH3_64bits(buf.data(), buf.size()); });
-    const double miniz_rate = rate([&] {
-      caffe2::serialize::PyTorchStreamWriter w([](const void*, size_t n) { return n; });  // CRC, no I/O
-      w.writeRecord("data/0", buf.data(), buf.size());
-      w.writeEndOfFile();
-    });
-    std::printf("in-memory rates (MB/s): zip CRC-32 (ISA-L, cairn) %.0f, zlib crc32 %.0f, XXH3-64 %.0f,"
-                " PyTorch's zip writer (miniz CRC) %.0f\n",
-                isal_rate, zlib_rate, xxh_rate, miniz_rate);
-  }
-
-  // Python's torch.save of the same big state, where installed.
-  const std::string py = std::string(CAIRN_PYTHON) + " " + CAIRN_BENCH_DIR + "/python_save.py " + dir + " " +
-                         std::to_string(big_layers) + " " + std::to_string(repeats) + " 2>/dev/null";
-  if (std::FILE* p = ::popen(py.c_str(), "r")) {
-    double secs = 0, size = 0;
-    if (std::fscanf(p, "%lf %lf", &secs, &size) == 2 && secs > 0) {
-      std::printf("Python torch.save of the same state (+fsync): %.3f s, %.0f MB/s; cairn/torch.save time %.3f\n", secs,
-                  size / 1e6 / secs, rows[1].save_s / secs);
-    } else {
-      std::printf("Python torch.save: not measured (no torch for %s)\n", CAIRN_PYTHON);
+  if (repeats > 0) {  // --repeats 0: only the training sections below
+    std::vector<Row> rows;
+    rows.push_back(measure("mlp", cairn::make_mlp({{1, 28, 28}, {256, 128}, 10, 0.1}), torch::randn({64, 1, 28, 28}),
+                           dir, repeats));
+    rows.push_back(measure("big", big_model(big_layers), torch::randn({2, 4096}), dir, repeats));
+    rows.push_back(measure("big-bg", big_model(big_layers), torch::randn({2, 4096}), dir, repeats, true));
+    std::printf("\n== checkpoint save/load vs the disk (%s), median of %d ==\n", dir.c_str(), repeats);
+    std::printf("%-6s %9s %9s %9s %9s %10s %9s %9s %9s %9s %10s\n", "model", "params(M)", "size(MB)", "save(s)", "MB/s",
+                "dd MB/s", "ratio", "vs direct", "load(s)", "cat(s)", "load/cat");
+    for (const auto& r : rows) {
+      std::printf("%-6s %9.1f %9.1f %9.3f %9.0f %10.0f %9.3f %9.3f %9.3f %9.3f %10.2f\n", r.name.c_str(), r.params_m,
+                  r.mb, r.save_s, r.mb / r.save_s, r.mb / r.dd_s, r.dd_s / r.save_s, r.dd_direct_s / r.save_s, r.load_s,
+                  r.cat_s, r.load_s / r.cat_s);
     }
-    ::pclose(p);
+    std::printf("(ratio = cairn write throughput / `dd bs=1M conv=fsync` throughput, the target's baseline; vs direct ="
+                " the same against `dd oflag=direct conv=fsync`; cairn also renames and fsyncs the directory, which dd"
+                " does not. big: write_checkpoint of the live state, assembly (%.3f s) included; big-bg: what the"
+                " Checkpoint callback's background thread writes, from its snapshot buffers; reads are %s)\n",
+                rows[1].assemble_s, rows[1].cold ? "cold (page cache dropped)" : "warm (cannot drop caches here)");
+
+    for (size_t k = 1; k < rows.size(); ++k) {
+      const Row& b = rows[k];
+      std::printf("%s: save runs (s):", b.name.c_str());
+      for (double d : b.save_all) std::printf(" %.3f", d);
+      std::printf("; dd conv=fsync runs (MB/s):");
+      for (double d : b.dd_all) std::printf(" %.0f", b.mb / d);
+      std::printf("; dd oflag=direct runs (MB/s):");
+      for (double d : b.dd_direct_all) std::printf(" %.0f", b.mb / d);
+      std::printf("\n  breakdown of the last save (%s): pickle+prepare %.3f s, waiting for hashes %.3f s,"
+                  " staging+write(2) %.3f s, fsync %.3f s, close+rename+directory fsync %.3f s, total %.3f s\n",
+                  b.last.direct_io ? "O_DIRECT" : "buffered", b.last.pickle_seconds, b.last.hash_wait_seconds,
+                  b.last.write_seconds, b.last.fsync_seconds, b.last.rename_seconds, b.last.seconds);
+    }
+    {
+      // Hash rates over 256 MB in memory: what each pass costs on this CPU.
+      std::vector<unsigned char> buf(256u << 20, 7);
+      auto rate = [&](const std::function<void()>& f) {
+        const auto t = Clock::now();
+        f();
+        return static_cast<double>(buf.size()) / 1e6 / std::chrono::duration<double>(Clock::now() - t).count();
+      };
+      volatile uint64_t sink = 0;
+      const double isal_rate = rate([&] { sink = sink + cairn::zip::crc32(buf.data(), buf.size()); });
+      const double zlib_rate = rate([&] { sink = sink + ::crc32(0L, buf.data(), static_cast<uInt>(buf.size())); });
+      const double xxh_rate = rate([&] { sink = sink + XXH3_64bits(buf.data(), buf.size()); });
+      const double miniz_rate = rate([&] {
+        caffe2::serialize::PyTorchStreamWriter w([](const void*, size_t n) { return n; });  // CRC, no I/O
+        w.writeRecord("data/0", buf.data(), buf.size());
+        w.writeEndOfFile();
+      });
+      std::printf("in-memory rates (MB/s): zip CRC-32 (ISA-L, cairn) %.0f, zlib crc32 %.0f, XXH3-64 %.0f,"
+                  " PyTorch's zip writer (miniz CRC) %.0f\n",
+                  isal_rate, zlib_rate, xxh_rate, miniz_rate);
+    }
+
+    // Python's torch.save of the same big state, where installed.
+    const std::string py = std::string(CAIRN_PYTHON) + " " + CAIRN_BENCH_DIR + "/python_save.py " + dir + " " +
+                           std::to_string(big_layers) + " " + std::to_string(repeats) + " 2>/dev/null";
+    if (std::FILE* p = ::popen(py.c_str(), "r")) {
+      double secs = 0, size = 0;
+      if (std::fscanf(p, "%lf %lf", &secs, &size) == 2 && secs > 0) {
+        std::printf("Python torch.save of the same state (+fsync): %.3f s, %.0f MB/s; cairn/torch.save time %.3f\n", secs,
+                    size / 1e6 / secs, rows[1].save_s / secs);
+      } else {
+        std::printf("Python torch.save: not measured (no torch for %s)\n", CAIRN_PYTHON);
+      }
+      ::pclose(p);
+    }
   }
 
   if (steps > 0) {
