@@ -772,9 +772,9 @@ WriteStats write_checkpoint(const std::string& path, const Value& root, const Wr
     xxh_future.push_back(xxh_promise[i].get_future());
   }
   std::atomic<bool> cancel{false};
-  std::thread hash_thread([&] {
+  auto hash_records = [&](size_t first, size_t stride) {
     XXH3_state_t state;
-    for (size_t i = 0; i < host_ranges.size(); ++i) {
+    for (size_t i = first; i < host_ranges.size(); i += stride) {
       const HostRange& h = host_ranges[i];
       uint32_t crc = 0;
       uint64_t xxh = 0;
@@ -792,15 +792,19 @@ WriteStats write_checkpoint(const std::string& path, const Value& root, const Wr
       crc_promise[i].set_value(crc);
       xxh_promise[i].set_value(xxh);
     }
-  });
-  struct Join {  // the helper reads the tensors: it finishes before anything is freed
-    std::thread& t;
+  };
+  std::thread hash_even(hash_records, 0, 2);
+  std::thread hash_odd(hash_records, 1, 2);
+  struct Join {  // the helpers read the tensors: they finish before anything is freed
+    std::thread& a;
+    std::thread& b;
     std::atomic<bool>& cancel;
     ~Join() {
       cancel = true;
-      t.join();
+      a.join();
+      b.join();
     }
-  } join{hash_thread, cancel};
+  } join{hash_even, hash_odd, cancel};
 
   fileio::FileSink sink(fd, direct, options.direct_io_block);
   double hash_wait = 0;
