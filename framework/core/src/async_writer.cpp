@@ -46,6 +46,9 @@ std::vector<StateSnapshot::Slot> StateSnapshot::layout(const Value& v) {
 }
 
 namespace {
+//! CPU buffers from this size up get huge-page memory, already populated.
+constexpr size_t kHugeBuffer = 1u << 20;
+
 //! A host buffer for one tensor. Large CPU ones get huge-page memory of their
 //! own (file_io.h): the writer thread reads every byte of them again (hashes,
 //! staging), and 4 KiB pages made that read cost up to 0.15 s per 64 MB on a
@@ -56,8 +59,8 @@ at::Tensor host_buffer(const StateSnapshot::Slot& slot) {
   for (int64_t s : slot.sizes) numel *= s;
   const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(slot.dtype);
   if (slot.cuda) return at::empty(slot.sizes, options.pinned_memory(true));
-  if (bytes < (1u << 20)) return at::empty(slot.sizes, options);
-  auto memory = std::make_shared<fileio::HostMemory>(bytes, true);
+  if (bytes < kHugeBuffer) return at::empty(slot.sizes, options);
+  auto memory = std::make_shared<fileio::HostMemory>(bytes);
   void* data = memory->data();
   return torch::from_blob(data, slot.sizes, [memory](void*) mutable { memory.reset(); }, options);
 }
@@ -76,7 +79,8 @@ at::Tensor& StateSnapshot::buffer_for(size_t index, const Slot& slot) {
 void StateSnapshot::reserve(const std::vector<Slot>& slots) {
   for (size_t i = 0; i < slots.size(); ++i) {
     at::Tensor& buf = buffer_for(i, slots[i]);
-    if (!slots[i].cuda) buf.zero_();  // fault the pages in now (pinned and huge-page memory already is)
+    // Fault the pages in now (pinned and huge-page memory already is).
+    if (!slots[i].cuda && static_cast<size_t>(buf.numel()) * buf.element_size() < kHugeBuffer) buf.zero_();
   }
 }
 

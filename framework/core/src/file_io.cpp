@@ -22,7 +22,7 @@ size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 }  // namespace
 
 // ---------------------------------------------------------------------------
-HostMemory::HostMemory(size_t size, bool populate) {
+HostMemory::HostMemory(size_t size) {
   if (size == 0) return;
   // Over-map by one huge page and trim, so that the data starts on a 2 MiB
   // boundary and the kernel can back it with huge pages from the first byte.
@@ -41,7 +41,7 @@ HostMemory::HostMemory(size_t size, bool populate) {
   data_ = static_cast<char*>(base_);
   size_ = size;
   ::madvise(base_, mapped_, MADV_HUGEPAGE);  // advice only: ignored where THP is off
-  if (populate) ::madvise(base_, mapped_, MADV_POPULATE_WRITE);
+  ::madvise(base_, mapped_, MADV_POPULATE_WRITE);
 }
 
 HostMemory::~HostMemory() { reset(); }
@@ -91,7 +91,7 @@ int open_for_write(const std::string& path, bool direct, bool* is_direct) {
 FileSink::FileSink(int fd, bool direct, size_t block) : fd_(fd), direct_(direct), block_(block) {
   if (direct_) {
     try {
-      stage_ = HostMemory(kStage, true);
+      stage_ = HostMemory(kStage);
     } catch (const std::bad_alloc&) {
       to_buffered();
     }
@@ -228,7 +228,7 @@ std::string DirectReader::read(uint64_t offset, size_t length, HostMemory* out, 
     direct_fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
   }
   if (direct_fd_ < 0) {
-    *out = HostMemory(length, true);
+    *out = HostMemory(length);
     *start = 0;
     return buffered(out->data(), length, offset);
   }
@@ -236,7 +236,7 @@ std::string DirectReader::read(uint64_t offset, size_t length, HostMemory* out, 
   const uint64_t first = offset / block_ * block_;
   const uint64_t end = offset + length;
   const size_t span = round_up(static_cast<size_t>(end - first), block_);
-  *out = HostMemory(span, true);
+  *out = HostMemory(span);
   *start = static_cast<size_t>(offset - first);
   size_t got = 0;
   const size_t need = static_cast<size_t>(end - first);

@@ -21,13 +21,13 @@ namespace cairn {
 namespace fileio {
 
 //! Anonymous memory for large buffers: aligned to 2 MiB, transparent huge
-//! pages advised, optionally populated up front (one call instead of a fault
-//! per page). Move-only; unmapped on destruction.
+//! pages advised, populated up front (one call instead of a fault per page).
+//! Move-only; unmapped on destruction.
 class HostMemory {
  public:
   HostMemory() = default;
   //! Throws std::bad_alloc when the mapping fails.
-  HostMemory(size_t size, bool populate);
+  explicit HostMemory(size_t size);
   ~HostMemory();
   HostMemory(HostMemory&& other) noexcept;
   HostMemory& operator=(HostMemory&& other) noexcept;
@@ -115,7 +115,6 @@ class DirectReader {
   DirectReader& operator=(const DirectReader&) = delete;
 
   std::string read(uint64_t offset, size_t length, HostMemory* out, size_t* start);
-  bool used_direct() const { return direct_fd_ >= 0; }
 
  private:
   std::string buffered(char* out, size_t n, uint64_t offset) const;
