@@ -309,11 +309,15 @@ void check_config_drift(Loop& loop, const Value& saved, const Value& current, co
   }
 }
 
-int launch(const Args& a) {
+int launch(const Args& a, const ExperimentSpec& spec) {
   if (DistEnv::from_environment().distributed()) {
     throw UsageError("--nproc starts the processes of a job itself; this process is already rank " +
                      std::to_string(DistEnv::from_environment().rank) + " of one (RANK/WORLD_SIZE are set)");
   }
+  // Checked before any worker starts: NCCL wants a GPU per local rank.
+  DistEnv job;
+  job.world_size = job.local_world_size = a.nproc;
+  choose_backend(spec.trainer.dist_backend(), resolve_device(spec.trainer.device()), job);
   LaunchOptions o;
   o.nproc = a.nproc;
   o.max_restarts = a.max_restarts;
@@ -337,7 +341,7 @@ int cmd_fit(const Args& a) {
   if (a.config.empty()) throw UsageError("fit needs --config FILE");
   if (a.resume.empty()) throw UsageError("--resume needs auto, never or a checkpoint path");
   ExperimentSpec spec = parse_experiment(a.config, a.sets);
-  if (a.nproc > 1) return launch(a);
+  if (a.nproc > 1) return launch(a, spec);
   const std::string run_dir = a.run_dir.empty() ? spec.run_dir : a.run_dir;
   const DistEnv env = DistEnv::from_environment();
   const bool rank0 = env.rank == 0;
@@ -349,7 +353,7 @@ int cmd_fit(const Args& a) {
   if (env.distributed()) {
     group = ProcessGroup::join(
         env, std::chrono::milliseconds(static_cast<int64_t>(spec.trainer.dist_timeout() * 1000)),
-        spec.trainer.dist_backend());
+        spec.trainer.dist_backend(), device_for_rank(resolve_device(spec.trainer.device()), env));
   }
   std::unique_ptr<Trainer> trainer = build_trainer(spec, run_dir, group);
   if (group) trainer->loop().set_process_group(group);

@@ -4,6 +4,7 @@
 #include "cairn/distributed.h"
 #include "cairn/loop.h"
 #include "cairn/schedulers.h"
+#include "cairn/trainer.h"
 
 #include <torch/torch.h>
 #include <yaml-cpp/yaml.h>
@@ -95,11 +96,28 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
     // (`cairn fit --nproc N`, torchrun, srun).
     ConfigNode dist = top.get_map("distributed");
     spec.trainer.dist_backend(dist.get_choice("backend", std::string("auto"), {"auto", "gloo", "nccl"}));
-#ifndef USE_C10D_NCCL
     if (spec.trainer.dist_backend() == "nccl") {
-      dist.fail("backend", "this LibTorch build has no NCCL; use gloo (or auto), which also carries CUDA tensors");
+      // Refused here, with the key's place in the file, when this build or
+      // machine cannot have it (the count of GPUs per local rank is checked
+      // again where the processes are known: cairn fit --nproc, and join).
+      torch::Device device(torch::kCPU);
+      try {
+        device = resolve_device(spec.trainer.device());
+      } catch (const std::invalid_argument&) {
+        // trainer.device itself is reported where it is used.
+      }
+      DistEnv env;
+      try {
+        env = DistEnv::from_environment();
+      } catch (const DistributedError&) {
+        // A malformed environment is reported when the job starts.
+      }
+      try {
+        choose_backend("nccl", device, env);
+      } catch (const std::invalid_argument& e) {
+        dist.fail("backend", e.what());
+      }
     }
-#endif
     spec.trainer.dist_timeout(dist.get_double("timeout", 300.0, 0.1));
     spec.trainer.bucket_cap_mb(dist.get_double("bucket_cap_mb", 25.0, 0.001));
     dist.finish();

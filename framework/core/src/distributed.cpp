@@ -1,8 +1,9 @@
 #include "cairn/distributed.h"
 
+#include "c10d/group.h"
+
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>
 #include <torch/torch.h>
@@ -63,6 +64,11 @@ DistEnv DistEnv::from(const std::map<std::string, std::string>& env) {
                            std::to_string(d.world_size));
   }
   d.local_rank = has(local_key) ? parse_int(env, local_key, 0) : d.rank;
+  const char* local_size_key = d.source == "slurm" ? "SLURM_NTASKS_PER_NODE" : "LOCAL_WORLD_SIZE";
+  // SLURM writes e.g. "2(x3)" for uneven layouts: only a plain count is used.
+  if (has(local_size_key) && env.at(local_size_key).find_first_not_of("0123456789") == std::string::npos) {
+    d.local_world_size = parse_int(env, local_size_key, 1);
+  }
   if (d.world_size > 1) {
     if (!has("MASTER_ADDR") || !has("MASTER_PORT")) {
       throw DistributedError(std::string("a job of ") + std::to_string(d.world_size) + " processes (" + size_key +
@@ -89,6 +95,7 @@ DistEnv DistEnv::from_environment() {
 struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  std::string backend = "gloo";
   DistEnv env;
   std::chrono::milliseconds timeout{0};
 
@@ -108,16 +115,58 @@ struct ProcessGroup::Impl {
 ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ProcessGroup::~ProcessGroup() = default;
 
-std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, std::chrono::milliseconds timeout,
-                                                 const std::string& backend) {
-  if (backend != "auto" && backend != "gloo") {
-    throw DistributedError("backend '" + backend + "': this LibTorch build " +
-                           (backend == "nccl" ? std::string("has no NCCL (c10d's ProcessGroupNCCL)") : "does not know it") +
-                           "; use gloo (or auto), which also carries CUDA tensors");
+std::vector<std::string> available_backends() { return c10d_group::backends(); }
+
+namespace {
+std::string join_names(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& s : v) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+}  // namespace
+
+std::string choose_backend(const std::string& requested, const c10::Device& device, const DistEnv& env) {
+  const std::vector<std::string> have = available_backends();
+  const bool nccl_here = std::find(have.begin(), have.end(), "nccl") != have.end();
+  const int gpus = static_cast<int>(torch::cuda::device_count());
+  const int local = std::max(env.local_world_size, env.local_rank + 1);
+  if (requested == "gloo") return "gloo";
+  // NCCL where it can run: a CUDA model, and a GPU for every local rank
+  // (else Gloo, whose ranks may share one).
+  if (requested == "auto") return device.is_cuda() && nccl_here && local <= gpus ? "nccl" : "gloo";
+  if (requested != "nccl") {
+    throw std::invalid_argument("distributed backend must be auto, gloo or nccl, got '" + requested + "'");
   }
+  if (!nccl_here) {
+    throw std::invalid_argument("distributed backend nccl: this LibTorch build has no NCCL (c10d's ProcessGroupNCCL); "
+                                "the backends this build has: " + join_names(have) +
+                                " (gloo, or auto, also carries CUDA tensors)");
+  }
+  if (!device.is_cuda()) {
+    throw std::invalid_argument("distributed backend nccl carries CUDA tensors only, and this job trains on " +
+                                device.str() + (torch::cuda::is_available() ? "" : " (this machine has no CUDA)") +
+                                "; use gloo or auto");
+  }
+  if (local > gpus) {
+    throw std::invalid_argument("distributed backend nccl needs one GPU per local rank: " + std::to_string(local) +
+                                " local ranks, " + std::to_string(gpus) +
+                                " GPUs on this machine; use fewer processes, or gloo (whose ranks may share a GPU)");
+  }
+  return "nccl";
+}
+
+c10::Device device_for_rank(const c10::Device& resolved, const DistEnv& env) {
+  if (!resolved.is_cuda() || !env.distributed()) return resolved;
+  const int64_t gpus = std::max<int64_t>(1, torch::cuda::device_count());
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank % gpus));
+}
+
+std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, std::chrono::milliseconds timeout,
+                                                 const std::string& backend, const c10::Device& device) {
   auto impl = std::make_unique<Impl>();
   impl->env = env;
   impl->timeout = timeout;
+  impl->backend = choose_backend(backend, device, env);
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
   try {
     c10d::TCPStoreOptions so;
@@ -127,13 +176,15 @@ std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, std::chrono
     so.waitWorkers = true;
     so.timeout = timeout;
     impl->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
-    auto opts = c10d::ProcessGroupGloo::Options::create();
-    // One machine: loopback. Several: the interface Gloo picks for this host's name.
-    const bool local = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
-    opts->devices.push_back(local ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                  : c10d::ProcessGroupGloo::createDefaultDevice());
-    opts->timeout = timeout;
-    impl->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl->store, env.rank, env.world_size, opts);
+    c10d_group::Spec spec;
+    spec.store = impl->store;
+    spec.rank = env.rank;
+    spec.size = env.world_size;
+    spec.timeout = timeout;
+    spec.loopback = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
+    spec.nccl = impl->backend == "nccl";
+    spec.cuda_device = device.is_cuda() && device.has_index() ? device.index() : 0;
+    impl->pg = c10d_group::make(spec);
   } catch (const std::exception& e) {
     throw DistributedError("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
                            " could not join the process group at " + where + " within " +
@@ -142,6 +193,8 @@ std::shared_ptr<ProcessGroup> ProcessGroup::join(const DistEnv& env, std::chrono
   }
   return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
 }
+
+const std::string& ProcessGroup::backend() const { return impl_->backend; }
 
 int ProcessGroup::rank() const { return impl_->env.rank; }
 int ProcessGroup::size() const { return impl_->env.world_size; }

@@ -123,18 +123,12 @@ void Trainer::configure_optimizers() {
 void Trainer::setup() {
   if (!model_) throw std::logic_error("Trainer has no model: call set_model() first");
   set_threads(options_.threads());
-  if (!group_) {
-    const DistEnv env = DistEnv::from_environment();
-    if (env.distributed()) {
-      group_ = ProcessGroup::join(env, std::chrono::milliseconds(static_cast<int64_t>(options_.dist_timeout() * 1000)),
-                                  options_.dist_backend());
-    }
-  }
-  device_ = resolve_device(options_.device());
-  if (group_ && device_.is_cuda()) {
-    // One GPU per process: LOCAL_RANK picks it.
-    const int local = DistEnv::from_environment().local_rank;
-    device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local % std::max<int64_t>(1, torch::cuda::device_count())));
+  const DistEnv env = DistEnv::from_environment();
+  // In a job, LOCAL_RANK picks this process's GPU (see device_for_rank).
+  device_ = device_for_rank(resolve_device(options_.device()), env);
+  if (!group_ && env.distributed()) {
+    group_ = ProcessGroup::join(env, std::chrono::milliseconds(static_cast<int64_t>(options_.dist_timeout() * 1000)),
+                                options_.dist_backend(), device_);
   }
   data().setup();
   model_.module->to(device_);

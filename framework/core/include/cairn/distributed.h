@@ -46,6 +46,7 @@ struct DistEnv {
   int rank = 0;
   int world_size = 1;
   int local_rank = 0;
+  int local_world_size = 0;  //!< processes on this machine (LOCAL_WORLD_SIZE, SLURM_NTASKS_PER_NODE); 0: not said
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   std::string source = "none";  //!< "torchrun", "slurm" or "none" (one process)
@@ -61,21 +62,42 @@ struct DistEnv {
   static DistEnv from(const std::map<std::string, std::string>& env);
 };
 
-//! A c10d process group (Gloo, CPU tensors) over a TCPStore hosted by rank 0.
+//! The backends this build of cairn can use: "gloo" always, "nccl" where the
+//! LibTorch has c10d's ProcessGroupNCCL (PyPI's CUDA wheel; not Debian's).
+std::vector<std::string> available_backends();
+
+//! The backend a job on `device` uses: "gloo" or "nccl". `requested` is
+//! "auto" (NCCL for a CUDA device where this build has it and every local
+//! rank has a GPU of its own, else Gloo),
+//! "gloo" (CPU and CUDA tensors; several ranks may share a GPU) or "nccl"
+//! (CUDA only, one GPU per local rank). A request that cannot be met here is
+//! a std::invalid_argument (a config error, exit 2) that names the backends
+//! this build has, or the counts of local ranks and GPUs.
+std::string choose_backend(const std::string& requested, const c10::Device& device, const DistEnv& env);
+
+//! This rank's device when the job trains on `resolved` (cpu, or cuda):
+//! CUDA ranks take GPU local_rank modulo the GPUs present (under Gloo, ranks
+//! may share one; NCCL is refused by choose_backend when they would).
+c10::Device device_for_rank(const c10::Device& resolved, const DistEnv& env);
+
+//! A c10d process group over a TCPStore hosted by rank 0: Gloo for CPU
+//! tensors, and NCCL or Gloo for CUDA tensors.
 class ProcessGroup {
  public:
   //! Joins the group described by `env`; waits at most `timeout` for the
   //! others, and every later collective also fails after `timeout`.
-  //! `backend`: "auto" or "gloo" (Gloo works for CPU and CUDA tensors);
-  //! "nccl" needs a LibTorch built with NCCL, which Debian's is not: there it
-  //! is a DistributedError saying so.
+  //! `backend` and `device` as for choose_backend() (`device`: where this
+  //! rank's model lives; NCCL binds to it).
   static std::shared_ptr<ProcessGroup> join(const DistEnv& env,
                                             std::chrono::milliseconds timeout = std::chrono::minutes(5),
-                                            const std::string& backend = "auto");
+                                            const std::string& backend = "auto",
+                                            const c10::Device& device = c10::Device(c10::kCPU));
   ~ProcessGroup();
 
   int rank() const;
   int size() const;
+  //! "gloo" or "nccl": what carries CUDA tensors (CPU tensors always use Gloo).
+  const std::string& backend() const;
   //! Sums each tensor over all ranks, in place.
   void allreduce_sum(std::vector<at::Tensor>& tensors);
   //! Copies `root`'s tensors into every rank's, in place.

@@ -58,7 +58,8 @@ struct TrainerOptions {
   // --- more than one process (when the environment names a job: RANK,
   // WORLD_SIZE, MASTER_ADDR, MASTER_PORT as set by `cairn fit --nproc`,
   // torchrun or srun; see distributed.h) ---
-  //! "auto" (Gloo in this build), "gloo" or "nccl" (builds with NCCL only).
+  //! "auto" (NCCL for a CUDA model where this build has it, else Gloo),
+  //! "gloo" or "nccl" (CUDA builds with NCCL only; see choose_backend()).
   TORCH_ARG(std::string, dist_backend) = "auto";
   //! Seconds to wait for the other processes, at start and in every collective.
   TORCH_ARG(double, dist_timeout) = 300.0;
