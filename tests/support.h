@@ -2,7 +2,7 @@
 #pragma once
 
 #include <cairn/cairn.h>
-#include <doctest/doctest.h>
+#include "doctest_torch.h"
 
 #include <chrono>
 #include <csignal>

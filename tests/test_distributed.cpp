@@ -83,6 +83,67 @@ TEST_CASE("the process-group environment: torchrun's and SLURM's variables, erro
   CHECK(error({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "70000"}}).find("not a TCP port") != std::string::npos);
 }
 
+TEST_CASE("the backends this build has: NCCL exactly where LibTorch has it; auto picks NCCL for CUDA models only") {
+  const std::vector<std::string> have = cairn::available_backends();
+  REQUIRE(!have.empty());
+  CHECK(have.front() == "gloo");
+  // CMake saw ProcessGroupNCCL in this LibTorch (PyPI's CUDA wheel) or not
+  // (Debian's): the build compiled and linked the NCCL backend accordingly.
+  const bool nccl = std::find(have.begin(), have.end(), "nccl") != have.end();
+  CHECK(nccl == bool(CAIRN_TORCH_HAS_NCCL));
+  const cairn::DistEnv env;
+  const c10::Device cpu(c10::kCPU), cuda(c10::kCUDA, 0);
+  CHECK(cairn::choose_backend("auto", cpu, env) == "gloo");
+  const bool gpu = torch::cuda::device_count() >= 1;
+  CHECK(cairn::choose_backend("auto", cuda, env) == (nccl && gpu ? "nccl" : "gloo"));
+  // More local ranks than GPUs: auto falls back to Gloo (ranks share GPUs).
+  cairn::DistEnv crowded;
+  crowded.world_size = crowded.local_world_size = static_cast<int>(torch::cuda::device_count()) + 1;
+  CHECK(cairn::choose_backend("auto", cuda, crowded) == "gloo");
+  CHECK(cairn::choose_backend("gloo", cuda, env) == "gloo");
+
+  auto refusal = [](const std::string& backend, const c10::Device& device, const cairn::DistEnv& e) {
+    try {
+      cairn::choose_backend(backend, device, e);
+    } catch (const std::invalid_argument& x) {
+      return std::string(x.what());
+    }
+    return std::string();
+  };
+  CHECK(refusal("mpi", cpu, env).find("must be auto, gloo or nccl, got 'mpi'") != std::string::npos);
+  if (!nccl) {
+    const std::string why = refusal("nccl", cuda, env);
+    CHECK_MESSAGE(why.find("this LibTorch build has no NCCL") != std::string::npos, why);
+    CHECK_MESSAGE(why.find("the backends this build has: gloo") != std::string::npos, why);
+  } else {
+    CHECK(refusal("nccl", cpu, env).find("carries CUDA tensors only, and this job trains on cpu") != std::string::npos);
+    // Four local ranks need four GPUs: the refusal names both counts.
+    cairn::DistEnv four;
+    four.world_size = four.local_world_size = 4;
+    const int gpus = static_cast<int>(torch::cuda::device_count());
+    if (gpus < 4) {
+      const std::string why = refusal("nccl", cuda, four);
+      CHECK_MESSAGE(why.find("one GPU per local rank: 4 local ranks, " + std::to_string(gpus) + " GPUs") !=
+                        std::string::npos,
+                    why);
+    }
+  }
+  // LOCAL_WORLD_SIZE (torchrun) and SLURM_NTASKS_PER_NODE give the local count.
+  CHECK(cairn::DistEnv::from({{"RANK", "1"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
+                              {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}})
+            .local_world_size == 2);
+  CHECK(cairn::DistEnv::from({{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "8"}, {"SLURM_NTASKS_PER_NODE", "4"},
+                              {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}})
+            .local_world_size == 4);
+  // Gloo ranks may share a GPU: local ranks wrap around the GPUs present.
+  cairn::DistEnv third;
+  third.world_size = 3;
+  third.local_rank = 2;
+  CHECK(cairn::device_for_rank(cpu, third).is_cpu());
+  CHECK(cairn::device_for_rank(cuda, third).index() ==
+        static_cast<c10::DeviceIndex>(2 % std::max<int64_t>(1, torch::cuda::device_count())));
+}
+
 TEST_CASE("2 processes with batch b end with the weights of 1 process with batch 2b, with and without accumulation") {
   test::TempDir dir("dist_equal");
   auto one = test::run({CAIRN_EXAMPLE_DATA_PARALLEL, dir / "one.ckpt", "3", "32"});
@@ -344,6 +405,29 @@ TEST_CASE("a 2-process run survives SIGKILL of either worker (--max-restarts) an
   CHECK(resumed.output.find("resumed from") != std::string::npos);
   const cairn::Value term_cmp = test::comparable(last_checkpoint(term));
   CHECK_MESSAGE(expected.first_difference(term_cmp) == "", expected.first_difference(term_cmp));
+}
+
+TEST_CASE("distributed.backend nccl where it cannot run is a config error (exit 2) naming the backends this build has") {
+  test::TempDir dir("dist_nccl");
+  std::string cfg = dist_config(dir / "run", 16, false);
+  const auto at = cfg.find("distributed: {");
+  REQUIRE(at != std::string::npos);
+  cfg.insert(at + std::string("distributed: {").size(), "backend: nccl, ");
+  test::write_file(dir / "n.yaml", cfg);
+  for (const std::vector<std::string>& extra : {std::vector<std::string>{}, {"--nproc", "2"}}) {
+    std::vector<std::string> args{"fit", "--config", dir / "n.yaml"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = test::cairn_cli(args);
+    if (torch::cuda::is_available()) break;  // a GPU machine may run it: test_cuda covers that
+    CHECK_MESSAGE(r.exit_code == 2, r.output);
+    CHECK_MESSAGE(r.output.find("distributed.backend") != std::string::npos, r.output);
+    if (CAIRN_TORCH_HAS_NCCL) {
+      CHECK_MESSAGE(r.output.find("this machine has no CUDA") != std::string::npos, r.output);
+    } else {
+      CHECK_MESSAGE(r.output.find("the backends this build has: gloo") != std::string::npos, r.output);
+    }
+    CHECK(!test::fs::exists(dir / "run/checkpoints"));
+  }
 }
 
 TEST_CASE("cairn fit in a job whose peer never arrives exits 6 within distributed.timeout; a bad config is not restarted") {

@@ -3,9 +3,10 @@
 # into a prefix, builds tests/consumer against the installed CMake package
 # with the same compiler and flags, runs it (fresh, then resumed), and
 # configures tests/consumer/subproject to check cairn as an add_subdirectory.
-#   run.sh BUILD_DIR SOURCE_DIR CXX "CXX_FLAGS" WORK_DIR
+#   run.sh BUILD_DIR SOURCE_DIR CXX "CXX_FLAGS" WORK_DIR ["PREFIX_PATH"]
+# PREFIX_PATH: the build's CMAKE_PREFIX_PATH (where its LibTorch was found).
 set -euo pipefail
-build=$1 src=$2 cxx=$3 flags=$4 work=$5
+build=$1 src=$2 cxx=$3 flags=$4 work=$5 torch_prefix=${6:-}
 rm -rf "$work"
 mkdir -p "$work"
 prefix=$work/prefix
@@ -22,7 +23,7 @@ if find "$prefix/include" -name pch.h | grep -q .; then echo "FAIL: the precompi
 
 echo "== configure and build the consumer against the installed package"
 cmake -S "$src/tests/consumer" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=None \
-  -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_PREFIX_PATH="$prefix" > "$work/configure.log"
+  -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_PREFIX_PATH="$prefix${torch_prefix:+;$torch_prefix}" > "$work/configure.log"
 cmake --build "$work/build" > "$work/build.log" || { cat "$work/build.log"; exit 1; }
 
 echo "== run: paused after 2 epochs, then resumed (early stopping ends it before 30)"
@@ -37,6 +38,6 @@ awk '/^valid\/acc/ { exit !($2 > 0.8) }' "$work/run2.log" || { echo "FAIL: the r
 
 echo "== cairn as a subproject (configure only)"
 cmake -S "$src/tests/consumer/subproject" -B "$work/sub" -G Ninja -DCAIRN_SOURCE="$src" \
-  -DCMAKE_CXX_COMPILER="$cxx" > "$work/sub.log" || { cat "$work/sub.log"; exit 1; }
+  -DCMAKE_CXX_COMPILER="$cxx" ${torch_prefix:+-DCMAKE_PREFIX_PATH="$torch_prefix"} > "$work/sub.log" || { cat "$work/sub.log"; exit 1; }
 grep "cairn subproject" "$work/sub.log"
 echo "consumer project: OK"

@@ -9,7 +9,7 @@ usage: read_checkpoint.py CKPT
    nothing else, so every other check is the real 1.13 code path.
 3. Plain torch.load(path) (the default of torch < 2.6).
 4. The Lightning-like top-level keys, their types, and that a torch.optim
-   optimizer and nn.Module accept the saved state.
+   optimizer accepts the saved state and takes a step from it.
 Prints OK and a JSON summary on success; exits 1 with the reason otherwise.
 """
 import io
@@ -175,6 +175,22 @@ for opt_state in ckpt["optimizer_states"]:
         opt.load_state_dict(clean)
         if opt.param_groups[0]["lr"] != opt_state["param_groups"][0]["lr"]:
             fail("torch.optim did not take the saved lr")
+        # ... and steps from it: a training job continued in Python (at a
+        # nonzero lr: a finished cosine schedule saves lr 0).
+        for group in opt.param_groups:
+            group["lr"] = 0.01
+        before = [p.detach().clone() for p in params]
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        if not any(not torch.equal(b, p.detach()) for b, p in zip(before, params)):
+            fail("a torch.optim step from the loaded state changed no parameter")
+        for group in opt.param_groups:
+            for p in group["params"]:
+                st = opt.state.get(p, {})
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                        fail("optimizer state %s has shape %s for a parameter of %s" % (k, v.shape, p.shape))
 
 summary = {
     "torch": torch.__version__,
