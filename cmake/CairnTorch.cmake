@@ -28,7 +28,18 @@ if(CAIRN_TORCH_VERSION VERSION_LESS 1.13)
                       "torch.utils.cmake_prefix_path)")
 endif()
 string(REGEX MATCH "^[0-9]+" CAIRN_TORCH_MAJOR "${CAIRN_TORCH_VERSION}")
-get_filename_component(CAIRN_TORCH_PREFIX "${Torch_DIR}/../../.." ABSOLUTE)
+# TorchConfig.cmake sets TORCH_INSTALL_PREFIX: /usr for Debian's package,
+# <site-packages>/torch for the wheel.
+if(TORCH_INSTALL_PREFIX)
+  set(CAIRN_TORCH_PREFIX "${TORCH_INSTALL_PREFIX}")
+else()
+  get_filename_component(CAIRN_TORCH_PREFIX "${Torch_DIR}/../../.." ABSOLUTE)
+endif()
+if(TORCH_INCLUDE_DIRS)
+  list(GET TORCH_INCLUDE_DIRS 0 cairn_torch_include)
+else()
+  set(cairn_torch_include "${CAIRN_TORCH_PREFIX}/include")
+endif()
 
 # TorchConfig.cmake adds libc10 with find_library(... PATHS <prefix>/lib), which
 # searches the system first: with Debian's libtorch-dev installed beside a pip
@@ -44,7 +55,7 @@ if(c10_LIBRARY AND NOT c10_LIBRARY MATCHES "^${CAIRN_TORCH_PREFIX}/")
 endif()
 
 # Distributed training needs c10d (USE_DISTRIBUTED) with its Gloo backend.
-set(cairn_c10d_dir "${CAIRN_TORCH_PREFIX}/include/torch/csrc/distributed/c10d")
+set(cairn_c10d_dir "${cairn_torch_include}/torch/csrc/distributed/c10d")
 if(NOT EXISTS "${cairn_c10d_dir}/ProcessGroupGloo.hpp" OR NOT EXISTS "${cairn_c10d_dir}/TCPStore.hpp")
   message(FATAL_ERROR "cairn: the LibTorch at ${CAIRN_TORCH_PREFIX} was built without c10d "
                       "(no torch/csrc/distributed/c10d/ProcessGroupGloo.hpp). cairn's data parallelism needs a "
@@ -56,8 +67,8 @@ endif()
 # inside libtorch and runs no inline Gloo code, so Gloo's headers need only
 # declare the same names. Debian's libgloo-dev (Gloo 0.5) serves both
 # platforms; test_distributed proves the pairing on each build.
-find_path(CAIRN_GLOO_INCLUDE_DIR gloo/algorithm.h HINTS "${CAIRN_TORCH_PREFIX}/include")
-if(NOT CAIRN_GLOO_INCLUDE_DIR)
+find_path(CAIRN_GLOO_INCLUDE_DIR gloo/algorithm.h HINTS "${cairn_torch_include}")
+if(NOT CAIRN_GLOO_INCLUDE_DIR OR NOT EXISTS "${CAIRN_GLOO_INCLUDE_DIR}/gloo/algorithm.h")
   message(FATAL_ERROR "cairn: Gloo's headers (gloo/algorithm.h) were not found. c10d's ProcessGroupGloo.hpp includes "
                       "them and the LibTorch at ${CAIRN_TORCH_PREFIX} does not ship them: "
                       "apt-get install libgloo-dev (or pass -DCAIRN_GLOO_INCLUDE_DIR=<dir holding gloo/>)")
@@ -70,9 +81,25 @@ endif()
 
 # The C++ ABI: LibTorch's _GLIBCXX_USE_CXX11_ABI must match this compiler's,
 # or every std::string in LibTorch's API fails to link.
+# Debian's TorchConfig states it in TORCH_CXX_FLAGS; the 2.x wheel's does
+# not, so read it off libc10: names built with the C++11 ABI mangle
+# std::__cxx11::basic_string.
 set(cairn_torch_abi "")
 if(TORCH_CXX_FLAGS MATCHES "_GLIBCXX_USE_CXX11_ABI=([01])")
   set(cairn_torch_abi "${CMAKE_MATCH_1}")
+else()
+  set(cairn_c10 "${CAIRN_C10_LIBRARY}")
+  if(NOT cairn_c10)
+    set(cairn_c10 "${c10_LIBRARY}")
+  endif()
+  if(cairn_c10 AND EXISTS "${cairn_c10}")
+    file(STRINGS "${cairn_c10}" cairn_cxx11_names REGEX "__cxx11" LIMIT_COUNT 1)
+    if(cairn_cxx11_names)
+      set(cairn_torch_abi 1)
+    else()
+      set(cairn_torch_abi 0)
+    endif()
+  endif()
 endif()
 if(NOT cairn_torch_abi STREQUAL "")
   include(CheckCXXSourceCompiles)
