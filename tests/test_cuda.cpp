@@ -85,8 +85,8 @@ TEST_CASE("cairn fit --nproc 2 on CUDA: Gloo ranks sharing one GPU, and NCCL wit
   } else {
     MESSAGE("NCCL case not run: needs a build with NCCL and 2 GPUs (" << torch::cuda::device_count() << " here)");
   }
-  for (const auto& c : cases) {
-    const std::string backend = c.first, visible = c.second;
+  for (const auto& one_case : cases) {
+    const std::string backend = one_case.first, visible = one_case.second;
     CAPTURE(backend);
     test::TempDir dir("cuda_dist_" + backend);
     const std::map<std::string, std::string> env{{"CUDA_VISIBLE_DEVICES", visible}};
