@@ -195,6 +195,12 @@ TEST_CASE("large hostile inputs stay linear and bounded") {
   inputs.push_back({"scalar-100KB.set_args", "set_args", "name=" + std::string(100000, 'x') + "\n",
                     "a value of 100000 bytes"});
 
+  // 400 central-directory names aliasing one 1 MiB record (made by
+  // make_inputs.py): each name would have loaded its own 1 MiB.
+  inputs.push_back({"zip-records-alias-one-record.weights", "weights",
+                    test::read_file(hostile_dir() + "/zip-records-alias-one-record.weights"),
+                    "the local header names another record"});
+
   std::printf("large hostile inputs:\n");
   for (const auto& in : inputs) {
     CAPTURE(in.name);

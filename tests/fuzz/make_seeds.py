@@ -7,7 +7,8 @@ Writes OUT_DIR/{checkpoint,weights,config,set_args}/seed-* :
     wrapped-pickle modes; see harness.h for the leading mode byte),
   * files saved by Python's torch.save (python3-torch): state_dicts of the
     harness's 4-3-2 MLP, nested and shared tensors, plain dicts,
-  * the YAML experiments in CONFIG_DIR, and some --set argument lists.
+  * the YAML experiments in CONFIG_DIR, and some --set argument lists,
+  * the hand-made hostile inputs of tests/hostile/ up to 64 KiB.
 """
 import io
 import os
@@ -98,5 +99,14 @@ for lines in (
     b"seed=3\nrun.dir=/tmp/x\n",
 ):
     seed("set_args", lines)
+
+# The hand-made hostile inputs (tests/hostile/) that fit libFuzzer's
+# -max_len: the fuzzers start from every trap already known.
+hostile = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "hostile")
+for name in sorted(os.listdir(hostile)):
+    target = os.path.splitext(name)[1][1:]
+    path = os.path.join(hostile, name)
+    if target in dirs and os.path.isfile(path) and os.path.getsize(path) <= 65536:
+        seed(target, open(path, "rb").read())
 
 print(" ".join("%s: %d seeds" % (t, n) for t, n in count.items()))

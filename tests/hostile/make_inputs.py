@@ -155,6 +155,38 @@ struct.pack_into("<I", z, end + 16, 0xFFFFFFFF)  # asks for a zip64 record that 
 put("zip64-locator-missing.checkpoint", b"\x01" + bytes(z))
 
 put("zip-truncated.checkpoint", b"\x01" + bytes(zip_bytes(base))[:-30])
+
+
+def aliased_records(names, record_bytes, rename_local=False):
+    """A torch.save-like zip whose central directory lists `names` records
+    data/0..data/names-1, all pointing at the one local header of data/0 (a
+    record of `record_bytes`): each name would load its own copy."""
+    n = record_bytes // 4
+    pkl = state(*[("w%d" % i, tensor(storage(i, n), 0, [n], [1])) for i in range(names)])
+    z = zip_bytes([("archive/data.pkl", pkl), ("archive/data/0", b"\0" * record_bytes)] + base[1:])
+    end = z.rfind(b"PK\x05\x06")
+    dir_offset = struct.unpack_from("<I", z, end + 16)[0]
+    entries = bytearray(z[dir_offset:end])
+    c0 = central(z, "archive/data/0") - dir_offset
+    fixed = bytes(entries[c0:c0 + 46])
+    extra = bytearray()
+    for i in range(1, names):
+        name = ("archive/data/%d" % i).encode()
+        e = bytearray(fixed)
+        struct.pack_into("<HHH", e, 28, len(name), 0, 0)
+        extra += e + name
+    out = bytearray(z[:end]) + extra
+    tail = bytearray(z[end:])
+    total = struct.unpack_from("<H", tail, 10)[0] + names - 1
+    struct.pack_into("<HHI", tail, 8, total, total, len(entries) + len(extra))
+    return bytes(out + tail)
+
+
+# 400 directory names for one 1 MiB record: 400 MiB of tensors from a 1.1 MB
+# file (mostly zeros: git stores it in a few KB).
+put("zip-records-alias-one-record.weights", b"\x01" + aliased_records(400, 1 << 20))
+# The same, small enough to seed the fuzzers (they take inputs up to 64 KiB).
+put("zip-records-alias-small.weights", b"\x01" + aliased_records(8, 4 << 10))
 put("empty.checkpoint", b"")
 
 # --- YAML experiments and --set ---------------------------------------------

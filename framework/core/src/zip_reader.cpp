@@ -144,16 +144,43 @@ ZipReader::ZipReader(const std::string& path) {
       unsigned char lh[kLocalSize];
       pread_all(lh, sizeof lh, local);
       if (le32(lh) != kLocalHeader) bad("bad local header for " + full.substr(0, 100));
-      const uint64_t data = local + kLocalSize + le16(lh + 26) + le16(lh + 28);
+      // The local header must describe the same record: its name, and its
+      // sizes where it states them (0 with a data descriptor, 0xffffffff for
+      // zip64). Without this, many directory names could alias one record.
+      const size_t local_name_len = le16(lh + 26);
+      if (local_name_len != name_len) bad("record " + full.substr(0, 100) + ": the local header names another record");
+      if (!fits(local + kLocalSize, local_name_len, dir_offset)) bad("record " + full.substr(0, 100) + " starts outside the file");
+      std::string local_name(local_name_len, '\0');
+      pread_all(local_name.data(), local_name.size(), local + kLocalSize);
+      if (local_name != full) bad("record " + full.substr(0, 100) + ": the local header names another record");
+      const uint64_t data = local + kLocalSize + local_name_len + le16(lh + 28);
       if (!fits(data, usize, dir_offset)) bad("record " + full.substr(0, 100) + " runs past the end of the data");
+      for (const uint32_t stated : {le32(lh + 18), le32(lh + 22)}) {
+        if (stated != 0 && stated != kMax32 && stated != usize) {
+          bad("record " + full.substr(0, 100) + ": the local header and the directory disagree on its size");
+        }
+      }
 
       Entry entry;
       entry.name = full.substr(folder.size());
       entry.data = data;
       entry.size = usize;
       entry.crc = crc;
+      entry.local = local;
       if (!index_.emplace(entry.name, entries_.size()).second) bad("duplicate record " + full.substr(0, 100));
       entries_.push_back(std::move(entry));
+    }
+    // Records may not overlap (local header through data): together they then
+    // hold at most the file's own bytes, so a load's memory is bounded by the
+    // file's size, however many names the directory lists.
+    std::vector<const Entry*> order;
+    order.reserve(entries_.size());
+    for (const auto& en : entries_) order.push_back(&en);
+    std::sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) { return a->local < b->local; });
+    for (size_t i = 1; i < order.size(); ++i) {
+      if (order[i]->local < order[i - 1]->data + order[i - 1]->size) {
+        bad("records " + order[i - 1]->name.substr(0, 100) + " and " + order[i]->name.substr(0, 100) + " overlap");
+      }
     }
   } catch (...) {
     ::close(fd_);

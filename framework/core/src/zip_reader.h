@@ -6,7 +6,9 @@
 // file's stem for older torch versions), zip64 fields where needed. Every
 // name, size and offset is checked against the file before anything is
 // allocated or read, so a hostile file can neither ask for more memory than
-// its own size nor make a read leave the file.
+// its own size nor make a read leave the file: each local header must repeat
+// its directory entry's name (and size, where it states one), and records may
+// not overlap, so many directory names cannot alias one record.
 //
 // Replaces PyTorch's PyTorchStreamReader, which allocates whatever size the
 // central directory claims and checks each record with miniz's byte-wise
@@ -36,6 +38,7 @@ struct Entry {
   uint64_t data = 0;  //!< offset of the first data byte in the file
   uint64_t size = 0;
   uint32_t crc = 0;   //!< CRC-32 the directory claims
+  uint64_t local = 0; //!< offset of its local header (records never overlap)
 };
 
 class ZipReader {
