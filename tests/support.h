@@ -4,6 +4,7 @@
 #include <cairn/cairn.h>
 #include "doctest_torch.h"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -231,6 +232,44 @@ inline cairn::Value comparable(cairn::Value c) {
     }
   }
   return c;
+}
+
+//! A process's live children (a launcher's workers), from /proc, by pid.
+inline std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  {
+    // The children its main thread forked (the launcher forks from it).
+    const std::string p = std::to_string(parent);
+    std::istringstream in(test::read_file("/proc/" + p + "/task/" + p + "/children"));
+    for (pid_t c; in >> c;) out.push_back(c);
+    if (!out.empty()) {
+      std::sort(out.begin(), out.end());
+      return out;
+    }
+  }
+  std::error_code ec;
+  for (const auto& e : test::fs::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string stat = test::read_file(e.path().string() + "/stat");
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 2));
+    char state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == parent && state != 'Z') out.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+//! Waits until `path` exists, at most `seconds`.
+inline void wait_for_file(const std::string& path, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (!test::fs::exists(path) && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
 }
 
 }  // namespace test

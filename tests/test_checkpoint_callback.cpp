@@ -322,6 +322,11 @@ TEST_CASE("save_weights_only files hold the model and are skipped by resume") {
   loop.track(*model);
   CHECK_THROWS_WITH_AS(loop.resume(dir / "weights/last.ckpt"), doctest::Contains("holds weights only"),
                        cairn::CheckpointError);
+  // This loop has none of the callbacks whose state the file holds: refused,
+  // naming them, unless dropping it is allowed.
+  CHECK_THROWS_WITH_AS(loop.resume(dir / "full"), doctest::Contains("Checkpoint{monitor=None,mode=min}"),
+                       cairn::UnclaimedState);
+  loop.set_allow_unclaimed_state(true);
   CHECK(loop.resume(dir / "full").resumed);
 }
 

@@ -237,42 +237,6 @@ double metric_difference(const cairn::Value& a, const cairn::Value& b, const std
   return (x - y).abs().max().item<double>();
 }
 
-//! The launcher's children (the workers), from /proc.
-std::vector<pid_t> children_of(pid_t parent) {
-  std::vector<pid_t> out;
-  {
-    // The children its main thread forked (the launcher forks from it).
-    const std::string p = std::to_string(parent);
-    std::istringstream in(test::read_file("/proc/" + p + "/task/" + p + "/children"));
-    for (pid_t c; in >> c;) out.push_back(c);
-    if (!out.empty()) {
-      std::sort(out.begin(), out.end());
-      return out;
-    }
-  }
-  std::error_code ec;
-  for (const auto& e : test::fs::directory_iterator("/proc", ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const std::string stat = test::read_file(e.path().string() + "/stat");
-    const size_t close = stat.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(stat.substr(close + 2));
-    char state;
-    pid_t ppid = 0;
-    rest >> state >> ppid;
-    if (ppid == parent && state != 'Z') out.push_back(static_cast<pid_t>(std::stol(name)));
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-void wait_for_file(const std::string& path, double seconds) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (!test::fs::exists(path) && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
 }  // namespace
 
 TEST_CASE("cairn fit --nproc 2 with batch b: the weights and metrics of one process with batch 2b; stopped at 2 "
@@ -308,7 +272,7 @@ TEST_CASE("cairn fit --nproc 2 with batch b: the weights and metrics of one proc
   // Stopped mid-epoch at 2 processes (SIGTERM to the launcher), resumed at 1
   // with the same global batch (32 x 1): it continues the same samples.
   const pid_t launcher = test::spawn({CAIRN_CLI, "fit", "--config", dir / "moved.yaml", "--nproc", "2"}, dir / "moved.log");
-  wait_for_file(moved + "/checkpoints/last.ckpt", 120);
+  test::wait_for_file(moved + "/checkpoints/last.ckpt", 120);
   std::this_thread::sleep_for(std::chrono::milliseconds(150));
   ::kill(launcher, SIGTERM);
   REQUIRE_MESSAGE(test::wait_exit(launcher) == 143, test::read_file(dir / "moved.log"));
@@ -355,7 +319,7 @@ TEST_CASE("a 2-process run survives SIGKILL of either worker (--max-restarts) an
     std::vector<pid_t> workers;
     for (int i = 0; i < 12000; ++i) {
       if (test::read_file(dir / "run.log").find(started) != std::string::npos) {
-        workers = children_of(launcher);
+        workers = test::children_of(launcher);
         if (workers.size() == 2) break;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -371,7 +335,7 @@ TEST_CASE("a 2-process run survives SIGKILL of either worker (--max-restarts) an
     }
     ++round;
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
-    REQUIRE_MESSAGE(children_of(launcher) == workers, test::read_file(dir / "run.log"));
+    REQUIRE_MESSAGE(test::children_of(launcher) == workers, test::read_file(dir / "run.log"));
     // Workers are started in rank order: the lower pid is rank 0.
     if (::kill(workers[static_cast<size_t>(victim)], SIGKILL) == 0) ++kills;
   }
@@ -379,7 +343,7 @@ TEST_CASE("a 2-process run survives SIGKILL of either worker (--max-restarts) an
   const std::string log = test::read_file(dir / "run.log");
   REQUIRE_MESSAGE(code == 0, log);
   CHECK(kills == 2);
-  CHECK_MESSAGE(log.find("rank 1 was killed by signal 9; restarting all 2 processes from the last checkpoint") != std::string::npos, log);
+  CHECK_MESSAGE(log.find("rank 1 was killed by signal 9; restarting all 2 processes from the job's last checkpoint") != std::string::npos, log);
   CHECK(log.find("rank 0 was killed by signal 9; restarting all 2 processes") != std::string::npos);
   CHECK(log.find("(restart 2 of 3)") != std::string::npos);
   const cairn::Value got = last_checkpoint(run);
@@ -389,7 +353,7 @@ TEST_CASE("a 2-process run survives SIGKILL of either worker (--max-restarts) an
 
   // SIGTERM to the launcher: both ranks stop at the same step, rank 0 saves, exit 143.
   const pid_t l2 = test::spawn({CAIRN_CLI, "fit", "--config", dir / "term.yaml", "--nproc", "2"}, dir / "term.log");
-  wait_for_file(term + "/checkpoints/last.ckpt", 120);
+  test::wait_for_file(term + "/checkpoints/last.ckpt", 120);
   std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
   ::kill(l2, SIGTERM);
   const int term_code = test::wait_exit(l2);

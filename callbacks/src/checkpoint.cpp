@@ -1,6 +1,7 @@
 #include "cairn/callbacks/checkpoint.h"
 
 #include "cairn/checkpoint_file.h"
+#include "cairn/distributed.h"
 #include "cairn/loop.h"
 #include "cairn/run_lock.h"
 
@@ -89,11 +90,17 @@ Checkpoint::~Checkpoint() {
 }
 
 std::string Checkpoint::key() const {
-  std::ostringstream os;
-  os << "Checkpoint{monitor=" << (options_.monitor().empty() ? "None" : options_.monitor())
-     << ",mode=" << mode_name(options_.mode()) << ",every_n_train_steps=" << options_.every_n_train_steps()
-     << ",every_n_epochs=" << options_.every_n_epochs() << "}";
-  return os.str();
+  // What the instance tracks (its monitor and mode), not how often it saves:
+  // a resume with another cadence keeps its top-k list and best model.
+  return "Checkpoint{monitor=" + (options_.monitor().empty() ? std::string("None") : options_.monitor()) +
+         ",mode=" + mode_name(options_.mode()) + "}";
+}
+
+bool Checkpoint::claims(const std::string& saved_key) const {
+  if (saved_key == key()) return true;
+  // cairn <= 0.1 keys also named the cadence: "Checkpoint{monitor=M,mode=X,every_n_train_steps=..."
+  const std::string stem = key().substr(0, key().size() - 1) + ",every_n_train_steps=";
+  return saved_key.compare(0, stem.size(), stem) == 0;
 }
 
 void Checkpoint::resolve_dir(const Loop& loop) {
@@ -111,6 +118,7 @@ void Checkpoint::on_fit_begin(Loop& loop) {
   std::error_code ec;
   fs::create_directories(dirpath_, ec);
   loop.lock_directory(dirpath_);  // throws RunLocked when another process trains here
+  owns_dir_ = true;
   // Temp files whose writer is gone are garbage: the rename never happened.
   // (A live writer's are left alone; with the lock held there should be none.)
   if (!writer_.pending()) {
@@ -164,10 +172,6 @@ std::string Checkpoint::format_filename(const Loop& loop) const {
     i = close + 1;
   }
   return sanitize(out);
-}
-
-bool Checkpoint::better(double a, double b) const {
-  return better_than(options_.mode(), a, b, options_.min_delta());
 }
 
 void Checkpoint::on_batch_end(Loop& loop) {
@@ -230,6 +234,12 @@ void Checkpoint::report_failure(Loop& loop, const std::string& what) {
 void Checkpoint::on_exception(Loop& loop) {
   resolve_dir(loop);
   const auto& st = loop.state();
+  if (!owns_dir_) {
+    // Refused the folder (another process trains there), or never started:
+    // its files are not this run's to write.
+    std::cerr << "cairn: nothing saved to " << dirpath_ << ": this process does not own it\n";
+    return;
+  }
   if (loop.world_size() > 1) {
     // The other ranks may not be able to take part in a save any more (one of
     // them may be the reason): keep what is on disk.
@@ -289,66 +299,26 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
   }
   // At most one write in flight: settle it before deciding anything new.
   wait_for_pending(loop);
+  agree_on_book(loop);
   if (!force_last_only && st.global_step == last_saved_step_ && st.epoch_finished == last_saved_epoch_end_) {
     return true;  // this exact state is already on disk
   }
   const bool keep_last = options_.save_last() || force_last_only;
 
   // Decide the top-k change before writing; commit it only once the file is durable.
-  auto best_k = best_k_models_;
-  auto newest = newest_paths_;
-  auto best_path = best_model_path_;
-  auto best_score = best_model_score_;
-  auto seen = monitor_values_seen_;
   std::string topk_file;
   std::vector<std::string> to_delete;
-  const int64_t k = options_.save_top_k();
-  if (!force_last_only && k != 0) {
+  Book planned = book();
+  if (!force_last_only) {
+    const Retention retention(options_.save_top_k(), options_.mode(), options_.min_delta(), !options_.monitor().empty());
     const std::string path = (fs::path(dirpath_) / (format_filename(loop) + ".ckpt")).string();
-    if (!options_.monitor().empty()) {
-      const auto series_len = static_cast<int64_t>(loop.metrics().count(options_.monitor()));
-      const auto value = loop.metrics().last(options_.monitor());
-      if (series_len > seen && value && std::isfinite(*value)) {
-        seen = series_len;
-        // A file of the same name (a fixed filename template) is replaced only by a better value.
-        const bool same_name = best_k.count(path) > 0;
-        bool enters = same_name ? better(*value, best_k[path])
-                                : k == -1 || static_cast<int64_t>(best_k.size()) < k;
-        std::string worst;
-        if (!enters && !same_name) {
-          for (const auto& kv : best_k) {
-            if (worst.empty() || better(best_k[worst], kv.second)) worst = kv.first;
-          }
-          enters = better(*value, best_k[worst]);
-        }
-        if (enters) {
-          topk_file = path;
-          best_k[path] = *value;
-          if (!best_score || better(*value, *best_score)) {
-            best_score = *value;
-            best_path = path;
-          }
-          while (k != -1 && static_cast<int64_t>(best_k.size()) > k) {
-            std::string w;
-            for (const auto& kv : best_k) {
-              if (kv.first == best_path || kv.first == path) continue;  // never the best or the newest
-              if (w.empty() || better(best_k[w], kv.second)) w = kv.first;
-            }
-            if (w.empty()) break;
-            best_k.erase(w);
-            to_delete.push_back(w);
-          }
-        }
-      }
-    } else {
-      topk_file = path;
-      newest.erase(std::remove(newest.begin(), newest.end(), path), newest.end());
-      newest.push_back(path);
-      while (k != -1 && static_cast<int64_t>(newest.size()) > k) {
-        to_delete.push_back(newest.front());
-        newest.erase(newest.begin());
-      }
-    }
+    const auto count = options_.monitor().empty() ? int64_t{0}
+                                                  : static_cast<int64_t>(loop.metrics().count(options_.monitor()));
+    const auto value = options_.monitor().empty() ? std::nullopt : loop.metrics().last(options_.monitor());
+    RetentionPlan plan = retention.plan(planned, path, value, count);
+    topk_file = plan.file;
+    to_delete = std::move(plan.drop);
+    planned = std::move(plan.next);
   }
   if (topk_file.empty() && !keep_last) return true;
 
@@ -357,7 +327,8 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
 
   // Commit the tentative bookkeeping so the saved state includes this file.
   const Book old = book();
-  Book next{best_k, newest, best_path, best_score, seen, primary};
+  Book next = planned;
+  next.last_path = primary;
   set_book(next);
   const auto t0 = std::chrono::steady_clock::now();
   const bool background = options_.async_save() && !force_last_only;
@@ -421,26 +392,15 @@ void Checkpoint::write_files(const Value& ckpt, const std::string& primary, bool
   // Only a last.ckpt known to be good becomes the fallback: a damaged or
   // foreign one is overwritten below, and the existing last.prev stays.
   if (keep_last && last_good_ && fs::exists(last, ec)) atomic_link(last, (fs::path(dirpath_) / "last.prev.ckpt").string());
-  WriteStats stats;
-  std::vector<std::string> deleted;
-  try {
-    stats = write_checkpoint(primary, ckpt);
-  } catch (const CheckpointWriteError& e) {
-    if (!e.no_space()) throw;
-    // Disk full: free what the retention policy drops after this save anyway, then retry once.
-    for (const auto& f : to_delete) {
-      if (f != primary && fs::remove(f, ec)) deleted.push_back(f);
-    }
-    std::cerr << "cairn: warning: " << e.what() << "; freed " << deleted.size()
-              << " file(s) that the retention policy drops anyway, retrying once\n";
-    if (deleted.empty()) throw;
-    stats = write_checkpoint(primary, ckpt);
-  }
+  // A full disk fails the write here, before anything is deleted: the files
+  // retention would drop stay until their replacement is durable (freeing
+  // them first lost the only checkpoint when the retry failed too).
+  const WriteStats stats = write_checkpoint(primary, ckpt);
   // last.ckpt and the top-k list change only once the new file is durable.
   if (keep_last && primary != last) atomic_link(primary, last);
   if (keep_last) last_good_ = true;
   for (const auto& f : to_delete) {
-    if (f != primary && std::find(deleted.begin(), deleted.end(), f) == deleted.end()) fs::remove(f, ec);
+    if (f != primary) fs::remove(f, ec);
   }
   pending_write_seconds_ = stats.seconds;
   pending_write_bytes_ = stats.bytes;
@@ -479,6 +439,19 @@ void Checkpoint::settle(Loop& loop, std::exception_ptr error) {
 Checkpoint::Book Checkpoint::book() const {
   return Book{best_k_models_, newest_paths_, best_model_path_, best_model_score_, monitor_values_seen_,
               last_model_path_};
+}
+
+void Checkpoint::agree_on_book(Loop& loop) {
+  if (loop.world_size() <= 1) return;
+  // "<last saved step> <at epoch end> <book>": rank 0's, on every rank.
+  const std::string mine =
+      std::to_string(last_saved_step_) + " " + (last_saved_epoch_end_ ? "1" : "0") + " " + book().encode();
+  const std::string agreed = loop.process_group()->broadcast_bytes(mine, 0);
+  if (loop.is_rank_zero()) return;
+  const size_t a = agreed.find(' '), b = agreed.find(' ', a + 1);
+  last_saved_step_ = std::stoll(agreed.substr(0, a));
+  last_saved_epoch_end_ = agreed.at(a + 1) == '1';
+  set_book(Book::decode(agreed.substr(b + 1)));
 }
 
 void Checkpoint::set_book(const Book& b) {

@@ -42,7 +42,8 @@ const char* kUsage =
     "\n"
     "fit trains the experiment in FILE. --resume auto (the default) continues from\n"
     "the newest checkpoint in the run directory that verifies; never starts fresh\n"
-    "(refusing to overwrite an existing run's checkpoints without --overwrite);\n"
+    "(refusing to overwrite an existing run's checkpoints without --overwrite;\n"
+    "--overwrite alone means --resume never --overwrite);\n"
     "PATH resumes from that file. A resume whose config changes the model, the\n"
     "data, the sample order or the schedule is refused unless\n"
     "--allow-config-change is given. --nproc N trains with N processes on this\n"
@@ -65,6 +66,7 @@ struct Args {
   std::vector<std::string> sets;
   std::string run_dir;
   std::string resume = "auto";
+  bool resume_given = false;  //!< --resume was on the command line
   bool overwrite = false;
   bool allow_config_change = false;
   bool json = false;
@@ -109,6 +111,7 @@ Args parse_args(int argc, char** argv) {
       a.run_dir = value("--run-dir");
     } else if (is("--resume")) {
       a.resume = value("--resume");
+      a.resume_given = true;
     } else if (is("--out")) {
       a.out = value("--out");
     } else if (is("--nproc")) {
@@ -129,6 +132,11 @@ Args parse_args(int argc, char** argv) {
       a.positional.push_back(arg);
     }
     for (int k = first; k <= i; ++k) a.raw.push_back(argv[k]);
+  }
+  // --overwrite means "start over": it implies --resume never, and contradicts any other resume.
+  if (a.overwrite && !a.resume_given) a.resume = "never";
+  if (a.overwrite && a.resume != "never") {
+    throw UsageError("--overwrite starts the run over (--resume never); it cannot go with --resume " + a.resume);
   }
   return a;
 }
@@ -258,6 +266,22 @@ int cmd_report(const Args& a) {
   return kExitOk;
 }
 
+//! Where a run of `spec` in `run_dir` keeps its checkpoints, from the config
+//! alone (the launcher builds no trainer): the first checkpoint callback's
+//! `dirpath`, else <run_dir>/checkpoints, as Checkpoint::checkpoint_dir().
+std::string checkpoint_dir_of(const ExperimentSpec& spec, const std::string& run_dir) {
+  const YAML::Node cbs = spec.resolved()["callbacks"];
+  if (cbs && cbs.IsSequence()) {
+    for (const auto& c : cbs) {
+      if (c["name"] && c["name"].as<std::string>() == "checkpoint" && c["dirpath"] && c["dirpath"].IsScalar() &&
+          !c["dirpath"].as<std::string>().empty()) {
+        return c["dirpath"].as<std::string>();
+      }
+    }
+  }
+  return (fs::path(run_dir) / "checkpoints").string();
+}
+
 std::string checkpoint_dir_of(Trainer& t) {
   for (const auto& cb : t.loop().callbacks()) {
     const std::string d = cb->checkpoint_dir(t.loop());
@@ -269,8 +293,34 @@ std::string checkpoint_dir_of(Trainer& t) {
 //! Refuses a resume whose config changes what the checkpoint means (exit 2),
 //! unless --allow-config-change; safe changes are listed as notes.
 void check_config_drift(Loop& loop, const Value& saved, const Value& current, const std::string& path,
-                        const std::string& config_file, bool allow, int64_t saved_world, int64_t world) {
+                        const std::string& config_file, bool allow, int64_t saved_world, int64_t world,
+                        int64_t saved_global_batch) {
   auto changes = diff_configs(saved, current);
+  // The number of processes is part of the run: with data.batch_size per
+  // process, it sets the global batch, and with it the sample order, the
+  // steps per epoch and every step-based schedule.
+  if (saved_world != world) {
+    int64_t batch = 0;
+    if (const Value* d = current.find("data")) {
+      if (const Value* b = d->find("batch_size")) batch = b->to_int();
+    }
+    const int64_t now_global = batch * world;
+    ConfigChange c;
+    c.key = "processes";
+    c.old_value = std::to_string(saved_world);
+    c.new_value = std::to_string(world);
+    if (saved_global_batch > 0 && now_global != saved_global_batch) {
+      c.safe = false;
+      c.why = "the global batch (data.batch_size x processes) changes from " + std::to_string(saved_global_batch) +
+              " to " + std::to_string(now_global) + ": another sample order, another number of steps per epoch and "
+              "another LR schedule; keep it with --set data.batch_size=" +
+              ((saved_global_batch % world == 0) ? std::to_string(saved_global_batch / world)
+                                                 : "<global batch / processes>");
+    } else {
+      c.why = "the global batch stays " + std::to_string(now_global);
+    }
+    changes.push_back(c);
+  }
   for (auto& c : changes) {
     // The same global batch split over another number of processes continues
     // the same sample sequence.
@@ -323,7 +373,13 @@ int launch(const Args& a, const ExperimentSpec& spec) {
   o.max_restarts = a.max_restarts;
   o.program = fs::read_symlink("/proc/self/exe").string();
   o.args = a.raw;
-  // Restarts continue the run: from the newest checkpoint, never over it.
+  // A restart replays the command's intent: until this job has written a
+  // checkpoint, the original arguments (its --resume source, its
+  // --overwrite); after that, a resume from the job's own checkpoints, and
+  // never --overwrite again (it would delete them).
+  const std::string ckpt_dir = checkpoint_dir_of(spec, a.run_dir.empty() ? spec.run_dir : a.run_dir);
+  const auto started = fs::file_time_type::clock::now();
+  std::vector<std::string> continue_args;
   for (size_t i = 0; i < a.raw.size(); ++i) {
     const std::string& x = a.raw[i];
     if (x == "--overwrite") continue;
@@ -332,8 +388,17 @@ int launch(const Args& a, const ExperimentSpec& spec) {
       continue;
     }
     if (x.rfind("--resume=", 0) == 0) continue;
-    o.restart_args.push_back(x);
+    continue_args.push_back(x);
   }
+  o.restart = [ckpt_dir, started, continue_args, original = a.raw] {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(ckpt_dir, ec)) {
+      if (e.path().extension() != ".ckpt") continue;
+      const auto t = fs::last_write_time(e.path(), ec);
+      if (!ec && t >= started) return LaunchOptions::Restart{continue_args, "from the job's last checkpoint"};
+    }
+    return LaunchOptions::Restart{original, "with the original arguments (the job has no checkpoint yet)"};
+  };
   return launch_workers(o);
 }
 
@@ -361,17 +426,23 @@ int cmd_fit(const Args& a) {
   std::error_code ec;
 
   const Value current = yaml_to_value(spec.resolved());
+  trainer->loop().set_allow_unclaimed_state(a.allow_config_change);
   trainer->loop().set_resume_check([&](const Value& ckpt, const std::string& path) {
     const Value* hp = ckpt.find("hyper_parameters");
-    int64_t saved_world = 1;
+    int64_t saved_world = 1, saved_global = 0;
     if (const Value* l = ckpt.find("loop")) {
       if (const Value* w = l->find("world_size")) saved_world = w->to_int();
+      if (const Value* g = l->find("global_batch_size")) saved_global = g->to_int();
     }
     if (hp && hp->is_dict() && hp->size() > 0) {
       check_config_drift(trainer->loop(), *hp, current, path, a.config, a.allow_config_change, saved_world,
-                         env.world_size);
+                         env.world_size, saved_global);
     }
   });
+  // The checkpoint folder may lie outside the run directory (a callback's
+  // dirpath): own it too before anything in it is read or removed, so that a
+  // refused run never touches a live run's files.
+  std::shared_ptr<RunLock> ckpt_lock = rank0 ? RunLock::acquire(ckpt_dir) : nullptr;
   if (a.resume == "never") {
     const auto existing = list_checkpoints(ckpt_dir);
     if (group) group->barrier();  // every rank has looked before rank 0 removes anything
@@ -382,6 +453,8 @@ int cmd_fit(const Args& a) {
       }
       if (rank0) {
         for (const auto& f : existing) fs::remove(f, ec);
+        // What was derived from the old run goes with it.
+        fs::remove(fs::path(run_dir) / "report.html", ec);
       }
     }
   } else if (a.resume == "auto") {

@@ -2,7 +2,9 @@
 
 #include "cairn/distributed.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -81,10 +83,21 @@ void pump(Stream& s, int rank, bool at_eof) {
 
 Worker spawn(const LaunchOptions& o, const std::vector<std::string>& args, int rank, int port) {
   int out[2], err[2];
-  if (::pipe(out) != 0 || ::pipe(err) != 0) throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
+  // Close-on-exec: a worker inherits only its own two pipe ends (dup2'd onto
+  // 1 and 2), never its siblings', so one worker's death is seen as EOF.
+  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
+    throw std::runtime_error(std::string("pipe: ") + std::strerror(errno));
+  }
+  const pid_t launcher = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
   if (pid == 0) {
+    // Die with the launcher: a `kill -9` of it must not leave workers that
+    // train on and hold the run's lock. (SIGKILL: the last durable checkpoint
+    // stands, as after a machine's death.) The check after prctl closes the
+    // window where the launcher died before it took effect.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != launcher) ::_exit(137);
     // Its own process group: a terminal's SIGINT reaches the workers only
     // through the launcher, once (a second SIGINT would abort without saving).
     ::setpgid(0, 0);
@@ -134,6 +147,7 @@ int launch_workers(const LaunchOptions& o) {
   std::signal(SIGPIPE, SIG_IGN);
 
   const std::vector<std::string>* args = &o.args;
+  std::vector<std::string> restart;
   for (int attempt = 0;; ++attempt) {
     const int port = free_local_port();
     std::cout << "cairn: starting " << o.nproc << " processes on 127.0.0.1:" << port
@@ -231,9 +245,11 @@ int launch_workers(const LaunchOptions& o) {
     const Worker& failed = workers[static_cast<size_t>(first_failure)];
     const bool restartable = failed.by_signal || failed.code == 1 || failed.code == 6;
     if (restartable && attempt < o.max_restarts) {
+        const LaunchOptions::Restart how = o.restart ? o.restart() : LaunchOptions::Restart{o.args, "with the same arguments"};
+      restart = how.args;
       std::cerr << "cairn: rank " << first_failure << " " << describe(failed) << "; restarting all " << o.nproc
-                << " processes from the last checkpoint\n";
-      args = &o.restart_args;
+                << " processes " << how.how << "\n";
+      args = &restart;
       continue;
     }
     std::cerr << "cairn: rank " << first_failure << " " << describe(failed)

@@ -187,8 +187,27 @@ bool Loop::rank_zero_decides(bool local) {
   return t[0].item<double>() != 0.0;
 }
 
+void Loop::agree_on_late_interrupt() {
+  // After a stop was agreed, a signal may still reach some ranks before the
+  // others (the launcher forwards it to each in turn): an interrupt decides
+  // whether the test pass runs and what is saved, so agree on it too.
+  std::vector<at::Tensor> sig{torch::zeros({world_size_}, torch::kDouble)};
+  if (state_.stop.interrupt) sig[0][rank_] = static_cast<double>(std::max(1, state_.stop.signal));
+  group_->allreduce_sum(sig);
+  for (int r = 0; r < world_size_; ++r) {
+    const int s = static_cast<int>(sig[0][r].item<double>());
+    if (s == 0) continue;
+    if (!state_.stop.interrupt) {
+      state_.request_interrupt(s, "received a signal (on rank " + std::to_string(r) + ")");
+      state_.stop.signal = s;
+    }
+    return;
+  }
+}
+
 void Loop::agree_on_stop() {
-  if (!group_ || agreed_stop_) return;
+  if (!group_) return;
+  if (agreed_stop_) return agree_on_late_interrupt();
   std::vector<at::Tensor> flags{torch::zeros({world_size_}, torch::kDouble)};
   if (state_.stop.requested) flags[0][rank_] = 1.0;
   group_->allreduce_sum(flags);
@@ -374,9 +393,16 @@ void Loop::validation_end() {
   phase_ = Phase::stepped;
 }
 
+void Loop::mark_stepped() { phase_ = Phase::stepped; }
+
 void Loop::epoch_end() {
   metrics_.flush("train", state_.epoch, state_.global_step);
   state_.epoch_finished = true;
+  // An epoch-interval scheduler steps just before or during epoch_end, with or
+  // without a validation pass this epoch: from here until the epoch counter
+  // moves, a roll-back to the last batch would save a stepped schedule at an
+  // unfinished epoch, which a resume would step again.
+  phase_ = Phase::stepped;
   check_signals();
   emit(Event::epoch_end);
   agree_on_stop();
@@ -657,8 +683,31 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
   metrics_.load_state_dict(c.at("metrics"));
   values_.load(c.at("values"));
   const Value& cbs = c.at("callbacks");
+  std::vector<bool> claimed(cbs.keys().size(), false);
   for (const auto& cb : callbacks_) {
-    if (const Value* s = cbs.find(cb->key())) cb->load_state_dict(*s);
+    for (size_t i = 0; i < cbs.keys().size(); ++i) {
+      if (claimed[i] || !cb->claims(cbs.keys()[i].to_string())) continue;
+      claimed[i] = true;
+      cb->load_state_dict(cbs.values()[i]);
+      break;
+    }
+  }
+  // Saved state that no callback of this run claims would vanish with the
+  // next save: a removed callback, or one whose identity changed.
+  std::vector<std::string> orphans;
+  for (size_t i = 0; i < claimed.size(); ++i) {
+    if (!claimed[i]) orphans.push_back(cbs.keys()[i].to_string());
+  }
+  if (!orphans.empty()) {
+    std::string names;
+    for (const auto& o : orphans) names += (names.empty() ? "" : ", ") + o;
+    if (!allow_unclaimed_state_) {
+      throw UnclaimedState(from + " holds the state of callback(s) this run does not have: " + names +
+                           " (their best values, top-k lists or counters would be dropped at the next save); add "
+                           "the callback(s) back as they were, or pass --allow-config-change to drop that state");
+    }
+    add_resume_warning("dropped the saved state of callback(s) this run does not have: " + names);
+    std::cerr << "cairn: warning: dropping the saved state of " << names << " (--allow-config-change)\n";
   }
   const Value& loop = c.at("loop");
   metrics_.load_accumulator_state(loop.at("accumulators"));
@@ -800,21 +849,26 @@ CheckpointChoice newest_checkpoint(const std::string& dir) {
 ResumeInfo Loop::resume(const std::string& path) {
   ResumeInfo info;
   std::error_code ec;
-  const bool is_dir = fs::is_directory(path, ec);
-  if (group_ && rank_ != 0 && (is_dir || fs::path(path).extension() != ".ckpt")) {
-    // Rank 0 owns the run directory (its lock); the others read what it chose.
-    resume_into(path, /*is_dir=*/true, info);
-    resume_info_ = info;
-    return info;
-  }
-  if (!is_dir && !fs::exists(path, ec)) {
+  // What `path` is (a folder, a file, or nothing yet), as rank 0 sees it: every
+  // rank takes the same branch below, whatever the name ends with (a file
+  // named without .ckpt once sent rank 0 one way and the others the other,
+  // each waiting on the other's collective).
+  char kind = fs::is_directory(path, ec) ? 'd' : fs::exists(path, ec) ? 'f' : 'm';
+  if (group_) kind = group_->broadcast_bytes(std::string(1, kind), 0).at(0);
+  if (kind == 'm') {
     // A run directory that does not exist yet is a fresh start; a missing file is an error.
     if (fs::path(path).extension() != ".ckpt") {
-      if (group_ && rank_ == 0) group_->broadcast_bytes("", 0);  // the others wait for rank 0's choice
       resume_info_ = info;
       return info;
     }
     throw CheckpointError("checkpoint " + path + " does not exist");
+  }
+  const bool is_dir = kind == 'd';
+  if (group_ && rank_ != 0 && is_dir) {
+    // Rank 0 owns the run directory (its lock); the others read what it chose.
+    resume_into(path, /*is_dir=*/true, info);
+    resume_info_ = info;
+    return info;
   }
   const size_t locks_before = locks_.size();
   try {

@@ -291,6 +291,7 @@ FitResult Trainer::fit() {
       const int64_t every = std::max<int64_t>(1, options_.check_val_every_n_epoch());
       if ((st.epoch + 1) % every == 0 || st.epoch + 1 == options_.max_epochs()) run_validation();
       if (scheduler_ && scheduler_->interval() == Interval::epoch) {
+        loop_.mark_stepped();  // no roll-back past a stepped schedule
         const std::string m = scheduler_->monitor();
         if (!m.empty()) {
           if (auto v = loop_.metrics().last(m)) scheduler_->step_with_metric(*v);

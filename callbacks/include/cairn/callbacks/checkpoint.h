@@ -14,14 +14,17 @@
 // Only clean states are saved: at a batch boundary or after validation. When
 // a step throws, the loop rolls back to the last boundary if it can and that
 // state is saved; otherwise nothing is written and the newest durable file
-// stays the resume point (both are reported). When the disk is full, the files
-// the retention policy drops anyway are deleted and the write is tried once
-// more. If the run's last save fails, LoopState::final_save_error says so.
-// The folder is locked for this process while it trains (RunLock).
+// stays the resume point (both are reported). Retention (retention.h) deletes
+// a file only once its replacement is durable: when the disk is full the save
+// fails loudly and every file stays. If the run's last save fails,
+// LoopState::final_save_error says so. The folder is locked for this process
+// while it trains (RunLock); a process that never got the lock (refused at
+// fit_begin) writes nothing there, not even after an exception.
 #pragma once
 
 #include "cairn/async_writer.h"
 #include "cairn/callback.h"
+#include "cairn/callbacks/retention.h"
 #include "cairn/metrics.h"
 
 #include <torch/arg.h>
@@ -77,7 +80,9 @@ class Checkpoint : public Callback {
   explicit Checkpoint(CheckpointOptions options = CheckpointOptions());
   ~Checkpoint() override;  //!< waits for a save in flight
 
+  //! "Checkpoint{monitor=M,mode=X}": cadence options are not part of it.
   std::string key() const override;
+  bool claims(const std::string& saved_key) const override;
   Order order() const override { return Order::saver; }
 
   void on_fit_begin(Loop& loop) override;
@@ -123,18 +128,14 @@ class Checkpoint : public Callback {
  private:
   //! The save schedule part of on_batch_end (every N steps, every T seconds).
   void on_batch_end_due(Loop& loop);
-  bool better(double a, double b) const;
   void resolve_dir(const Loop& loop);
   //! Bookkeeping that a save changes; restored when its write fails.
-  struct Book {
-    std::map<std::string, double> best_k;
-    std::vector<std::string> newest;
-    std::string best_path;
-    std::optional<double> best_score;
-    int64_t seen = 0;
-    std::string last_path;
-  };
+  using Book = RetentionBook;
   Book book() const;
+  //! Distributed: every rank takes rank 0's book and last-save marks before a
+  //! save decides anything (a write fails on rank 0 alone: without this the
+  //! ranks' books diverged and their next saves ran different collectives).
+  void agree_on_book(Loop& loop);
   void set_book(const Book& b);
   //! The file work of one save: link last.prev, write, link last, delete dropped files.
   void write_files(const Value& ckpt, const std::string& primary, bool keep_last,
@@ -170,6 +171,7 @@ class Checkpoint : public Callback {
   uint64_t pending_write_bytes_ = 0;   //!< set by the writer thread
   StateSnapshot snapshot_;             //!< reused host buffers
   bool reserved_ = false;              //!< snapshot buffers were allocated ahead of the first save
+  bool owns_dir_ = false;              //!< this process holds the folder's lock (set at fit_begin)
   bool job_is_save_ = false;           //!< the background job is a save (not the buffer reservation)
   BackgroundWriter writer_;            //!< at most one write in flight
 };

@@ -11,11 +11,16 @@
 //     second signal kills them at once (nothing more is saved);
 //   - when a worker dies (a signal, or exit code 1 or 6), stops the others
 //     (SIGKILL: the last durable checkpoint stands) and, up to K times, starts
-//     all N again with `restart_args`, which resume from the last checkpoint;
+//     all N again with the arguments `restart()` returns at that moment
+//     (the CLI's: the original ones until the job has written a checkpoint,
+//     then a resume from it, never --overwrite again);
+//   - workers die with the launcher (PR_SET_PDEATHSIG): a `kill -9` of it
+//     leaves no worker training on, holding the run's lock;
 //   - exits with the workers' code: 0, 128+N after a forwarded signal N, or
 //     the first failing worker's code (128+N when it died by signal N).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,7 +31,13 @@ struct LaunchOptions {
   int max_restarts = 0;
   std::string program;                    //!< the executable (e.g. /proc/self/exe)
   std::vector<std::string> args;          //!< argv[1..] of the first start
-  std::vector<std::string> restart_args;  //!< argv[1..] of restarts (they must resume)
+  //! How to restart, asked at each restart: argv[1..] and a few words for
+  //! the log ("from the job's last checkpoint"). Unset: `args` again.
+  struct Restart {
+    std::vector<std::string> args;
+    std::string how;
+  };
+  std::function<Restart()> restart;
 };
 
 //! Runs the job to its end; returns the exit code described above.

@@ -27,8 +27,14 @@ class Callback : public Stateful {
  public:
   ~Callback() override = default;
 
-  //! Stable identity in checkpoints: class name plus identifying options.
+  //! Stable identity in checkpoints: class name plus identifying options, and
+  //! only those: an option a user may change between runs (a cadence, a
+  //! patience) must not be part of it, or its saved state is not found.
   virtual std::string key() const = 0;
+  //! Whether the state saved under `saved_key` is this callback's: key()
+  //! itself, or a key an older cairn used for it. Saved state nothing claims
+  //! stops a resume (Loop: UnclaimedState).
+  virtual bool claims(const std::string& saved_key) const { return saved_key == key(); }
   //! The slot group every hook of this callback runs in.
   virtual Order order() const { return Order::normal; }
   //! In a run of several processes, a callback that only writes files or the

@@ -97,6 +97,16 @@ class CheckpointMismatch : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+//! A checkpoint holds callback state that no callback of this run claims (a
+//! callback removed, or its identity changed): resuming would drop it at the
+//! next save. what() names the keys. Loop::set_allow_unclaimed_state(true)
+//! (the CLI's --allow-config-change) drops it with a warning instead. The CLI
+//! exits 2, as for any refused config change.
+class UnclaimedState : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
 //! What resume() found.
 struct ResumeInfo {
   bool resumed = false;              //!< false: nothing to resume, fresh start
@@ -212,7 +222,14 @@ class Loop {
   //! Logs the means of this validation's `valid/*` values, then emits.
   void validation_end();
   //! Logs the epoch means of `train/*`, emits epoch_end, then moves to the next epoch.
+  //! From its start until the epoch counter moves, an exception cannot be
+  //! rolled back (an epoch scheduler has stepped): checkpoints keep the last file.
   void epoch_end();
+  //! Says that state a roll-back cannot undo has changed (an optimizer or
+  //! scheduler step outside before_optimizer_step()): an exception before the
+  //! next boundary leaves state().dirty set. The Trainer calls it before an
+  //! epoch scheduler steps.
+  void mark_stepped();
   void test_begin();
   void test_batch_end();
   void test_end();
@@ -264,6 +281,9 @@ class Loop {
   void set_resume_check(std::function<void(const Value& checkpoint, const std::string& path)> check) {
     resume_check_ = std::move(check);
   }
+  //! Whether load_checkpoint() may drop callback state nothing claims (see
+  //! UnclaimedState); default false.
+  void set_allow_unclaimed_state(bool allow) { allow_unclaimed_state_ = allow; }
   //! Records a warning in the checkpoint's resume history (`loop.resume_warnings`).
   void add_resume_warning(const std::string& text);
   const std::vector<std::string>& resume_warnings() const { return resume_warnings_; }
@@ -287,6 +307,9 @@ class Loop {
   void check_signals();
   //! Distributed: the common stop decision (see should_stop()).
   void agree_on_stop();
+  //! Distributed, once a stop is agreed: a signal that reached only some ranks
+  //! turns the stop into an interrupt on every rank.
+  void agree_on_late_interrupt();
   //! Distributed: this batch's log_step values and batch loss, averaged over the ranks.
   void reduce_step_values();
   //! Distributed: the accumulators of `split` summed over the ranks.
@@ -336,6 +359,7 @@ class Loop {
   Value pending_;
   const Value* loaded_ = nullptr;
   std::function<void(const Value&, const std::string&)> resume_check_;
+  bool allow_unclaimed_state_ = false;
   std::vector<std::string> resume_warnings_;
   std::vector<std::string> pending_warnings_;  //!< added by a resume check, stamped once loaded
   void flush_resume_warnings();
