@@ -26,6 +26,7 @@
 #pragma once
 
 #include "cairn/callback.h"
+#include "cairn/checkpoint_store.h"
 #include "cairn/events.h"
 #include "cairn/metrics.h"
 #include "cairn/state.h"
@@ -119,25 +120,6 @@ struct ResumeInfo {
   std::vector<std::string> set_aside;  //!< damaged files renamed to NAME.corrupt
 };
 
-//! The newest checkpoint of a folder that verifies, chosen by the position it
-//! holds (global step, then epoch and batch, a finished run after an unfinished
-//! one; `last.ckpt` wins ties), never by modification time: a folder copied
-//! with `cp -r` resumes the right file. Weights-only files are not candidates.
-struct CheckpointChoice {
-  bool found = false;
-  std::string path;   //!< the file chosen
-  Value checkpoint;   //!< its whole content, verified
-  //! Newer candidates that failed verification: (path, reason).
-  std::vector<std::pair<std::string, std::string>> rejected;
-};
-CheckpointChoice newest_checkpoint(const std::string& dir);
-
-//! The checkpoint a reader of a run wants (`cairn report`, `cairn inspect`):
-//! `target` is a checkpoint file, a folder of checkpoints, or a run directory
-//! (its `checkpoints/` folder). For folders, the newest file that verifies
-//! (newest_checkpoint); newer damaged files are in `rejected`. Throws
-//! CheckpointError when there is none.
-CheckpointChoice open_checkpoint(const std::string& target);
 
 class Loop {
  public:
@@ -372,9 +354,6 @@ class Loop {
   bool optimizer_hook_seen_ = false;  //!< before_optimizer_step() was called: steps are visible
 };
 
-//! Every *.ckpt file in `dir`, newest first by the position each holds (see
-//! newest_checkpoint); files whose header cannot be read come last.
-std::vector<std::string> list_checkpoints(const std::string& dir);
 
 //! Copies a state_dict (name -> tensor) into `model`'s parameters and buffers.
 //! With `strict`, missing, unexpected and mis-shaped names are an error listing all of them.

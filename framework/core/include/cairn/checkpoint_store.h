@@ -1,0 +1,47 @@
+// Checkpoint store: which checkpoint of a folder a run resumes from, and
+// which one `cairn inspect` and `cairn report` read (the same file).
+//
+// Files are ordered by the position they hold (global step, then epoch and
+// batch, a finished run after an unfinished one; `last.ckpt` wins ties),
+// never by modification time, and verified in full in that order; a damaged
+// newer file is skipped (and set aside as NAME.corrupt by a resume). The
+// resume policy on top of this (a file, a folder, nothing yet; locks; the
+// drift check; rank 0's choice broadcast to a job) is Loop::resume().
+//
+//   cairn::CheckpointChoice c = cairn::newest_checkpoint("runs/x/checkpoints");
+//   if (c.found) std::cout << c.path << " at step " << c.checkpoint.at("global_step").to_int();
+#pragma once
+
+#include "cairn/value.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace cairn {
+
+//! The newest checkpoint of a folder that verifies, chosen by the position it
+//! holds (global step, then epoch and batch, a finished run after an unfinished
+//! one; `last.ckpt` wins ties), never by modification time: a folder copied
+//! with `cp -r` resumes the right file. Weights-only files are not candidates.
+struct CheckpointChoice {
+  bool found = false;
+  std::string path;   //!< the file chosen
+  Value checkpoint;   //!< its whole content, verified
+  //! Newer candidates that failed verification: (path, reason).
+  std::vector<std::pair<std::string, std::string>> rejected;
+};
+CheckpointChoice newest_checkpoint(const std::string& dir);
+
+//! The checkpoint a reader of a run wants (`cairn report`, `cairn inspect`):
+//! `target` is a checkpoint file, a folder of checkpoints, or a run directory
+//! (its `checkpoints/` folder). For folders, the newest file that verifies
+//! (newest_checkpoint); newer damaged files are in `rejected`. Throws
+//! CheckpointError when there is none.
+CheckpointChoice open_checkpoint(const std::string& target);
+
+//! Every *.ckpt file in `dir`, newest first by the position each holds (see
+//! newest_checkpoint); files whose header cannot be read come last.
+std::vector<std::string> list_checkpoints(const std::string& dir);
+
+}  // namespace cairn
