@@ -217,6 +217,9 @@ inline cairn::Value comparable(cairn::Value c) {
     for (const char* k : {"dirpath", "best_model_path", "last_model_path"}) {
       if (cairn::Value* v = s.find(k)) *v = fs::path(v->to_string()).filename().string();
     }
+    if (cairn::Value* sum = s.find("summary")) {
+      if (cairn::Value* v = sum->find("best_path")) *v = fs::path(v->to_string()).filename().string();
+    }
     if (cairn::Value* np = s.find("newest_paths")) {
       for (auto& item : np->items()) item = cairn::Value(fs::path(item.to_string()).filename().string());
     }

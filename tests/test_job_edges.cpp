@@ -39,6 +39,22 @@ std::vector<pid_t> two_workers(pid_t launcher) {
   return w;
 }
 
+//! Whether every thread of `pid` has stopped (SIGSTOP takes effect at each
+//! thread's next scheduling point, not when kill() returns).
+bool all_threads_stopped(pid_t pid) {
+  std::error_code ec;
+  bool any = false;
+  for (const auto& t : test::fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    const std::string stat = test::read_file(t.path().string() + "/stat");
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    const char state = stat.at(close + 2);
+    if (state != 'T' && state != 't') return false;
+    any = true;
+  }
+  return any;
+}
+
 bool alive(pid_t pid) {
   const std::string stat = test::read_file("/proc/" + std::to_string(pid) + "/stat");
   const size_t close = stat.rfind(')');
@@ -110,6 +126,8 @@ TEST_CASE("a run refused by the lock of a shared checkpoint folder deletes and w
   // Frozen while it holds the folder: its files cannot change under the test.
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   REQUIRE(::kill(live, SIGSTOP) == 0);
+  for (int i = 0; i < 1000 && !all_threads_stopped(live); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  REQUIRE(all_threads_stopped(live));
   const auto before = listing(shared);
   REQUIRE(before.count("last.ckpt") == 1);
 

@@ -3,6 +3,7 @@
 #include "cairn/checkpoint_file.h"
 #include "cairn/distributed.h"
 #include "cairn/loop.h"
+#include "cairn/run_checkpoint.h"
 #include "cairn/run_lock.h"
 
 #include <cmath>
@@ -342,15 +343,7 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
   }
   try {
     Value ckpt = loop.make_checkpoint();
-    if (options_.save_weights_only()) {
-      Value slim = Value::dict();
-      for (const char* key : {"format_version", "cairn_version", "epoch", "global_step", "batch_in_epoch",
-                              "state_dict", "hyper_parameters", "values"}) {
-        slim.set(key, ckpt.at(key));
-      }
-      slim.set("weights_only", true);
-      ckpt = std::move(slim);
-    }
+    if (options_.save_weights_only()) ckpt = run_checkpoint::weights_only(ckpt);
     if (background) {
       // Phase 1 (blocking): copy the tensors into host buffers. Phase 2: write in the background.
       Value snap = snapshot_.take(ckpt);
@@ -476,6 +469,10 @@ Value Checkpoint::state_dict() const {
   d.set("newest_paths", Value(newest_paths_));
   d.set("last_model_path", last_model_path_);
   d.set("monitor_values_seen", monitor_values_seen_);
+  if (!options_.monitor().empty()) {
+    d.set("summary", run_checkpoint::summary(options_.monitor(), mode_name(options_.mode()), best_model_score_,
+                                             best_model_path_));
+  }
   return d;
 }
 

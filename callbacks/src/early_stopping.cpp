@@ -1,6 +1,7 @@
 #include "cairn/callbacks/early_stopping.h"
 
 #include "cairn/loop.h"
+#include "cairn/run_checkpoint.h"
 
 #include <cmath>
 #include <sstream>
@@ -55,6 +56,7 @@ Value EarlyStopping::state_dict() const {
   d.set("stopped_epoch", stopped_epoch_);
   d.set("stop_reason", reason_);
   d.set("patience", options_.patience());
+  d.set("summary", run_checkpoint::summary(options_.monitor(), mode_name(options_.mode()), best_.best(), ""));
   return d;
 }
 

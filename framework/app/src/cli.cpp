@@ -9,6 +9,7 @@
 #include "cairn/loop.h"
 #include "cairn/optim_state.h"
 #include "cairn/report.h"
+#include "cairn/run_checkpoint.h"
 #include "cairn/run_lock.h"
 #include "cairn/signals.h"
 
@@ -155,27 +156,8 @@ int cmd_inspect(const Args& a) {
   for (const auto& r : choice.rejected) std::cerr << "cairn: warning: skipping " << r.second << "\n";
   const std::string path = choice.path;
   Value c = std::move(choice.checkpoint);
-  struct Monitor {
-    std::string key, monitor, mode;
-    std::optional<double> best;
-    std::string best_path;
-  };
-  std::vector<Monitor> monitors;
-  if (const Value* cbs = c.find("callbacks")) {
-    for (size_t i = 0; i < cbs->keys().size(); ++i) {
-      const Value& s = cbs->values()[i];
-      if (!s.is_dict() || !s.contains("monitor")) continue;
-      Monitor m;
-      m.key = cbs->keys()[i].to_string();
-      m.monitor = s.at("monitor").is_string() ? s.at("monitor").to_string() : "";
-      m.mode = s.contains("mode") ? s.at("mode").to_string() : "";
-      const Value* b = s.find("best_model_score");
-      if (!b) b = s.find("best");
-      if (b && b->is_number()) m.best = b->to_double();
-      if (const Value* p = s.find("best_model_path")) m.best_path = p->to_string();
-      if (!m.monitor.empty()) monitors.push_back(m);
-    }
-  }
+  // What each monitoring callback says about its metric (its `summary`).
+  const std::vector<run_checkpoint::MonitorSummary> monitors = run_checkpoint::monitor_summaries(c);
   std::string name;
   if (const Value* hp = c.find("hyper_parameters")) {
     if (hp->is_dict() && hp->contains("name") && hp->at("name").is_string()) name = hp->at("name").to_string();
@@ -192,7 +174,7 @@ int cmd_inspect(const Args& a) {
       << ", \"format_version\": " << c.at("format_version").to_int() << ", \"monitors\": [";
     for (size_t i = 0; i < monitors.size(); ++i) {
       const auto& m = monitors[i];
-      o << (i ? ", " : "") << "{\"callback\": " << json::quote(m.key) << ", \"monitor\": " << json::quote(m.monitor)
+      o << (i ? ", " : "") << "{\"callback\": " << json::quote(m.callback) << ", \"monitor\": " << json::quote(m.monitor)
         << ", \"mode\": " << json::quote(m.mode) << ", \"best\": " << (m.best ? json::number(*m.best) : "null")
         << ", \"best_path\": " << json::quote(m.best_path) << "}";
     }
@@ -210,7 +192,7 @@ int cmd_inspect(const Args& a) {
   if (!name.empty()) std::cout << "experiment   " << name << "\n";
   std::cout << "position     epoch " << c.at("epoch").to_int() << ", batch " << c.at("batch_in_epoch").to_int()
             << ", global step " << c.at("global_step").to_int() << (finished ? " (run finished)" : "") << "\n";
-  if (c.contains("weights_only")) std::cout << "contents     weights only (cannot resume a run)\n";
+  if (run_checkpoint::is_weights_only(c)) std::cout << "contents     weights only (cannot resume a run)\n";
   for (const auto& m : monitors) {
     std::cout << "best         " << m.monitor << " (" << m.mode << ") = "
               << (m.best ? json::number(*m.best) : std::string("none yet"));

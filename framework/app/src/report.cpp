@@ -1,6 +1,7 @@
 #include "cairn/report.h"
 
 #include "cairn/metrics.h"
+#include "cairn/run_checkpoint.h"
 
 #include <algorithm>
 #include <cmath>
@@ -90,17 +91,8 @@ RunData collect(const Value& c, size_t run, std::vector<std::string>& order, int
     if (std::find(order.begin(), order.end(), parts.second) == order.end()) order.push_back(parts.second);
     d.charts[parts.second].push_back(std::move(s));
   }
-  if (const Value* cbs = c.find("callbacks")) {
-    for (const auto& s : cbs->values()) {
-      if (!s.is_dict()) continue;
-      const Value* mon = s.find("monitor");
-      const Value* best = s.find("best_model_score");
-      if (!best) best = s.find("best");
-      const Value* mode = s.find("mode");
-      if (mon && mon->is_string() && best && best->is_number() && mode && mode->is_string()) {
-        d.monitors.push_back({mon->to_string(), mode->to_string(), best->to_double()});
-      }
-    }
+  for (const auto& m : run_checkpoint::monitor_summaries(c)) {
+    if (m.best && !m.mode.empty()) d.monitors.push_back({m.monitor, m.mode, *m.best});
   }
   if (const Value* loop = c.find("loop")) {
     if (const Value* r = loop->find("resumes")) {

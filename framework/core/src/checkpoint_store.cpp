@@ -8,6 +8,7 @@
 #include "cairn/checkpoint_file.h"
 #include "cairn/distributed.h"
 #include "cairn/loop.h"
+#include "cairn/run_checkpoint.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -44,7 +45,7 @@ std::vector<Candidate> scan_checkpoints(const std::string& dir) {
       c.global_step = h.at("global_step").to_int();
       c.epoch = h.at("epoch").to_int();
       c.batch = h.at("batch_in_epoch").to_int();
-      c.weights_only = h.contains("weights_only");
+      c.weights_only = run_checkpoint::is_weights_only(h);
       if (const Value* loop = h.find("loop")) {
         if (const Value* f = loop->find("finished")) c.finished = f->to_bool();
       }
@@ -196,7 +197,7 @@ void Loop::resume_into(const std::string& path, bool is_dir, ResumeInfo& info) {
     info.path = choice.path;
   } else {
     c = read_checkpoint(path);
-    if (c.is_dict() && c.contains("weights_only")) {
+    if (run_checkpoint::is_weights_only(c)) {
       throw CheckpointError("checkpoint " + path + " holds weights only (save_weights_only) and cannot resume a run");
     }
     if (resume_check_) resume_check_(c, path);

@@ -16,6 +16,7 @@
 #include "cairn/model.h"
 #include "cairn/optim_state.h"
 #include "cairn/rng.h"
+#include "cairn/run_checkpoint.h"
 #include "cairn/run_lock.h"
 #include "cairn/schedulers.h"
 #include "cairn/signals.h"
