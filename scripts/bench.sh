@@ -2,7 +2,8 @@
 # Sets up, builds, and runs the benchmarks; prints ratios measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --deps-only   # bench_loop compares with Python's loop (python3-torch)
+bash scripts/setup.sh bench_loop bench_checkpoint bench_distributed bench_gpu
 ./build/bench_loop "$@"
 ./build/bench_checkpoint "$@"
 ./build/bench_distributed --batch 128   # communication-heavy: 25 MB of gradients per 128 examples

@@ -252,7 +252,7 @@ TEST_CASE("cairn fit --nproc 2 with batch b: the weights and metrics of one proc
   auto r2 = test::cairn_cli({"fit", "--config", dir / "two.yaml", "--nproc", "2"});
   REQUIRE_MESSAGE(r2.exit_code == 0, r2.output);
   // Output carries the rank; rank 0 alone draws progress and writes files.
-  CHECK_MESSAGE(r2.output.find("[rank 0] cairn: run 'dist' in " + two + " (threads 1, device auto, 2 processes, global batch 32)") != std::string::npos, r2.output);
+  CHECK_MESSAGE(r2.output.find("[rank 0] cairn: run 'dist' in " + two + " (threads 1, device cpu, 2 processes, global batch 32)") != std::string::npos, r2.output);
   CHECK(r2.output.find("[rank 1] cairn: finished") != std::string::npos);
   CHECK(r2.output.find("[rank 1] epoch") == std::string::npos);
   CHECK(test::fs::exists(two + "/metrics.csv"));

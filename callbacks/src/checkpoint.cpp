@@ -232,6 +232,11 @@ void Checkpoint::report_failure(Loop& loop, const std::string& what) {
   std::cerr << "cairn: error: " << slot << "\n";
 }
 
+std::string Checkpoint::best_checkpoint(Loop& loop) {
+  wait_for_pending(loop);  // a failed write rolls the book back to a file that is on disk
+  return best_model_path_;
+}
+
 void Checkpoint::on_exception(Loop& loop) {
   resolve_dir(loop);
   const auto& st = loop.state();

@@ -36,6 +36,10 @@ const char* kUsage =
     "  cairn fit --config FILE [--set dotted.key=value]... [--run-dir DIR]\n"
     "            [--resume auto|never|PATH] [--overwrite] [--allow-config-change]\n"
     "            [--nproc N [--max-restarts K]]\n"
+    "  cairn test     --config FILE [--ckpt best|last|PATH] [--run-dir DIR] [--json]\n"
+    "  cairn validate --config FILE [--ckpt best|last|PATH] [--run-dir DIR] [--json]\n"
+    "  cairn predict  --config FILE --ckpt best|last|PATH [--run-dir DIR]\n"
+    "                 [--split test|valid|train] --out FILE.pt|FILE.csv\n"
     "  cairn print-config --config FILE [--set dotted.key=value]...\n"
     "  cairn inspect CHECKPOINT [--json]\n"
     "  cairn report RUN_DIR|CHECKPOINT [MORE RUNS...] [--out report.html]\n"
@@ -55,7 +59,12 @@ const char* kUsage =
     "4 the run directory is in use by another process, 5 the final checkpoint\n"
     "could not be saved, 6 a process of a distributed run failed or did not\n"
     "answer within distributed.timeout, 128+N stopped by signal N (a checkpoint\n"
-    "was saved).\n";
+    "was saved).\n"
+    "\n"
+    "test and validate evaluate a checkpoint of the run (default: its best one\n"
+    "when a checkpoint callback monitors a metric, else last) and print the\n"
+    "split's metrics; predict writes the model's outputs for a split. None of\n"
+    "them changes the run.\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -72,6 +81,9 @@ struct Args {
   bool allow_config_change = false;
   bool json = false;
   std::string out;
+  std::string ckpt;
+  std::string split = "test";
+  bool help = false;
   std::vector<std::string> positional;
   int nproc = 1;
   int max_restarts = 0;
@@ -115,6 +127,12 @@ Args parse_args(int argc, char** argv) {
       a.resume_given = true;
     } else if (is("--out")) {
       a.out = value("--out");
+    } else if (is("--ckpt")) {
+      a.ckpt = value("--ckpt");
+    } else if (is("--split")) {
+      a.split = value("--split");
+    } else if (arg == "--help" || arg == "-h") {
+      a.help = true;
     } else if (is("--nproc")) {
       a.nproc = parse_count("--nproc", value("--nproc"), 1);
       continue;
@@ -384,6 +402,146 @@ int launch(const Args& a, const ExperimentSpec& spec) {
   return launch_workers(o);
 }
 
+// ---------------------------------------------------------------------------
+// After training: test, validate, predict. They read the run, never write it.
+
+//! The checkpoint `choice` names for a run of `spec` in `run_dir`: "best"
+//! (the file of a monitoring callback's best value), "last" (the newest that
+//! verifies) or a path. Names what exists when the choice cannot be met (exit 2).
+std::string choose_ckpt(const ExperimentSpec& spec, const std::string& run_dir, const std::string& choice) {
+  if (choice != "best" && choice != "last") {
+    std::error_code ec;
+    if (!fs::exists(choice, ec)) throw UsageError("--ckpt " + choice + ": no such file (use best, last or a checkpoint path)");
+    return choice;
+  }
+  const std::string dir = checkpoint_dir_of(spec, run_dir);
+  CheckpointChoice newest = newest_checkpoint(dir);
+  if (!newest.found) {
+    std::string why = "--ckpt " + choice + ": the run has no checkpoint in " + dir;
+    for (const auto& r : newest.rejected) why += "\n  " + r.second;
+    throw UsageError(why + (newest.rejected.empty() ? " (train it first: cairn fit --config ...)" : ""));
+  }
+  if (choice == "last") return newest.path;
+  std::string monitors;
+  for (const auto& m : run_checkpoint::monitor_summaries(newest.checkpoint)) {
+    std::error_code ec;
+    if (!m.best_path.empty() && fs::exists(m.best_path, ec)) return m.best_path;
+    monitors += (monitors.empty() ? "" : ", ") + m.monitor;
+  }
+  throw UsageError("--ckpt best: no checkpoint of " + dir + " is kept as the best of a monitored metric (" +
+                   (monitors.empty() ? std::string("no checkpoint callback monitors one") : "monitored: " + monitors) +
+                   "); the newest is " + newest.path + " (--ckpt last)");
+}
+
+//! The trainer of `spec` for evaluation: no callbacks (nothing written), one process.
+std::unique_ptr<Trainer> evaluation_trainer(ExperimentSpec& spec, const std::string& run_dir) {
+  spec.callbacks.clear();
+  return build_trainer(spec, run_dir);
+}
+
+int cmd_evaluate(const Args& a, const std::string& split) {
+  if (a.config.empty()) throw UsageError(a.command + " needs --config FILE");
+  ExperimentSpec spec = parse_experiment(a.config, a.sets);
+  const std::string run_dir = a.run_dir.empty() ? spec.run_dir : a.run_dir;
+  std::string choice = a.ckpt;
+  if (choice.empty()) {
+    // The best checkpoint when the run keeps one, else the newest.
+    try {
+      choice = choose_ckpt(spec, run_dir, "best");
+    } catch (const UsageError&) {
+      choice = "last";
+    }
+  }
+  const std::string path = choose_ckpt(spec, run_dir, choice);
+  std::unique_ptr<Trainer> trainer = evaluation_trainer(spec, run_dir);
+  std::map<std::string, double> metrics;
+  try {
+    metrics = trainer->evaluate(split, path);
+  } catch (const CheckpointMismatch& e) {
+    throw UsageError(std::string("the checkpoint does not match the config's model: ") + e.what());
+  }
+  if (a.json) {
+    std::ostringstream o;
+    o << "{\"checkpoint\": " << json::quote(path) << ", \"split\": " << json::quote(split) << ", \"metrics\": {";
+    size_t i = 0;
+    for (const auto& kv : metrics) o << (i++ ? ", " : "") << json::quote(kv.first) << ": " << json::number(kv.second);
+    o << "}}";
+    std::cout << o.str() << "\n";
+    return kExitOk;
+  }
+  std::cout << "checkpoint   " << path << "\n";
+  for (const auto& kv : metrics) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%-12s %.6g\n", kv.first.c_str(), kv.second);
+    std::cout << buf;
+  }
+  return kExitOk;
+}
+
+int cmd_predict(const Args& a) {
+  if (a.config.empty()) throw UsageError("predict needs --config FILE");
+  if (a.ckpt.empty()) throw UsageError("predict needs --ckpt best|last|PATH");
+  if (a.out.empty()) throw UsageError("predict needs --out FILE.pt or FILE.csv");
+  const std::string ext = fs::path(a.out).extension().string();
+  if (ext != ".pt" && ext != ".csv") throw UsageError("--out " + a.out + ": the file must end in .pt or .csv");
+  if (a.split != "test" && a.split != "valid" && a.split != "train") {
+    throw UsageError("--split must be test, valid or train, got '" + a.split + "'");
+  }
+  ExperimentSpec spec = parse_experiment(a.config, a.sets);
+  const std::string run_dir = a.run_dir.empty() ? spec.run_dir : a.run_dir;
+  const std::string path = choose_ckpt(spec, run_dir, a.ckpt);
+  std::unique_ptr<Trainer> trainer = evaluation_trainer(spec, run_dir);
+  DataModule& data = trainer->data();
+  const TensorDataset& ds = a.split == "test" ? data.test : a.split == "valid" ? data.valid : data.train;
+  if (ds.empty()) throw UsageError("--split " + a.split + ": the data has no " + a.split + " split");
+  at::Tensor outputs;
+  try {
+    outputs = trainer->predict(ds, path);
+  } catch (const CheckpointMismatch& e) {
+    throw UsageError(std::string("the checkpoint does not match the config's model: ") + e.what());
+  } catch (const c10::Error& e) {
+    std::string what = e.what();
+    throw UsageError("the model cannot take the " + a.split + " split's inputs (" +
+                     [&] { std::ostringstream os; os << ds.x.sizes(); return os.str(); }() + "): " +
+                     what.substr(0, what.find('\n')));
+  }
+  const bool classes = outputs.dim() == 2;
+  at::Tensor predictions = classes ? outputs.argmax(1) : at::Tensor();
+  if (ext == ".pt") {
+    Value d = Value::dict();
+    d.set("outputs", outputs.contiguous());
+    if (classes) d.set("predictions", predictions.contiguous());
+    if (ds.y.defined()) d.set("targets", ds.y.to(torch::kCPU).contiguous());
+    d.set("checkpoint", path);
+    d.set("split", a.split);
+    write_checkpoint(a.out, d);
+  } else {
+    std::ofstream f(a.out);
+    if (!f) throw UsageError("cannot write " + a.out);
+    const at::Tensor flat = outputs.reshape({outputs.size(0), -1}).to(torch::kDouble);
+    f << "index";
+    if (classes) f << ",prediction";
+    for (int64_t j = 0; j < flat.size(1); ++j) f << ",output_" << j;
+    const bool has_y = ds.y.defined() && ds.y.dim() == 1;
+    if (has_y) f << ",target";
+    f << "\n";
+    f.precision(9);
+    const auto acc = flat.accessor<double, 2>();
+    const at::Tensor y = has_y ? ds.y.to(torch::kCPU).to(torch::kDouble) : at::Tensor();
+    for (int64_t i = 0; i < flat.size(0); ++i) {
+      f << i;
+      if (classes) f << "," << predictions[i].item<int64_t>();
+      for (int64_t j = 0; j < flat.size(1); ++j) f << "," << acc[i][j];
+      if (has_y) f << "," << y[i].item<double>();
+      f << "\n";
+    }
+    if (!f) throw UsageError("cannot write " + a.out);
+  }
+  std::cout << "cairn: wrote " << outputs.size(0) << " predictions of the " << a.split << " split to " << a.out
+            << " (checkpoint " << path << ")\n";
+  return kExitOk;
+}
+
 int cmd_fit(const Args& a) {
   if (a.config.empty()) throw UsageError("fit needs --config FILE");
   if (a.resume.empty()) throw UsageError("--resume needs auto, never or a checkpoint path");
@@ -472,7 +630,7 @@ int cmd_fit(const Args& a) {
   }, Order::producer);
   if (rank0) {
     std::cout << "cairn: run '" << spec.name << "' in " << run_dir << " (threads " << torch::get_num_threads()
-              << ", device " << trainer->options().device();
+              << ", device " << device_for_rank(resolve_device(spec.trainer.device()), env).str();
     if (group) std::cout << ", " << env.world_size << " processes, global batch " << trainer->data().batch_size * env.world_size;
     std::cout << ")\n";
   }
@@ -521,7 +679,14 @@ int cli_main(int argc, char** argv) {
       return kExitOk;
     }
     const Args a = parse_args(argc, argv);
+    if (a.help) {
+      std::cout << kUsage;
+      return kExitOk;
+    }
     if (a.command == "fit") return cmd_fit(a);
+    if (a.command == "test") return cmd_evaluate(a, "test");
+    if (a.command == "validate") return cmd_evaluate(a, "valid");
+    if (a.command == "predict") return cmd_predict(a);
     if (a.command == "print-config") return cmd_print_config(a);
     if (a.command == "inspect") return cmd_inspect(a);
     if (a.command == "report") return cmd_report(a);

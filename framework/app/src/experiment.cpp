@@ -82,6 +82,7 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
     spec.trainer.log_every_n_steps(trainer.get_int("log_every_n_steps", 50, 1));
     spec.trainer.check_val_every_n_epoch(trainer.get_int("check_val_every_n_epoch", 1, 1));
     spec.trainer.run_test(trainer.get_bool("run_test", true));
+    spec.trainer.test_ckpt(trainer.get_choice("test_ckpt", spec.trainer.test_ckpt(), {"best", "last"}));
     spec.trainer.gradient_clip_val(trainer.get_double("gradient_clip_val", 0.0, 0.0));
     spec.trainer.gradient_clip_algorithm(
         trainer.get_choice("gradient_clip_algorithm", std::string("norm"), {"norm", "value"}));

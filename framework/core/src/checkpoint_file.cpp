@@ -115,8 +115,8 @@ WriteStats write_checkpoint(const std::string& path, const Value& root, const Wr
   }
 
   // Both hashes of every host record (the zip CRC-32 and cairn's XXH3-64) run
-  // ahead of the writes on one helper thread, in record order, 1 MiB at a
-  // time: the second hash reads the piece from the cache, not from memory
+  // ahead of the writes on two helper threads (alternate records), each
+  // record 1 MiB at a time: the second hash reads the piece from the cache, not from memory
   // (reading the tensors' memory, not hashing it, is the cost on some VMs).
   // The disk never waits for a hash except the first record's CRC. Device
   // tensors are hashed inline, once copied.
@@ -314,7 +314,6 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
   } catch (const zip::ZipError& e) {
     throw corrupt(std::string("not a readable zip archive (truncated or not a checkpoint): ") + e.what());
   }
-  const uint64_t file_size = reader->file_size();
 
   // Expected sizes and hashes, if the file carries cairn's checksum record.
   // Every size is checked against the archive before anything is allocated.
@@ -434,7 +433,6 @@ Value read_checkpoint(const std::string& path, const ReadOptions& options) {
     void* ptr = bytes.data_ptr();
     return torch::from_blob(ptr, {numel}, [bytes](void*) mutable { bytes.reset(); }, torch::TensorOptions().dtype(t));
   };
-  (void)file_size;
   Value root;
   try {
     root = pickle::loads(pkl.data(), pkl.size(), loader);

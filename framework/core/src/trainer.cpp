@@ -1,11 +1,14 @@
 #include "cairn/trainer.h"
 
+#include "cairn/checkpoint_file.h"
+
 #include "cairn/distributed.h"
 #include "cairn/schedulers.h"
 
 #include <torch/torch.h>
 
 #include <dlfcn.h>
+#include <filesystem>
 #include <iostream>
 
 namespace cairn {
@@ -221,43 +224,121 @@ void Trainer::train_epoch(EpochSampler& sampler) {
   }
 }
 
-void Trainer::run_validation() {
-  if (data().valid.empty()) return;
+std::vector<std::string> Trainer::run_eval(const std::string& split) {
+  const bool valid = split == "valid";
+  const TensorDataset& ds = valid ? data().valid : data().test;
+  if (ds.empty()) return {};
   torch::NoGradGuard no_grad;
   model_.module->eval();
-  loop_.validation_begin();
+  valid ? loop_.validation_begin() : loop_.test_begin();
   const int64_t bs = data().batch_size;
-  const auto part = shard(data().valid.size());  // each rank its share; metrics are summed at validation_end
+  const auto part = shard(ds.size());  // each rank its share; metrics are summed at the stage's end
   for (int64_t b = part.first; b < part.second; b += bs) {
-    Batch batch = to_device(data().valid.slice(b, std::min(b + bs, part.second)));
+    Batch batch = to_device(ds.slice(b, std::min(b + bs, part.second)));
     loop_.state().batch_size = batch.size();
-    validation_step(batch);
-    loop_.validation_batch_end();
+    if (valid) {
+      validation_step(batch);
+      loop_.validation_batch_end();
+    } else {
+      test_step(batch);
+      loop_.test_batch_end();
+    }
   }
-  loop_.validation_end();
+  std::vector<std::string> names;
+  for (const auto& a : loop_.metrics().accumulators(split)) names.push_back(a.first);
+  valid ? loop_.validation_end() : loop_.test_end();
   model_.module->train();
+  return names;
 }
 
-void Trainer::run_test() {
-  torch::NoGradGuard no_grad;
-  model_.module->eval();
-  loop_.test_begin();
-  const int64_t bs = data().batch_size;
-  const auto part = shard(data().test.size());
-  for (int64_t b = part.first; b < part.second; b += bs) {
-    Batch batch = to_device(data().test.slice(b, std::min(b + bs, part.second)));
-    loop_.state().batch_size = batch.size();
-    test_step(batch);
-    loop_.test_batch_end();
-  }
-  loop_.test_end();
-}
+void Trainer::run_validation() { run_eval("valid"); }
+void Trainer::run_test() { run_eval("test"); }
 
 double Trainer::test() {
   if (!optimizer_) setup();
   if (data().test.empty()) throw std::logic_error("the data has no test split");
   run_test();
   return loop_.metrics().last("test/acc").value_or(0.0);
+}
+
+void Trainer::load_model_weights(const std::string& path) {
+  const Value c = read_checkpoint(path);
+  const Value* sd = c.find("state_dict");
+  if (!sd || !sd->is_dict()) throw CheckpointError(path + " holds no state_dict");
+  try {
+    load_model_state(*model_.module, *sd, /*strict=*/true);
+  } catch (const CheckpointMismatch& e) {
+    throw CheckpointMismatch(path + ": " + e.what());
+  }
+}
+
+std::map<std::string, double> Trainer::evaluate(const std::string& split, const std::string& ckpt) {
+  if (split != "valid" && split != "test") throw std::invalid_argument("evaluate: split must be valid or test, got '" + split + "'");
+  if (!optimizer_) setup();
+  if ((split == "valid" ? data().valid : data().test).empty()) {
+    throw std::invalid_argument("the data has no " + split + " split");
+  }
+  if (!ckpt.empty()) load_model_weights(ckpt);
+  std::map<std::string, double> out;
+  for (const auto& name : run_eval(split)) {
+    if (auto v = loop_.metrics().last(name)) out[name] = *v;
+  }
+  return out;
+}
+
+at::Tensor Trainer::predict(const TensorDataset& ds, const std::string& ckpt) {
+  if (!optimizer_) setup();
+  if (!ckpt.empty()) load_model_weights(ckpt);
+  torch::NoGradGuard no_grad;
+  model_.module->eval();
+  std::vector<at::Tensor> parts;
+  const int64_t bs = data().batch_size;
+  for (int64_t b = 0; b < ds.size(); b += bs) {
+    Batch batch;
+    batch.x = ds.x.slice(0, b, std::min(b + bs, ds.size()));
+    parts.push_back(forward(to_device(batch).x).detach().to(torch::kCPU));
+  }
+  model_.module->train();
+  if (parts.empty()) return at::Tensor();
+  return torch::cat(parts, 0);
+}
+
+void Trainer::final_test() {
+  std::string best;
+  if (options_.test_ckpt() == "best") {
+    for (const auto& cb : loop_.callbacks()) {
+      best = cb->best_checkpoint(loop_);
+      if (!best.empty()) break;
+    }
+  }
+  // Rank 0's choice holds for the job (its writer knows which saves are durable).
+  if (loop_.process_group()) best = loop_.process_group()->broadcast_bytes(best, 0);
+  std::error_code ec;
+  if (best.empty() || !std::filesystem::exists(best, ec)) {
+    if (loop_.is_rank_zero()) {
+      std::cout << "cairn: testing the final weights"
+                << (options_.test_ckpt() == "best" ? " (no best checkpoint: no monitoring checkpoint callback saved one)"
+                                                   : "")
+                << "\n";
+    }
+    run_test();
+    return;
+  }
+  // The best file's weights for the test pass; the run's own state (and so
+  // the last.ckpt saved at fit_end) keeps the final weights.
+  std::vector<at::Tensor> keep;
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& t : model_.module->parameters()) keep.push_back(t.detach().clone());
+    for (const auto& t : model_.module->buffers()) keep.push_back(t.detach().clone());
+  }
+  if (loop_.is_rank_zero()) std::cout << "cairn: testing the best checkpoint " << best << "\n";
+  load_model_weights(best);
+  run_test();
+  torch::NoGradGuard no_grad;
+  size_t i = 0;
+  for (auto& t : model_.module->parameters()) t.copy_(keep[i++]);
+  for (auto& t : model_.module->buffers()) t.copy_(keep[i++]);
 }
 
 FitResult Trainer::fit() {
@@ -301,7 +382,7 @@ FitResult Trainer::fit() {
       }
       loop_.epoch_end();
     }
-    if (!st.stop.interrupt && options_.run_test() && !data().test.empty()) run_test();
+    if (!st.stop.interrupt && options_.run_test() && !data().test.empty()) final_test();
     loop_.fit_end();
   } catch (...) {
     loop_.exception(std::current_exception());

@@ -83,6 +83,7 @@ class Checkpoint : public Callback {
   //! "Checkpoint{monitor=M,mode=X}": cadence options are not part of it.
   std::string key() const override;
   bool claims(const std::string& saved_key) const override;
+  std::string best_checkpoint(Loop& loop) override;
   Order order() const override { return Order::saver; }
 
   void on_fit_begin(Loop& loop) override;

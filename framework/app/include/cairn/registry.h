@@ -78,8 +78,9 @@ class FactoryTable {
 class Registry {
  public:
   //! The process-wide registry, with cairn's built-in models, data,
-  //! optimizers and schedulers. Callbacks are added by
-  //! cairn::register_builtin_callbacks() (library cairn::callbacks).
+  //! optimizers and schedulers. The built-in callbacks (whose classes live in
+  //! cairn::callbacks) are registered by cairn::register_builtin_callbacks(),
+  //! in the application layer (framework/app/src/register_callbacks.cpp).
   static Registry& global();
 
   void add_model(const std::string& name, Factory<Model> f) { models.add(name, std::move(f)); }

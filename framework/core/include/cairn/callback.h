@@ -64,6 +64,10 @@ class Callback : public Stateful {
   //! State was restored from a checkpoint (rewrite derived files here).
   virtual void on_load_checkpoint(Loop&) {}
 
+  //! The durable checkpoint file with this callback's best monitored value
+  //! ("" when it keeps none; a save in flight is finished first): fit()'s
+  //! test pass uses it (TrainerOptions::test_ckpt).
+  virtual std::string best_checkpoint(Loop& loop) { (void)loop; return ""; }
   //! The folder this callback writes checkpoints to ("" for callbacks that do not);
   //! `cairn fit --resume auto` looks there.
   virtual std::string checkpoint_dir(const Loop& loop) const { (void)loop; return ""; }

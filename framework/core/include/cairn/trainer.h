@@ -21,8 +21,10 @@
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
 
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace cairn {
 
@@ -46,6 +48,11 @@ struct TrainerOptions {
   TORCH_ARG(int64_t, check_val_every_n_epoch) = 1;
   //! Run the test split after fit (when the data has one).
   TORCH_ARG(bool, run_test) = true;
+  //! Which weights fit()'s test pass uses: "best" (the best checkpoint a
+  //! monitoring callback kept, when there is one; else the final weights) or
+  //! "last" (the final weights). It says which file it used; the run's state
+  //! (and so last.ckpt) keeps the final weights either way.
+  TORCH_ARG(std::string, test_ckpt) = "best";
   //! Clip gradients before each optimizer step (0: off).
   TORCH_ARG(double, gradient_clip_val) = 0.0;
   //! "norm" (total 2-norm of all gradients) or "value" (each element).
@@ -109,6 +116,19 @@ class Trainer {
   FitResult fit();
   //! Evaluates on the test split and logs `test/loss`, `test/acc`; returns test/acc.
   double test();
+  //! Evaluates `split` ("valid" or "test") with the weights of checkpoint
+  //! `ckpt` (a file; "" = the model's current weights) and returns the
+  //! split's metrics by name ("test/loss" -> ...). A checkpoint whose
+  //! weights do not fit the model is a CheckpointMismatch naming every key
+  //! and shape. Nothing is written: callbacks see the split's events as usual.
+  std::map<std::string, double> evaluate(const std::string& split, const std::string& ckpt = "");
+  std::map<std::string, double> test(const std::string& ckpt) { return evaluate("test", ckpt); }
+  std::map<std::string, double> validate(const std::string& ckpt = "") { return evaluate("valid", ckpt); }
+  //! The model's outputs for every row of `data`, in order (on the CPU), with
+  //! the weights of `ckpt` ("" = current); `data.y` is not needed.
+  at::Tensor predict(const TensorDataset& data, const std::string& ckpt = "");
+  //! Loads the weights (state_dict) of checkpoint file `path` into the model.
+  void load_model_weights(const std::string& path);
 
   Model& model() { return model_; }
   DataModule& data();
@@ -142,6 +162,11 @@ class Trainer {
   void setup();
   void run_validation();
   void run_test();
+  //! One pass over the valid or test split (shared by both): returns the
+  //! names of the metrics it logged.
+  std::vector<std::string> run_eval(const std::string& split);
+  //! fit()'s test pass, with the weights options().test_ckpt() asks for.
+  void final_test();
   void train_epoch(EpochSampler& sampler);
   void clip_gradients();
   //! This rank's contiguous share [begin, end) of `n` items.

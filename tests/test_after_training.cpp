@@ -1,0 +1,129 @@
+// After training: `cairn test`, `cairn validate` and `cairn predict` on any
+// checkpoint of a run, fit's final test on the best checkpoint, and every
+// config shipped in configs/ trained (briefly) for real.
+#include "support.h"
+
+#include <cairn/callbacks.h>
+
+namespace {
+std::string shipped(const std::string& name) { return std::string(CAIRN_SOURCE_DIR) + "/configs/" + name; }
+
+//! A short run of a shipped config: a few hundred real Fashion-MNIST images.
+std::vector<std::string> brief(const std::string& config, const std::string& run_dir, int epochs = 1) {
+  return {"--config", config, "--run-dir", run_dir, "--set", "data.limit_train=640", "--set",
+          "data.limit_test=300", "--set", "trainer.max_epochs=" + std::to_string(epochs), "--set",
+          "trainer.log_every_n_steps=5", "--set", "trainer.threads=1"};
+}
+std::vector<std::string> with(std::vector<std::string> head, const std::vector<std::string>& tail) {
+  head.insert(head.end(), tail.begin(), tail.end());
+  return head;
+}
+}  // namespace
+
+TEST_CASE("every config in configs/ is valid and trains (briefly) on the real data") {
+  test::TempDir dir("configs");
+  int n = 0;
+  for (const auto& e : test::fs::directory_iterator(std::string(CAIRN_SOURCE_DIR) + "/configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    ++n;
+    const std::string name = e.path().stem().string();
+    CAPTURE(name);
+    auto pc = test::cairn_cli({"print-config", "--config", e.path().string()});
+    CHECK_MESSAGE(pc.exit_code == 0, pc.output);
+    std::vector<std::string> args = with({"fit"}, brief(e.path().string(), dir / name));
+    if (name.find("2proc") != std::string::npos) args.insert(args.end(), {"--nproc", "2"});
+    auto r = test::cairn_cli(args);
+    CHECK_MESSAGE(r.exit_code == 0, r.output);
+    CHECK(r.output.find("cairn: finished") != std::string::npos);
+    CHECK(test::fs::exists(dir / (name + "/checkpoints/last.ckpt")));
+  }
+  CHECK(n >= 3);
+}
+
+TEST_CASE("fit tests the best checkpoint and says so; test and validate evaluate any checkpoint without changing the run") {
+  test::TempDir dir("after");
+  const std::string run = dir / "run", cfg = shipped("fashion_mnist_mlp.yaml");
+  auto fit = test::cairn_cli(with({"fit"}, brief(cfg, run, 2)));
+  REQUIRE_MESSAGE(fit.exit_code == 0, fit.output);
+  const cairn::Value last = cairn::read_checkpoint(run + "/checkpoints/last.ckpt");
+  const std::string best =
+      last.at("callbacks").at("Checkpoint{monitor=valid/acc,mode=max}").at("best_model_path").to_string();
+  REQUIRE(!best.empty());
+  CHECK_MESSAGE(fit.output.find("cairn: testing the best checkpoint " + best) != std::string::npos, fit.output);
+  // The run's own state keeps the final weights (last.ckpt is what a resume continues).
+  const cairn::Value best_file = cairn::read_checkpoint(best);
+  CHECK(last.at("global_step").to_int() >= best_file.at("global_step").to_int());
+
+  const auto before = test::read_file(run + "/metrics.csv");
+  const auto mtime = test::fs::last_write_time(run + "/checkpoints/last.ckpt");
+  auto t = test::cairn_cli({"test", "--config", cfg, "--run-dir", run, "--ckpt", "best", "--json", "--set",
+                            "data.limit_test=300"});
+  REQUIRE_MESSAGE(t.exit_code == 0, t.output);
+  CHECK(t.output.find("\"checkpoint\": \"" + best + "\"") != std::string::npos);
+  CHECK(t.output.find("\"test/acc\": ") != std::string::npos);
+  // The same number fit's own test pass logged (same weights, same 300 images).
+  const double logged = last.at("metrics").at("test/acc").at("value").to_tensor()[-1].item<double>();
+  const std::string acc = t.output.substr(t.output.find("\"test/acc\": ") + 12);
+  CHECK(std::stod(acc) == doctest::Approx(logged).epsilon(1e-9));
+  auto v = test::cairn_cli({"validate", "--config", cfg, "--run-dir", run, "--ckpt", "last", "--set",
+                            "data.limit_train=640"});
+  REQUIRE_MESSAGE(v.exit_code == 0, v.output);
+  CHECK(v.output.find("valid/acc") != std::string::npos);
+  CHECK(v.output.find("checkpoint   " + run + "/checkpoints/last.ckpt") != std::string::npos);
+  // Nothing of the run changed.
+  CHECK(test::read_file(run + "/metrics.csv") == before);
+  CHECK(test::fs::last_write_time(run + "/checkpoints/last.ckpt") == mtime);
+
+  // predict: a torch.load-able dict of tensors, and a CSV, one row per example.
+  auto p = test::cairn_cli({"predict", "--config", cfg, "--run-dir", run, "--ckpt", "best", "--set",
+                            "data.limit_test=300", "--out", dir / "pred.pt"});
+  REQUIRE_MESSAGE(p.exit_code == 0, p.output);
+  const cairn::Value pred = cairn::read_checkpoint(dir / "pred.pt");
+  CHECK(pred.at("outputs").to_tensor().sizes() == std::vector<int64_t>{300, 10});
+  CHECK(pred.at("predictions").to_tensor().sizes() == std::vector<int64_t>{300});
+  const double agree = pred.at("predictions").to_tensor().eq(pred.at("targets").to_tensor()).to(torch::kDouble).mean().item<double>();
+  CHECK(agree == doctest::Approx(logged).epsilon(1e-9));
+  auto py = test::python("read_predictions.py", {dir / "pred.pt"});
+  CHECK_MESSAGE(py.exit_code == 0, py.output);
+  CHECK(py.output.find("outputs (300, 10)") != std::string::npos);
+  auto c = test::cairn_cli({"predict", "--config", cfg, "--run-dir", run, "--ckpt", "last", "--split", "valid",
+                            "--set", "data.limit_train=640", "--out", dir / "pred.csv"});
+  REQUIRE_MESSAGE(c.exit_code == 0, c.output);
+  const std::string csv = test::read_file(dir / "pred.csv");
+  CHECK(csv.rfind("index,prediction,output_0,", 0) == 0);
+  CHECK(std::count(csv.begin(), csv.end(), '\n') > 10);  // a header and a row per validation example
+  CHECK(csv.find("\n0,") != std::string::npos);
+}
+
+TEST_CASE("test, validate and predict refuse what cannot be met, with exit 2 naming what exists") {
+  test::TempDir dir("after_bad");
+  const std::string run = dir / "run", cfg = shipped("fashion_mnist_mlp.yaml");
+  // No checkpoint yet.
+  auto none = test::cairn_cli({"test", "--config", cfg, "--run-dir", run});
+  CHECK(none.exit_code == 2);
+  CHECK(none.output.find("the run has no checkpoint in " + run + "/checkpoints") != std::string::npos);
+  // A run without a monitor: --ckpt best names the newest file instead.
+  auto fit = test::cairn_cli(with({"fit"}, with(brief(cfg, run), {"--set", "callbacks=[{name: checkpoint}]"})));
+  REQUIRE_MESSAGE(fit.exit_code == 0, fit.output);
+  CHECK(fit.output.find("cairn: testing the final weights (no best checkpoint") != std::string::npos);
+  auto best = test::cairn_cli({"test", "--config", cfg, "--run-dir", run, "--ckpt", "best"});
+  CHECK(best.exit_code == 2);
+  CHECK_MESSAGE(best.output.find("no checkpoint callback monitors one") != std::string::npos, best.output);
+  CHECK(best.output.find("the newest is " + run + "/checkpoints/last.ckpt (--ckpt last)") != std::string::npos);
+  // Another model than the checkpoint's: every differing key and shape named.
+  auto other = test::cairn_cli({"test", "--config", cfg, "--run-dir", run, "--ckpt", "last", "--set",
+                                "model.hidden=[64]"});
+  CHECK(other.exit_code == 2);
+  CHECK_MESSAGE(other.output.find("does not match the config's model") != std::string::npos, other.output);
+  CHECK(other.output.find("1.weight (checkpoint [256, 784], model [64, 784])") != std::string::npos);
+  auto txt = test::cairn_cli({"predict", "--config", cfg, "--run-dir", run, "--ckpt", "last", "--out", dir / "p.txt"});
+  CHECK(txt.exit_code == 2);
+  CHECK(txt.output.find("must end in .pt or .csv") != std::string::npos);
+  auto missing = test::cairn_cli({"predict", "--config", cfg, "--run-dir", run, "--ckpt", dir / "nope.ckpt", "--out",
+                                  dir / "p.pt"});
+  CHECK(missing.exit_code == 2);
+  // Help is not an error.
+  auto help = test::cairn_cli({"fit", "--help"});
+  CHECK(help.exit_code == 0);
+  CHECK(help.output.find("cairn predict") != std::string::npos);
+}
