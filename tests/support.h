@@ -275,4 +275,14 @@ inline void wait_for_file(const std::string& path, double seconds) {
   }
 }
 
+//! The largest absolute difference between two state dicts' tensors (by `a`'s keys).
+inline double max_difference(const cairn::Value& a, const cairn::Value& b) {
+  double d = 0;
+  for (size_t i = 0; i < a.keys().size(); ++i) {
+    const at::Tensor x = a.values()[i].to_tensor(), y = b.at(a.keys()[i].to_string()).to_tensor();
+    d = std::max(d, (x - y).abs().max().item<double>());
+  }
+  return d;
+}
+
 }  // namespace test

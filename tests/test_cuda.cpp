@@ -65,14 +65,6 @@ std::string cuda_job_config(const std::string& run, int batch, const std::string
          "distributed: {timeout: 60, backend: " + backend + "}\n"
          "callbacks:\n  - {name: checkpoint, monitor: valid/acc, mode: max, save_top_k: 1, every_n_train_steps: 4}\n";
 }
-double max_weight_difference(const cairn::Value& a, const cairn::Value& b) {
-  double d = 0;
-  for (size_t i = 0; i < a.keys().size(); ++i) {
-    const at::Tensor x = a.values()[i].to_tensor(), y = b.at(a.keys()[i].to_string()).to_tensor();
-    d = std::max(d, (x - y).abs().max().item<double>());
-  }
-  return d;
-}
 }  // namespace
 
 TEST_CASE("cairn fit --nproc 2 on CUDA: Gloo ranks sharing one GPU, and NCCL with a GPU per rank, equal one process "
@@ -99,7 +91,7 @@ TEST_CASE("cairn fit --nproc 2 on CUDA: Gloo ranks sharing one GPU, and NCCL wit
     REQUIRE_MESSAGE(two == 0, test::read_file(dir / "two.log"));
     const cairn::Value a = cairn::read_checkpoint(dir / "one/checkpoints/last.ckpt");
     const cairn::Value b = cairn::read_checkpoint(dir / "two/checkpoints/last.ckpt");
-    const double dw = max_weight_difference(a.at("state_dict"), b.at("state_dict"));
+    const double dw = test::max_difference(a.at("state_dict"), b.at("state_dict"));
     MESSAGE(backend << ": 2 x 16 vs 1 x 32 on CUDA, max weight difference " << dw);
     CHECK(dw < 1e-4);
     REQUIRE(b.at("rng_states").at("ranks").size() == 2);
@@ -116,6 +108,6 @@ TEST_CASE("cairn fit --nproc 2 on CUDA: Gloo ranks sharing one GPU, and NCCL wit
     REQUIRE(test::wait_exit(test::spawn({CAIRN_CLI, "fit", "--config", dir / "cut.yaml", "--nproc", "2"},
                                         dir / "cut2.log", 0, env)) == 0);
     const cairn::Value c = cairn::read_checkpoint(dir / "cut/checkpoints/last.ckpt");
-    CHECK(max_weight_difference(b.at("state_dict"), c.at("state_dict")) == 0.0);
+    CHECK(test::max_difference(b.at("state_dict"), c.at("state_dict")) == 0.0);
   }
 }

@@ -36,14 +36,6 @@ std::vector<int> run_workers(int world, const std::string& out, const std::strin
   return codes;
 }
 
-double max_difference(const cairn::Value& a, const cairn::Value& b) {
-  double d = 0;
-  for (size_t i = 0; i < a.keys().size(); ++i) {
-    const at::Tensor x = a.values()[i].to_tensor(), y = b.at(a.keys()[i].to_string()).to_tensor();
-    d = std::max(d, (x - y).abs().max().item<double>());
-  }
-  return d;
-}
 }  // namespace
 
 TEST_CASE("the process-group environment: torchrun's and SLURM's variables, errors naming the variable") {
@@ -164,14 +156,14 @@ TEST_CASE("2 processes with batch b end with the weights of 1 process with batch
   const cairn::Value c = cairn::read_checkpoint(dir / "acc.ckpt").at("state_dict");
   REQUIRE(a.keys().size() == 4);
   // Sums in another order: float32 rounding, nothing more (the weights moved by ~1).
-  const double d_two = max_difference(a, b), d_acc = max_difference(a, c);
+  const double d_two = test::max_difference(a, b), d_acc = test::max_difference(a, c);
   MESSAGE("max |w1 - w2| = " << d_two << ", with accumulation " << d_acc);
   CHECK(d_two < 1e-4);
   CHECK(d_acc < 1e-4);
   // The comparison can fail: a run with another global batch differs by far more.
   auto other = test::run({CAIRN_EXAMPLE_DATA_PARALLEL, dir / "other.ckpt", "3", "16"});
   REQUIRE(other.exit_code == 0);
-  CHECK(max_difference(a, cairn::read_checkpoint(dir / "other.ckpt").at("state_dict")) > 1e-2);
+  CHECK(test::max_difference(a, cairn::read_checkpoint(dir / "other.ckpt").at("state_dict")) > 1e-2);
 }
 
 TEST_CASE("a peer that never arrives, or dies mid-run, is a clear error within the timeout, not a hang") {
@@ -259,7 +251,7 @@ TEST_CASE("cairn fit --nproc 2 with batch b: the weights and metrics of one proc
 
   const cairn::Value a = last_checkpoint(one), b = last_checkpoint(two);
   CHECK(a.at("global_step").to_int() == b.at("global_step").to_int());
-  const double dw = max_difference(a.at("state_dict"), b.at("state_dict"));
+  const double dw = test::max_difference(a.at("state_dict"), b.at("state_dict"));
   MESSAGE("N=2 x 16 vs N=1 x 32: max weight difference " << dw);
   CHECK(dw < 1e-4);
   for (const char* m : {"train/loss", "train/acc", "valid/loss", "valid/acc", "test/loss", "test/acc", "train/loss_step"}) {
@@ -282,9 +274,9 @@ TEST_CASE("cairn fit --nproc 2 with batch b: the weights and metrics of one proc
   CHECK_MESSAGE(resumed.output.find("data.batch_size: 16 -> 32 (the global batch stays 32 (2 -> 1 processes))") != std::string::npos, resumed.output);
   const cairn::Value c = last_checkpoint(moved);
   MESSAGE("stopped at step " << stopped << ", resumed at 1 process; max weight difference to N=1: "
-                             << max_difference(a.at("state_dict"), c.at("state_dict")));
+                             << test::max_difference(a.at("state_dict"), c.at("state_dict")));
   CHECK(c.at("loop").at("resumes").size() == 1);
-  CHECK(max_difference(a.at("state_dict"), c.at("state_dict")) < 1e-4);
+  CHECK(test::max_difference(a.at("state_dict"), c.at("state_dict")) < 1e-4);
   CHECK(metric_difference(a, c, "valid/acc") < 1e-5);
   // The comparison can fail: resumed at 1 process with the per-process batch
   // unchanged (a global batch of 16), the run takes other steps.
@@ -292,7 +284,7 @@ TEST_CASE("cairn fit --nproc 2 with batch b: the weights and metrics of one proc
   test::write_file(dir / "other.yaml", dist_config(other, 16, false));
   auto o = test::cairn_cli({"fit", "--config", dir / "other.yaml"});
   REQUIRE(o.exit_code == 0);
-  CHECK(max_difference(a.at("state_dict"), last_checkpoint(other).at("state_dict")) > 1e-2);
+  CHECK(test::max_difference(a.at("state_dict"), last_checkpoint(other).at("state_dict")) > 1e-2);
 }
 
 TEST_CASE("a 2-process run survives SIGKILL of either worker (--max-restarts) and SIGTERM to the launcher, and ends "
