@@ -25,6 +25,7 @@ test_packages=(
   clang libclang-rt-14-dev                # sanitizer builds and libFuzzer (scripts/test.sh, fuzz.sh)
   python3-torch                           # Python interop tests (/usr/bin/python3)
   chromium                                # renders `cairn report` pages in the report test
+  tmux                                    # the progress bar test runs on real terminals of 60 and 80 columns
 )
 [ "${1:-}" = "--deps-only" ] && packages+=("${test_packages[@]}")
 missing=()

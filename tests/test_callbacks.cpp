@@ -397,4 +397,9 @@ TEST_CASE("cairn report writes one well-formed HTML file with a chart per metric
   CHECK(marks == resumes * charts);
   CHECK(best >= 1);
   CHECK(p.output.find(" lr") != std::string::npos);
+  // Epoch marks sit where each epoch starts: e0 at step 0 (the left edge of
+  // the axis, x=64), e1 where epoch 0's last step was logged.
+  const std::string html = test::read_file(dir / "report.html");
+  CHECK(html.find("<text class=\"tick epoch\" x=\"64\"") != std::string::npos);
+  CHECK(html.find(">e0</text>") != std::string::npos);
 }

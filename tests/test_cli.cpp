@@ -119,6 +119,36 @@ TEST_CASE("a different thread count on resume warns that bitwise reproducibility
   CHECK(r.output.find("written with 1 intra-op thread(s), this run uses 2") != std::string::npos);
 }
 
+TEST_CASE("the progress bar keeps to the terminal's width (tmux at 60 and 80 columns): no refresh leaves a line") {
+  test::TempDir dir("tmux");
+  test::write_file(dir / "c.yaml",
+                   "name: tmux\ndata: {name: synthetic, train_size: 2048, valid_size: 64, batch_size: 16}\n"
+                   "model: {name: mlp, hidden: [8]}\ntrainer: {max_epochs: 3, log_every_n_steps: 8}\n"
+                   "run: {dir: " + dir / "run" + "}\ncallbacks: [{name: progress_bar, refresh_seconds: 0}]\n");
+  for (int columns : {60, 80}) {
+    CAPTURE(columns);
+    const std::string socket = "cairn-test-" + std::to_string(::getpid()) + "-" + std::to_string(columns);
+    const std::string done = dir / ("done-" + std::to_string(columns));
+    const std::string cmd = "env -u COLUMNS " + std::string(CAIRN_CLI) + " fit --config " + (dir / "c.yaml") +
+                            " --overwrite; touch " + done + "; sleep 60";
+    auto start = test::run({"/usr/bin/tmux", "-L", socket, "new-session", "-d", "-x", std::to_string(columns), "-y", "40", cmd});
+    REQUIRE_MESSAGE(start.exit_code == 0, start.output);
+    test::wait_for_file(done, 120);
+    auto screen = test::run({"/usr/bin/tmux", "-L", socket, "capture-pane", "-p", "-S", "-200"});
+    test::run({"/usr/bin/tmux", "-L", socket, "kill-server"});
+    REQUIRE(test::fs::exists(done));
+    std::istringstream lines(screen.output);
+    int done_lines = 0;
+    for (std::string line; std::getline(lines, line);) {
+      // A bar that wrapped left its first part on a line of its own (lines
+      // ended by a newline, like the banner, may wrap: they are not redrawn).
+      CHECK_MESSAGE(line.find("it/s") == std::string::npos, screen.output);
+      if (line.find(" done in ") != std::string::npos) ++done_lines;
+    }
+    CHECK_MESSAGE(done_lines == 3, screen.output);
+  }
+}
+
 TEST_CASE("on a terminal the progress bar redraws one line; in a log it prints plain lines") {
   test::TempDir dir("tty");
   test::write_file(dir / "c.yaml",

@@ -132,7 +132,7 @@ TEST_CASE("a run refused by the lock of a shared checkpoint folder deletes and w
   REQUIRE(before.count("last.ckpt") == 1);
 
   test::write_file(dir / "other.yaml", job(dir / "other", 1, "dirpath: " + shared));
-  auto r = test::cairn_cli({"fit", "--config", dir / "other.yaml", "--overwrite"});
+  auto r = test::cairn_cli({"fit", "--config", dir / "other.yaml", "--resume", "never", "--overwrite"});
   CHECK_MESSAGE(r.exit_code == 4, r.output);
   CHECK(r.output.find("in use") != std::string::npos);
   const bool untouched = listing(shared) == before;  // every file of the live run, as it was

@@ -3,9 +3,14 @@
 #include "cairn/loop.h"
 #include "cairn/model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
+#include <sys/ioctl.h>
 #include <unistd.h>
+#include <utility>
+#include <vector>
 
 namespace cairn {
 
@@ -23,6 +28,18 @@ std::string clock_text(double seconds) {
   return buf;
 }
 }  // namespace
+
+int ProgressBar::terminal_columns() const {
+  // $COLUMNS first (what the user or a test set), then the terminal's own size.
+  if (const char* c = std::getenv("COLUMNS")) {
+    char* end = nullptr;
+    const long v = std::strtol(c, &end, 10);
+    if (end != c && *end == '\0' && v >= 20 && v <= 10000) return static_cast<int>(v);
+  }
+  struct winsize ws {};
+  if (::ioctl(::fileno(out_), TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20) return ws.ws_col;
+  return 80;
+}
 
 ProgressBar::ProgressBar(ProgressBarOptions options, std::FILE* out)
     : options_(options), out_(out), tty_(::isatty(::fileno(out)) != 0) {}
@@ -63,14 +80,40 @@ void ProgressBar::draw(Loop& loop, bool final) {
   std::snprintf(head, sizeof head, "epoch %lld/%lld", static_cast<long long>(st.epoch + 1),
                 static_cast<long long>(st.max_epochs));
   if (tty_) {
+    // One line that never wraps (a wrapped line is left behind by every
+    // refresh): fields are dropped, least useful first, to fit the terminal.
+    const int columns = terminal_columns();
+    char counter[64], speed[48], eta_text[48], loss[48];
+    std::snprintf(counter, sizeof counter, "%lld/%lld", static_cast<long long>(st.batch_in_epoch),
+                  static_cast<long long>(total));
+    std::snprintf(speed, sizeof speed, "%.1f it/s", rate);
+    std::snprintf(eta_text, sizeof eta_text, "ETA %s", clock_text(eta).c_str());
+    std::snprintf(loss, sizeof loss, "loss %.4f", st.batch_loss);
     const int width = 24;
     const int fill = total > 0 ? static_cast<int>(width * st.batch_in_epoch / std::max<int64_t>(total, 1)) : 0;
     std::string bar(static_cast<size_t>(fill), '=');
     if (fill < width) bar += '>';
     bar.resize(width, ' ');
-    std::fprintf(out_, "\r%s [%s] %lld/%lld %.1f it/s ETA %s loss %.4f%s\033[K", head, bar.c_str(),
-                 static_cast<long long>(st.batch_in_epoch), static_cast<long long>(total), rate,
-                 clock_text(eta).c_str(), st.batch_loss, metric_text(loop, "valid").c_str());
+    bar = "[" + bar + "]";
+    std::string valid = metric_text(loop, "valid");
+    if (!valid.empty()) valid = valid.substr(1);  // its leading space is the separator below
+    // (text, position on the line), most important first.
+    const std::vector<std::pair<std::string, int>> fields{{head, 0},         {counter, 2},  {loss, 5},
+                                                          {eta_text, 4},     {speed, 3},    {bar, 1},
+                                                          {valid, 6}};
+    std::vector<std::pair<int, std::string>> shown;
+    int used = 0;
+    for (const auto& f : fields) {
+      if (f.first.empty()) continue;
+      const int need = static_cast<int>(f.first.size()) + (shown.empty() ? 0 : 1);
+      if (used + need > columns - 1) continue;  // the last column stays free: no auto-wrap
+      used += need;
+      shown.emplace_back(f.second, f.first);
+    }
+    std::sort(shown.begin(), shown.end());
+    std::string line;
+    for (const auto& f : shown) line += (line.empty() ? "" : " ") + f.second;
+    std::fprintf(out_, "\r%s\033[K", line.c_str());
     bar_open_ = !final;
   } else {
     std::fprintf(out_, "%s step %lld/%lld  %.1f it/s  ETA %s  loss %.4f\n", head,

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <iostream>
 
 namespace cairn {
 
@@ -161,6 +162,17 @@ void register_optimizers(Registry& r) {
   });
 }
 
+//! A warm-up that outlasts the whole run never reaches the peak learning rate:
+//! say so once, at build time (it is legal: a run may be continued later).
+void warn_long_warmup(const char* name, int64_t warmup, Interval interval, const BuildContext& ctx) {
+  const int64_t run = interval == Interval::step ? ctx.max_epochs * ctx.steps_per_epoch : ctx.max_epochs;
+  if (warmup > 0 && run > 0 && warmup >= run) {
+    std::cerr << "cairn: warning: scheduler " << name << ": warmup_steps " << warmup << " is not shorter than the whole run ("
+              << run << (interval == Interval::step ? " optimizer steps" : " epochs")
+              << "): the learning rate never reaches its peak\n";
+  }
+}
+
 Interval read_interval(ConfigNode& c, const char* def) {
   return c.get_choice("interval", std::string(def), {"step", "epoch"}) == "step" ? Interval::step : Interval::epoch;
 }
@@ -195,6 +207,7 @@ void register_schedulers(Registry& r) {
     const double start = c.get_double("start_factor", 0.1, 0.0, 1.0, true);
     const double end = c.get_double("end_factor", 1.0, 0.0, 1.0, true);
     return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      warn_long_warmup("linear_warmup", warmup, interval, ctx);
       return std::make_shared<LinearWarmupLR>(*ctx.optimizer, warmup, start, end, interval);
     };
   });
@@ -234,6 +247,7 @@ void register_schedulers(Registry& r) {
     const double min_lr = c.get_double("min_lr", 0.0, 0.0);
     const auto total_steps = c.get_optional_int("total_steps", 1);
     return [=](BuildContext& ctx) -> std::shared_ptr<Scheduler> {
+      warn_long_warmup("cosine", warmup, interval, ctx);
       const int64_t total = total_steps ? *total_steps
                                         : (interval == Interval::step ? ctx.max_epochs * ctx.steps_per_epoch
                                                                       : ctx.max_epochs);

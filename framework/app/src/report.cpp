@@ -67,7 +67,8 @@ struct RunData {
   std::map<std::string, std::vector<Series>> charts;
   std::vector<Monitor> monitors;
   std::vector<int64_t> resumes;
-  std::map<int64_t, int64_t> epoch_first_step;  // epoch -> smallest step seen
+  std::map<int64_t, int64_t> epoch_first_step;  // epoch -> the global step it starts at (see below)
+  std::map<int64_t, int64_t> epoch_last_step;   // epoch -> largest step seen
 };
 
 RunData collect(const Value& c, size_t run, std::vector<std::string>& order, int64_t& max_step) {
@@ -87,12 +88,24 @@ RunData collect(const Value& c, size_t run, std::vector<std::string>& order, int
       max_step = std::max(max_step, s.step[k]);
       auto it = d.epoch_first_step.find(s.epoch[k]);
       if (it == d.epoch_first_step.end() || s.step[k] < it->second) d.epoch_first_step[s.epoch[k]] = s.step[k];
+      auto jt = d.epoch_last_step.find(s.epoch[k]);
+      if (jt == d.epoch_last_step.end() || s.step[k] > jt->second) d.epoch_last_step[s.epoch[k]] = s.step[k];
     }
     if (std::find(order.begin(), order.end(), parts.second) == order.end()) order.push_back(parts.second);
     d.charts[parts.second].push_back(std::move(s));
   }
   for (const auto& m : run_checkpoint::monitor_summaries(c)) {
     if (m.best && !m.mode.empty()) d.monitors.push_back({m.monitor, m.mode, *m.best});
+  }
+  // An epoch starts where the previous one ended (its epoch means are logged
+  // at its last step), the first at step 0, not at its first logged point.
+  for (auto& e : d.epoch_first_step) {
+    auto prev = d.epoch_last_step.find(e.first - 1);
+    if (prev != d.epoch_last_step.end()) {
+      e.second = prev->second;
+    } else if (e.first == 0) {
+      e.second = 0;
+    }
   }
   if (const Value* loop = c.find("loop")) {
     if (const Value* r = loop->find("resumes")) {

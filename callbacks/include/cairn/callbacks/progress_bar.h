@@ -38,6 +38,8 @@ class ProgressBar : public Callback {
  private:
   void draw(Loop& loop, bool final);
   std::string metric_text(const Loop& loop, const char* split) const;
+  //! The terminal's width: $COLUMNS, else TIOCGWINSZ, else 80.
+  int terminal_columns() const;
 
   ProgressBarOptions options_;
   std::FILE* out_;
