@@ -58,8 +58,16 @@ TEST_CASE("a scripted CNN from Python trains, resumes bit-identically after SIGK
   }
   CHECK(sd.at("bn.num_batches_tracked").to_tensor().item<int64_t>() > 0);  // train() reached the scripted BatchNorm
 
-  // Python: load_state_dict (strict) into the scripted module and evaluate.
-  auto check = test::python("user_model.py", {"check", dir.path.string(), (dir / "ref/checkpoints/last.ckpt")});
+  // Python: load_state_dict (strict) into the scripted module and evaluate the
+  // weights fit's test pass used (the best checkpoint, when one was kept).
+  std::string tested = dir / "ref/checkpoints/last.ckpt";
+  for (const auto& m : cairn::run_checkpoint::monitor_summaries(a)) {
+    if (!m.best_path.empty()) tested = m.best_path;
+  }
+  CHECK(ref.output.find("cairn: testing the " + std::string(tested.find("last.ckpt") == std::string::npos
+                                                                 ? "best checkpoint " + tested
+                                                                 : "final weights")) != std::string::npos);
+  auto check = test::python("user_model.py", {"check", dir.path.string(), tested});
   REQUIRE_MESSAGE(check.exit_code == 0, check.output);
   double py_acc = -1;
   std::istringstream(check.output.substr(check.output.find("acc ") + 4)) >> py_acc;
