@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs every check, as CI does (about 40 minutes on 2
-# cores, plus a one-time 4.7 GB download of the torch wheel):
+# Sets up, builds and runs every check, as CI does (18 minutes on 2 cores
+# with the packages and the torch wheel already present; the wheel is a
+# one-time 4.7 GB download, about a minute here):
 #  1. the whole test suite (CTest: doctest cases, the CLI, kill-and-resume
 #     with real processes, Python interop, hostile inputs, the examples),
 #     against Debian's LibTorch 1.13, built by clang with AddressSanitizer +
