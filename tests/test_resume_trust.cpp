@@ -482,3 +482,29 @@ TEST_CASE("the progress bar shows the batch loss of a hand-written loop (log_ste
   CHECK(text.find("loss 2.5000") != std::string::npos);
   CHECK(text.find("loss 0.5000") != std::string::npos);
 }
+
+TEST_CASE("a model that cannot take the data fails its first step in one line with the shapes, and rolls back cleanly") {
+  test::TempDir dir("first_step");
+  cairn::SyntheticOptions so;  // 16 features
+  cairn::Trainer t(cairn::TrainerOptions().max_epochs(1).threads(1));
+  t.set_model(cairn::Model::wrap(cairn::make_mlp({{8}, {4}, so.num_classes, 0.0})));  // takes 8
+  t.set_data(std::make_shared<cairn::SyntheticData>(so));
+  t.loop().set_run_dir(dir.str());
+  t.add_callback(std::make_shared<cairn::Checkpoint>());
+  std::string what;
+  try {
+    t.fit();
+  } catch (const std::runtime_error& e) {
+    what = e.what();
+  }
+  CHECK_MESSAGE(what.find("the first training step failed on a batch of inputs shaped [") != std::string::npos, what);
+  CHECK(what.find(", 16]") != std::string::npos);
+  CHECK(what.find("mat1 and mat2") != std::string::npos);
+  CHECK(what.find('\n') == std::string::npos);
+  // Nothing had stepped: the state rolled back and was saved (it used to be
+  // reported as "in the middle of an optimizer step").
+  CHECK_FALSE(t.loop().state().dirty);
+  CHECK(cairn::read_checkpoint(dir / "checkpoints/last.ckpt").at("global_step").to_int() == 0);
+  CHECK(cairn::short_error("x\nTraceback of TorchScript (most recent call last):\n  File ...\nRuntimeError: boom\n") ==
+        "RuntimeError: boom");
+}

@@ -10,8 +10,23 @@
 #include <dlfcn.h>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 
 namespace cairn {
+
+std::string short_error(const std::string& what) {
+  // A TorchScript error carries two tracebacks; the cause is its last line.
+  if (what.find("Traceback of TorchScript") != std::string::npos) {
+    std::string last;
+    std::istringstream lines(what);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.find_first_not_of(" \t") != std::string::npos) last = line;
+    }
+    return last;
+  }
+  const std::string first = what.substr(0, what.find('\n'));
+  return first.size() > 400 ? first.substr(0, 400) + "..." : first;
+}
 
 torch::Device resolve_device(const std::string& spec) {
   if (spec == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
@@ -202,7 +217,23 @@ void Trainer::train_epoch(EpochSampler& sampler) {
     st.batch_size = batch.size();
     loop_.batch_begin();
     if (k % accumulate == 0) optimizer_->zero_grad();
-    at::Tensor loss = training_step(batch);
+    at::Tensor loss;
+    if (first_step_done_) {
+      loss = training_step(batch);
+    } else {
+      // The run's first step: a model that cannot take the data fails here.
+      // Say so in one line with the shapes, not with a raw TorchScript trace.
+      try {
+        loss = training_step(batch);
+      } catch (const std::exception& e) {
+        std::ostringstream os;
+        os << "the first training step failed on a batch of inputs shaped " << batch.x.sizes();
+        if (batch.y.defined()) os << " (targets " << batch.y.sizes() << ")";
+        os << ": " << short_error(e.what()) << "; does the model take this data?";
+        throw std::runtime_error(os.str());
+      }
+      first_step_done_ = true;
+    }
     // The loss training_step returns is the batch loss that TerminateOnNaN and the progress bar read.
     st.batch_loss = loss.detach().item<double>();
     if (accumulate > 1) loss = loss / static_cast<double>(accumulate);
@@ -363,6 +394,7 @@ FitResult Trainer::fit() {
   // The epoch's order and its cut into global batches depend only on the seed
   // and the global batch, not on how many processes share each batch.
   EpochSampler sampler(data().train.size(), st.global_batch_size, data().seed, /*shuffle=*/true);
+  loop_.declare_optimizer_hook();  // train_epoch calls before_optimizer_step() before each step
   try {
     loop_.fit_begin();
     while (st.epoch < options_.max_epochs() && !loop_.should_stop()) {

@@ -212,6 +212,11 @@ class Loop {
   //! next boundary leaves state().dirty set. The Trainer calls it before an
   //! epoch scheduler steps.
   void mark_stepped();
+  //! Declares that this loop's driver calls before_optimizer_step() before
+  //! every optimizer step (the Trainer does): then an exception before the
+  //! run's first step can be rolled back too. (Without it, a hand-written
+  //! loop's steps count as visible only once the hook was seen.)
+  void declare_optimizer_hook() { optimizer_hook_seen_ = true; }
   void test_begin();
   void test_batch_end();
   void test_end();

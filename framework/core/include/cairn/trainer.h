@@ -183,11 +183,15 @@ class Trainer {
   ResumeInfo resume_info_;
   std::shared_ptr<ProcessGroup> group_;
   std::unique_ptr<GradientSync> sync_;
+  bool first_step_done_ = false;  //!< the run's first training step ran (its failure is explained with shapes)
 };
 
 //! Resolves "auto" / "cpu" / "cuda" / "cuda:N" to a device; throws
 //! std::invalid_argument for CUDA when this build or machine has none.
 torch::Device resolve_device(const std::string& spec);
+//! An exception's message in one line: the cause line of a TorchScript error
+//! (not its two tracebacks), else the first line.
+std::string short_error(const std::string& what);
 //! Sets intra-op threads for LibTorch and, where present, OpenBLAS.
 void set_threads(int64_t threads);
 
