@@ -103,8 +103,7 @@ else()
 endif()
 if(NOT cairn_torch_abi STREQUAL "")
   include(CheckCXXSourceCompiles)
-  set(CMAKE_REQUIRED_QUIET ON)
-  set(CMAKE_REQUIRED_FLAGS "${CMAKE_CXX_FLAGS}")
+  set(CMAKE_REQUIRED_QUIET ON)  # (the test compile uses CMAKE_CXX_FLAGS itself)
   check_cxx_source_compiles("#include <string>
     #if _GLIBCXX_USE_CXX11_ABI != ${cairn_torch_abi}
     #error ABI

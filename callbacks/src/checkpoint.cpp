@@ -234,7 +234,7 @@ void Checkpoint::report_failure(Loop& loop, const std::string& what) {
 
 std::string Checkpoint::best_checkpoint(Loop& loop) {
   wait_for_pending(loop);  // a failed write rolls the book back to a file that is on disk
-  return best_model_path_;
+  return book_.best_path;
 }
 
 void Checkpoint::on_exception(Loop& loop) {
@@ -314,7 +314,7 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
   // Decide the top-k change before writing; commit it only once the file is durable.
   std::string topk_file;
   std::vector<std::string> to_delete;
-  Book planned = book();
+  Book planned = book_;
   if (!force_last_only) {
     const Retention retention(options_.save_top_k(), options_.mode(), options_.min_delta(), !options_.monitor().empty());
     const std::string path = (fs::path(dirpath_) / (format_filename(loop) + ".ckpt")).string();
@@ -332,10 +332,9 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
   const std::string primary = topk_file.empty() ? last : topk_file;
 
   // Commit the tentative bookkeeping so the saved state includes this file.
-  const Book old = book();
-  Book next = planned;
-  next.last_path = primary;
-  set_book(next);
+  const Book old = book_;
+  book_ = std::move(planned);
+  book_.last_path = primary;
   const auto t0 = std::chrono::steady_clock::now();
   const bool background = options_.async_save() && !force_last_only;
   if (!loop.is_rank_zero()) {
@@ -368,7 +367,7 @@ bool Checkpoint::save(Loop& loop, bool force_last_only) {
       durable_step_ = st.global_step;
     }
   } catch (const std::exception& e) {
-    set_book(old);
+    book_ = old;
     last_error_ = e.what();
     std::cerr << "cairn: warning: checkpoint not saved: " << e.what() << "\n";
     if (options_.on_error() == "stop") {
@@ -423,7 +422,7 @@ void Checkpoint::settle(Loop& loop, std::exception_ptr error) {
     durable_step_ = pending_step_;
     return;
   }
-  set_book(before_pending_);
+  book_ = before_pending_;
   last_saved_step_ = -1;
   try {
     std::rethrow_exception(error);
@@ -434,31 +433,17 @@ void Checkpoint::settle(Loop& loop, std::exception_ptr error) {
   }
 }
 
-Checkpoint::Book Checkpoint::book() const {
-  return Book{best_k_models_, newest_paths_, best_model_path_, best_model_score_, monitor_values_seen_,
-              last_model_path_};
-}
-
 void Checkpoint::agree_on_book(Loop& loop) {
   if (loop.world_size() <= 1) return;
   // "<last saved step> <at epoch end> <book>": rank 0's, on every rank.
   const std::string mine =
-      std::to_string(last_saved_step_) + " " + (last_saved_epoch_end_ ? "1" : "0") + " " + book().encode();
+      std::to_string(last_saved_step_) + " " + (last_saved_epoch_end_ ? "1" : "0") + " " + book_.encode();
   const std::string agreed = loop.process_group()->broadcast_bytes(mine, 0);
   if (loop.is_rank_zero()) return;
   const size_t a = agreed.find(' '), b = agreed.find(' ', a + 1);
   last_saved_step_ = std::stoll(agreed.substr(0, a));
   last_saved_epoch_end_ = agreed.at(a + 1) == '1';
-  set_book(Book::decode(agreed.substr(b + 1)));
-}
-
-void Checkpoint::set_book(const Book& b) {
-  best_k_models_ = b.best_k;
-  newest_paths_ = b.newest;
-  best_model_path_ = b.best_path;
-  best_model_score_ = b.best_score;
-  monitor_values_seen_ = b.seen;
-  last_model_path_ = b.last_path;
+  book_ = Book::decode(agreed.substr(b + 1));
 }
 
 Value Checkpoint::state_dict() const {
@@ -466,32 +451,32 @@ Value Checkpoint::state_dict() const {
   d.set("monitor", options_.monitor().empty() ? Value() : Value(options_.monitor()));
   d.set("mode", mode_name(options_.mode()));
   d.set("dirpath", dirpath_);
-  d.set("best_model_path", best_model_path_);
-  d.set("best_model_score", best_model_score_ ? Value(*best_model_score_) : Value());
+  d.set("best_model_path", book_.best_path);
+  d.set("best_model_score", book_.best_score ? Value(*book_.best_score) : Value());
   Value k = Value::dict();
-  for (const auto& kv : best_k_models_) k.set(kv.first, kv.second);
+  for (const auto& kv : book_.best_k) k.set(kv.first, kv.second);
   d.set("best_k_models", std::move(k));
-  d.set("newest_paths", Value(newest_paths_));
-  d.set("last_model_path", last_model_path_);
-  d.set("monitor_values_seen", monitor_values_seen_);
+  d.set("newest_paths", Value(book_.newest));
+  d.set("last_model_path", book_.last_path);
+  d.set("monitor_values_seen", book_.seen);
   if (!options_.monitor().empty()) {
-    d.set("summary", run_checkpoint::summary(options_.monitor(), mode_name(options_.mode()), best_model_score_,
-                                             best_model_path_));
+    d.set("summary", run_checkpoint::summary(options_.monitor(), mode_name(options_.mode()), book_.best_score,
+                                             book_.best_path));
   }
   return d;
 }
 
 void Checkpoint::load_state_dict(const Value& s) {
-  best_model_path_ = s.at("best_model_path").to_string();
+  book_.best_path = s.at("best_model_path").to_string();
   const Value& score = s.at("best_model_score");
-  best_model_score_ = score.is_none() ? std::nullopt : std::optional<double>(score.to_double());
-  best_k_models_.clear();
+  book_.best_score = score.is_none() ? std::nullopt : std::optional<double>(score.to_double());
+  book_.best_k.clear();
   const Value& k = s.at("best_k_models");
-  for (size_t i = 0; i < k.keys().size(); ++i) best_k_models_[k.keys()[i].to_string()] = k.values()[i].to_double();
-  newest_paths_.clear();
-  for (const auto& p : s.at("newest_paths").items()) newest_paths_.push_back(p.to_string());
-  last_model_path_ = s.at("last_model_path").to_string();
-  monitor_values_seen_ = s.at("monitor_values_seen").to_int();
+  for (size_t i = 0; i < k.keys().size(); ++i) book_.best_k[k.keys()[i].to_string()] = k.values()[i].to_double();
+  book_.newest.clear();
+  for (const auto& p : s.at("newest_paths").items()) book_.newest.push_back(p.to_string());
+  book_.last_path = s.at("last_model_path").to_string();
+  book_.seen = s.at("monitor_values_seen").to_int();
 }
 
 }  // namespace cairn

@@ -407,9 +407,10 @@ int launch(const Args& a, const ExperimentSpec& spec) {
 
 //! The checkpoint `choice` names for a run of `spec` in `run_dir`: "best"
 //! (the file of a monitoring callback's best value), "last" (the newest that
-//! verifies) or a path. Names what exists when the choice cannot be met (exit 2).
+//! verifies), "" (best when the run keeps one, else last) or a path. Names
+//! what exists when the choice cannot be met (exit 2).
 std::string choose_ckpt(const ExperimentSpec& spec, const std::string& run_dir, const std::string& choice) {
-  if (choice != "best" && choice != "last") {
+  if (!choice.empty() && choice != "best" && choice != "last") {
     std::error_code ec;
     if (!fs::exists(choice, ec)) throw UsageError("--ckpt " + choice + ": no such file (use best, last or a checkpoint path)");
     return choice;
@@ -417,7 +418,7 @@ std::string choose_ckpt(const ExperimentSpec& spec, const std::string& run_dir, 
   const std::string dir = checkpoint_dir_of(spec, run_dir);
   CheckpointChoice newest = newest_checkpoint(dir);
   if (!newest.found) {
-    std::string why = "--ckpt " + choice + ": the run has no checkpoint in " + dir;
+    std::string why = "--ckpt " + (choice.empty() ? std::string("last") : choice) + ": the run has no checkpoint in " + dir;
     for (const auto& r : newest.rejected) why += "\n  " + r.second;
     throw UsageError(why + (newest.rejected.empty() ? " (train it first: cairn fit --config ...)" : ""));
   }
@@ -428,6 +429,7 @@ std::string choose_ckpt(const ExperimentSpec& spec, const std::string& run_dir, 
     if (!m.best_path.empty() && fs::exists(m.best_path, ec)) return m.best_path;
     monitors += (monitors.empty() ? "" : ", ") + m.monitor;
   }
+  if (choice.empty()) return newest.path;  // no best kept: the newest
   throw UsageError("--ckpt best: no checkpoint of " + dir + " is kept as the best of a monitored metric (" +
                    (monitors.empty() ? std::string("no checkpoint callback monitors one") : "monitored: " + monitors) +
                    "); the newest is " + newest.path + " (--ckpt last)");
@@ -443,16 +445,7 @@ int cmd_evaluate(const Args& a, const std::string& split) {
   if (a.config.empty()) throw UsageError(a.command + " needs --config FILE");
   ExperimentSpec spec = parse_experiment(a.config, a.sets);
   const std::string run_dir = a.run_dir.empty() ? spec.run_dir : a.run_dir;
-  std::string choice = a.ckpt;
-  if (choice.empty()) {
-    // The best checkpoint when the run keeps one, else the newest.
-    try {
-      choice = choose_ckpt(spec, run_dir, "best");
-    } catch (const UsageError&) {
-      choice = "last";
-    }
-  }
-  const std::string path = choose_ckpt(spec, run_dir, choice);
+  const std::string path = choose_ckpt(spec, run_dir, a.ckpt);  // "": best, else last
   std::unique_ptr<Trainer> trainer = evaluation_trainer(spec, run_dir);
   std::map<std::string, double> metrics;
   try {
@@ -500,10 +493,9 @@ int cmd_predict(const Args& a) {
   } catch (const CheckpointMismatch& e) {
     throw UsageError(std::string("the checkpoint does not match the config's model: ") + e.what());
   } catch (const c10::Error& e) {
-    std::string what = e.what();
-    throw UsageError("the model cannot take the " + a.split + " split's inputs (" +
-                     [&] { std::ostringstream os; os << ds.x.sizes(); return os.str(); }() + "): " +
-                     what.substr(0, what.find('\n')));
+    std::ostringstream os;
+    os << "the model cannot take the " << a.split << " split's inputs (" << ds.x.sizes() << "): " << short_error(e.what());
+    throw UsageError(os.str());
   }
   const bool classes = outputs.dim() == 2;
   at::Tensor predictions = classes ? outputs.argmax(1) : at::Tensor();
@@ -526,13 +518,14 @@ int cmd_predict(const Args& a) {
     if (has_y) f << ",target";
     f << "\n";
     f.precision(9);
-    const auto acc = flat.accessor<double, 2>();
-    const at::Tensor y = has_y ? ds.y.to(torch::kCPU).to(torch::kDouble) : at::Tensor();
+    const auto out = flat.accessor<double, 2>();
+    const at::Tensor pred = classes ? predictions.to(torch::kLong).contiguous() : at::Tensor();
+    const at::Tensor y = has_y ? ds.y.to(torch::kCPU).to(torch::kDouble).contiguous() : at::Tensor();
     for (int64_t i = 0; i < flat.size(0); ++i) {
       f << i;
-      if (classes) f << "," << predictions[i].item<int64_t>();
-      for (int64_t j = 0; j < flat.size(1); ++j) f << "," << acc[i][j];
-      if (has_y) f << "," << y[i].item<double>();
+      if (classes) f << "," << pred.data_ptr<int64_t>()[i];
+      for (int64_t j = 0; j < flat.size(1); ++j) f << "," << out[i][j];
+      if (has_y) f << "," << y.data_ptr<double>()[i];
       f << "\n";
     }
     if (!f) throw UsageError("cannot write " + a.out);

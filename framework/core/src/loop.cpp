@@ -190,10 +190,7 @@ void Loop::agree_on_late_interrupt() {
   for (int r = 0; r < world_size_; ++r) {
     const int s = static_cast<int>(sig[0][r].item<double>());
     if (s == 0) continue;
-    if (!state_.stop.interrupt) {
-      state_.request_interrupt(s, "received a signal (on rank " + std::to_string(r) + ")");
-      state_.stop.signal = s;
-    }
+    if (!state_.stop.interrupt) state_.request_interrupt(s, "received a signal (on rank " + std::to_string(r) + ")");
     return;
   }
 }

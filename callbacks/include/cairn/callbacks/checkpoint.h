@@ -105,10 +105,10 @@ class Checkpoint : public Callback {
 
   const CheckpointOptions& options() const { return options_; }
   std::string dirpath() const { return dirpath_; }
-  const std::string& best_model_path() const { return best_model_path_; }
-  std::optional<double> best_model_score() const { return best_model_score_; }
-  const std::map<std::string, double>& best_k_models() const { return best_k_models_; }
-  const std::string& last_model_path() const { return last_model_path_; }
+  const std::string& best_model_path() const { return book_.best_path; }
+  std::optional<double> best_model_score() const { return book_.best_score; }
+  const std::map<std::string, double>& best_k_models() const { return book_.best_k; }
+  const std::string& last_model_path() const { return book_.last_path; }
   //! Seconds spent in the last completed write (background part included), and its size.
   double last_save_seconds() const { return last_save_seconds_; }
   uint64_t last_save_bytes() const { return last_save_bytes_; }
@@ -132,12 +132,10 @@ class Checkpoint : public Callback {
   void resolve_dir(const Loop& loop);
   //! Bookkeeping that a save changes; restored when its write fails.
   using Book = RetentionBook;
-  Book book() const;
   //! Distributed: every rank takes rank 0's book and last-save marks before a
   //! save decides anything (a write fails on rank 0 alone: without this the
   //! ranks' books diverged and their next saves ran different collectives).
   void agree_on_book(Loop& loop);
-  void set_book(const Book& b);
   //! The file work of one save: link last.prev, write, link last, delete dropped files.
   void write_files(const Value& ckpt, const std::string& primary, bool keep_last,
                    const std::vector<std::string>& to_delete);
@@ -146,12 +144,7 @@ class Checkpoint : public Callback {
 
   CheckpointOptions options_;
   std::string dirpath_;                          //!< resolved folder
-  std::map<std::string, double> best_k_models_;  //!< top-k file -> monitored value
-  std::vector<std::string> newest_paths_;        //!< without a monitor: kept files, oldest first
-  std::string best_model_path_;                  //!< file of the best monitored value
-  std::optional<double> best_model_score_;       //!< the best monitored value
-  std::string last_model_path_;                  //!< newest file written
-  int64_t monitor_values_seen_ = 0;              //!< monitor series length at the last top-k decision
+  Book book_;                                    //!< what is kept: top-k files, the best, the newest
   int64_t last_saved_step_ = -1;                 //!< global step of the last save
   bool due_ = false;                             //!< a step save came due mid-accumulation
   bool warned_invalid_ = false;                  //!< the invalid-state warning was printed
