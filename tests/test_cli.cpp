@@ -167,3 +167,9 @@ TEST_CASE("on a terminal the progress bar redraws one line; in a log it prints p
   CHECK(log.output.find("epoch 1/1 step 8/32") != std::string::npos);
   CHECK(log.output.find("epoch 1/1 done in") != std::string::npos);
 }
+
+TEST_CASE("messages count epochs from 1, as the progress bar does; files count from 0") {
+  CHECK(cairn::describe_position(2, 17, 1705) == "in epoch 3 after batch 17 (global step 1705)");
+  CHECK(cairn::describe_position(2, 0, 1688) == "after epoch 2 (global step 1688)");
+  CHECK(cairn::describe_position(0, 0, 0) == "before the first epoch (global step 0)");
+}

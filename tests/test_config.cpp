@@ -118,6 +118,9 @@ TEST_CASE("command-line mistakes are exit code 2 with usage, never a crash") {
   CHECK(test::cairn_cli({"fit"}).exit_code == 2);
   CHECK(test::cairn_cli({"fit", "--config"}).exit_code == 2);
   CHECK(test::cairn_cli({"fit", "--config", dir / "missing.yaml"}).exit_code == 2);
+  const auto folder = test::cairn_cli({"print-config", "--config", dir.path.string()});
+  CHECK(folder.exit_code == 2);
+  CHECK_MESSAGE(folder.output.find("is a folder, not a config file") != std::string::npos, folder.output);
   CHECK(test::cairn_cli({"fit", "--bogus"}).exit_code == 2);
   auto help = test::cairn_cli({"--help"});
   CHECK(help.exit_code == 0);
@@ -126,6 +129,7 @@ TEST_CASE("command-line mistakes are exit code 2 with usage, never a crash") {
 
 TEST_CASE("the shipped configs are valid") {
   for (const auto& e : test::fs::directory_iterator(std::string(CAIRN_SOURCE_DIR) + "/configs")) {
+    if (e.path().extension() != ".yaml") continue;
     CAPTURE(e.path().string());
     auto r = test::cairn_cli({"print-config", "--config", e.path().string()});
     CHECK_MESSAGE(r.exit_code == 0, r.output);

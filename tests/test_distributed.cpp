@@ -212,6 +212,7 @@ std::string dist_config(const std::string& run, int batch, bool dropout) {
          "data: {name: synthetic, train_size: 1000, valid_size: 200, test_size: 200, features: 16, num_classes: 4, "
          "noise: 1.0, batch_size: " + std::to_string(batch) + "}\n"
          "model: {name: mlp, hidden: [64]" + (dropout ? ", dropout: 0.3" : "") + "}\n"
+         "metrics: [accuracy, {name: f1, average: macro}, {name: top_k_accuracy, k: 2}]\n"
          "optimizer: {name: " + (dropout ? "adam, lr: 0.002" : "sgd, lr: 0.1") + "}\n"
          "trainer: {max_epochs: 4, threads: 1, log_every_n_steps: 5}\n"
          "distributed: {timeout: 20}\n"
@@ -254,7 +255,10 @@ TEST_CASE("cairn fit --nproc 2 with batch b: the weights and metrics of one proc
   const double dw = test::max_difference(a.at("state_dict"), b.at("state_dict"));
   MESSAGE("N=2 x 16 vs N=1 x 32: max weight difference " << dw);
   CHECK(dw < 1e-4);
-  for (const char* m : {"train/loss", "train/acc", "valid/loss", "valid/acc", "test/loss", "test/acc", "train/loss_step"}) {
+  // Metrics from running statistics (F1's per-class counts) are summed over
+  // the ranks: per step for training, at the end for valid and test.
+  for (const char* m : {"train/loss", "train/acc", "valid/loss", "valid/acc", "test/loss", "test/acc", "train/loss_step",
+                        "train/f1_macro", "valid/f1_macro", "test/f1_macro", "train/top2_acc", "valid/top2_acc"}) {
     CHECK_MESSAGE(metric_difference(a, b, m) < 1e-5, m << " differs by " << metric_difference(a, b, m));
   }
   // Validation was split over the ranks and summed: 200 examples, not 100 or 400.
@@ -352,8 +356,9 @@ TEST_CASE("a 2-process run survives SIGKILL of either worker (--max-restarts) an
   const std::string term_log = test::read_file(dir / "term.log");
   REQUIRE_MESSAGE(term_code == 143, term_log);
   const int64_t step = last_checkpoint(term).at("global_step").to_int();
-  const std::string at = "interrupted at epoch " + std::to_string(last_checkpoint(term).at("epoch").to_int()) +
-                         ", step " + std::to_string(step) + ";";
+  const cairn::Value saved = last_checkpoint(term);
+  const std::string at = "interrupted " + cairn::describe_position(saved.at("epoch").to_int(),
+                                                                  saved.at("batch_in_epoch").to_int(), step) + ";";
   CHECK_MESSAGE(term_log.find("[rank 0] cairn: " + at) != std::string::npos, term_log);
   CHECK(term_log.find("[rank 1] cairn: " + at) != std::string::npos);
   auto resumed = test::cairn_cli({"fit", "--config", dir / "term.yaml", "--nproc", "2"});

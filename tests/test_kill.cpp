@@ -122,7 +122,7 @@ TEST_CASE("SIGTERM saves at the next batch and exits 143; the run then resumes t
   const int code = test::wait_exit(pid);
   const std::string log = test::read_file(dir / "log.txt");
   REQUIRE_MESSAGE(code == 128 + SIGTERM, log);
-  CHECK(log.find("interrupted at epoch") != std::string::npos);
+  CHECK(log.find("cairn: interrupted ") != std::string::npos);
   const cairn::Value saved = cairn::read_checkpoint(run + "/checkpoints/last.ckpt");
   CHECK(!saved.at("loop").at("finished").to_bool());
 

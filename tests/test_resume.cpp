@@ -11,6 +11,7 @@ std::string config(const std::string& run) {
   return "name: exact\nseed: 11\nrun: {dir: " + run + "}\n"
          "data: {name: synthetic, train_size: 300, valid_size: 64, test_size: 64, batch_size: 16, features: 16}\n"
          "model: {name: mlp, hidden: [24, 12], dropout: 0.3}\n"
+         "metrics: [accuracy, {name: f1, average: macro}, {name: top_k_accuracy, k: 2}]\n"
          "optimizer: {name: adamw, lr: 0.01}\n"
          "scheduler: {name: cosine, warmup_steps: 7, min_lr: 0.0001}\n"
          "trainer: {max_epochs: 4, threads: 1, log_every_n_steps: 5, enable_progress_bar: false,\n"
@@ -95,6 +96,8 @@ TEST_CASE("resumed runs equal the uninterrupted run bit for bit") {
     CHECK(got.at("lr_schedulers").equals(ref.at("lr_schedulers")));
     CHECK(got.at("rng_states").equals(ref.at("rng_states")));
     CHECK(got.at("metrics").equals(ref.at("metrics")));
+    // An epoch's F1 comes from its running counts, saved mid-epoch and restored.
+    CHECK(got.at("metrics").at("train/f1_macro").at("value").to_tensor().numel() == 4);
     CHECK(got.at("callbacks").equals(ref.at("callbacks")));
     CHECK(test::read_file(run + "/metrics.csv") == ref_csv);
     CHECK(test::read_file(run + "/metrics.jsonl") == test::read_file(dir / "ref/metrics.jsonl"));

@@ -130,7 +130,7 @@ TEST_CASE("data: tensors reads Python's dict of tensors and names what is wrong 
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"bad_missing.pt", "has 'train_x' but no 'train_y'"},
       {"bad_length.pt", "'train_x' has 768 examples but 'train_y' has 10"},
-      {"bad_dtype.pt", "'train_y' must be a one-dimensional integer tensor"},
+      {"bad_dtype.pt", "'train_y' must be an integer tensor of class labels"},
       {"bad_key.pt", "unknown key 'extra'"},
       {"bad_shape.pt", "'test_x' has examples shaped [1, 4, 4] but train_x's are [1, 8, 8]"},
       {"bad_list.pt", "expected a dict of tensors"},

@@ -264,8 +264,8 @@ void Checkpoint::on_exception(Loop& loop) {
     return;
   }
   try {
-    std::cerr << "cairn: a step threw; saving the state of the last batch boundary (epoch " << st.resume_epoch()
-              << ", batch " << st.resume_batch() << ", global step " << st.global_step << ") to "
+    std::cerr << "cairn: a step threw; saving the state of the last batch boundary ("
+              << describe_position(st.resume_epoch(), st.resume_batch(), st.global_step) << ") to "
               << (fs::path(dirpath_) / "last.ckpt").string() << "\n";
     if (save(loop, /*force_last_only=*/true) && wait_for_pending(loop)) {
       std::cerr << "cairn: a resume continues from global step " << st.global_step << "\n";

@@ -7,6 +7,7 @@
 #include "cairn/json.h"
 #include "cairn/launcher.h"
 #include "cairn/loop.h"
+#include "cairn/objectives.h"
 #include "cairn/optim_state.h"
 #include "cairn/report.h"
 #include "cairn/run_checkpoint.h"
@@ -208,8 +209,8 @@ int cmd_inspect(const Args& a) {
   }
   std::cout << "checkpoint   " << path << " (verified)\n";
   if (!name.empty()) std::cout << "experiment   " << name << "\n";
-  std::cout << "position     epoch " << c.at("epoch").to_int() << ", batch " << c.at("batch_in_epoch").to_int()
-            << ", global step " << c.at("global_step").to_int() << (finished ? " (run finished)" : "") << "\n";
+  std::cout << "position     " << describe_position(c.at("epoch").to_int(), c.at("batch_in_epoch").to_int(), c.at("global_step").to_int())
+            << (finished ? ", run finished" : "") << "\n";
   if (run_checkpoint::is_weights_only(c)) std::cout << "contents     weights only (cannot resume a run)\n";
   for (const auto& m : monitors) {
     std::cout << "best         " << m.monitor << " (" << m.mode << ") = "
@@ -497,12 +498,17 @@ int cmd_predict(const Args& a) {
     os << "the model cannot take the " << a.split << " split's inputs (" << ds.x.sizes() << "): " << short_error(e.what());
     throw UsageError(os.str());
   }
-  const bool classes = outputs.dim() == 2;
-  at::Tensor predictions = classes ? outputs.argmax(1) : at::Tensor();
+  // Predictions as the loss defines them: the class (argmax) for cross_entropy
+  // and nll, each label's decision (logit > 0) for bce_with_logits; a
+  // regression's outputs are its predictions.
+  const std::shared_ptr<Loss>& loss = trainer->loss();
+  const bool classes = outputs.dim() == 2 && loss && loss->class_targets();
+  const bool labels = loss && loss->name() == "bce_with_logits";
+  at::Tensor predictions = classes ? outputs.argmax(1) : labels ? outputs.gt(0).to(torch::kLong) : at::Tensor();
   if (ext == ".pt") {
     Value d = Value::dict();
     d.set("outputs", outputs.contiguous());
-    if (classes) d.set("predictions", predictions.contiguous());
+    if (predictions.defined()) d.set("predictions", predictions.contiguous());
     if (ds.y.defined()) d.set("targets", ds.y.to(torch::kCPU).contiguous());
     d.set("checkpoint", path);
     d.set("split", a.split);
@@ -510,22 +516,29 @@ int cmd_predict(const Args& a) {
   } else {
     std::ofstream f(a.out);
     if (!f) throw UsageError("cannot write " + a.out);
-    const at::Tensor flat = outputs.reshape({outputs.size(0), -1}).to(torch::kDouble);
+    const int64_t n = outputs.size(0);
+    const at::Tensor flat = outputs.reshape({n, -1}).to(torch::kDouble);
+    const at::Tensor pred = predictions.defined() ? predictions.reshape({n, -1}).to(torch::kLong).contiguous() : at::Tensor();
+    const at::Tensor y = ds.y.defined() ? ds.y.reshape({n, -1}).to(torch::kCPU).to(torch::kDouble).contiguous() : at::Tensor();
+    auto columns = [&](const char* name, int64_t count) {
+      for (int64_t j = 0; j < count; ++j) f << "," << name << (count > 1 ? "_" + std::to_string(j) : std::string());
+    };
     f << "index";
-    if (classes) f << ",prediction";
+    if (pred.defined()) columns("prediction", pred.size(1));
     for (int64_t j = 0; j < flat.size(1); ++j) f << ",output_" << j;
-    const bool has_y = ds.y.defined() && ds.y.dim() == 1;
-    if (has_y) f << ",target";
+    if (y.defined()) columns("target", y.size(1));
     f << "\n";
     f.precision(9);
     const auto out = flat.accessor<double, 2>();
-    const at::Tensor pred = classes ? predictions.to(torch::kLong).contiguous() : at::Tensor();
-    const at::Tensor y = has_y ? ds.y.to(torch::kCPU).to(torch::kDouble).contiguous() : at::Tensor();
-    for (int64_t i = 0; i < flat.size(0); ++i) {
+    for (int64_t i = 0; i < n; ++i) {
       f << i;
-      if (classes) f << "," << pred.data_ptr<int64_t>()[i];
+      if (pred.defined()) {
+        for (int64_t j = 0; j < pred.size(1); ++j) f << "," << pred.data_ptr<int64_t>()[i * pred.size(1) + j];
+      }
       for (int64_t j = 0; j < flat.size(1); ++j) f << "," << out[i][j];
-      if (has_y) f << "," << y.data_ptr<double>()[i];
+      if (y.defined()) {
+        for (int64_t j = 0; j < y.size(1); ++j) f << "," << y.data_ptr<double>()[i * y.size(1) + j];
+      }
       f << "\n";
     }
     if (!f) throw UsageError("cannot write " + a.out);
@@ -614,8 +627,8 @@ int cmd_fit(const Args& a) {
         zero = zero || lr == 0.0;
       }
     }
-    std::cout << "cairn: resumed from " << ri.path << " at epoch " << ri.epoch << ", batch " << ri.batch_in_epoch
-              << ", step " << ri.global_step << "; learning rate " << lrs.str() << "\n";
+    std::cout << "cairn: resumed from " << ri.path << " " << describe_position(ri.epoch, ri.batch_in_epoch, ri.global_step)
+              << "; learning rate " << lrs.str() << "\n";
     if (zero) {
       std::cerr << "cairn: warning: the run continues at learning rate 0 (its schedule has ended); the weights will "
                    "not change. Set scheduler.total_steps (or a new schedule with --allow-config-change) to train on\n";
@@ -628,9 +641,10 @@ int cmd_fit(const Args& a) {
     std::cout << ")\n";
   }
   const FitResult r = trainer->fit();
+  const LoopState& st = trainer->loop().state();
+  const std::string where = describe_position(st.resume_epoch(), st.resume_batch(), r.global_step);
   if (!r.save_error.empty()) {
-    std::cerr << "cairn: the run is NOT saved where it stopped (epoch " << r.epochs_completed << ", step "
-              << r.global_step << "): " << r.save_error << "\n";
+    std::cerr << "cairn: the run is NOT saved where it stopped (" << where << "): " << r.save_error << "\n";
     return kExitNotSaved;
   }
   if (r.already_finished) {
@@ -639,13 +653,12 @@ int cmd_fit(const Args& a) {
   }
   auto& metrics = trainer->loop().metrics();
   if (r.interrupted && r.signal == 0) {
-    std::cout << "cairn: stopped at epoch " << r.epochs_completed << ", step " << r.global_step << " ("
-              << trainer->loop().state().stop.reason << "); checkpoint saved, run the same command to continue\n";
+    std::cout << "cairn: stopped " << where << " (" << st.stop.reason
+              << "); checkpoint saved, run the same command to continue\n";
     return kExitOk;
   }
   if (r.interrupted) {
-    std::cout << "cairn: interrupted at epoch " << r.epochs_completed << ", step " << r.global_step
-              << "; checkpoint saved, run the same command to resume\n";
+    std::cout << "cairn: interrupted " << where << "; checkpoint saved, run the same command to resume\n";
     std::cout.flush();
     return 128 + r.signal;
   }
@@ -654,7 +667,15 @@ int cmd_fit(const Args& a) {
     std::snprintf(buf, sizeof buf, "%.4f", *acc);
     std::cout << "cairn: finished; test accuracy " << buf << "\n";
   } else {
-    std::cout << "cairn: finished\n";
+    // Not a classification: the test split's own metrics (test/mae, test/r2, ...).
+    std::string line;
+    for (const auto& name : metrics.names()) {
+      if (name.rfind("test/", 0) != 0) continue;
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.4f", metrics.last(name).value_or(0.0));
+      line += (line.empty() ? "; " : ", ") + name + " " + buf;
+    }
+    std::cout << "cairn: finished" << line << "\n";
   }
   return kExitOk;
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -326,6 +327,36 @@ std::vector<double> ConfigNode::get_double_list(const std::string& key, std::opt
   return v;
 }
 
+std::vector<std::string> ConfigNode::get_names(const std::string& key, std::optional<std::vector<std::string>> def) {
+  const auto v = read<std::vector<std::string>>(key, def, "a name or a list of names", [&](const YAML::Node& n) {
+    std::vector<std::string> out;
+    if (n.IsScalar()) {
+      out.push_back(n.Scalar());
+    } else if (n.IsSequence()) {
+      for (size_t i = 0; i < n.size(); ++i) {
+        if (!n[i].IsScalar()) throw YAML::Exception(n.Mark(), "not a name");
+        out.push_back(n[i].Scalar());
+      }
+    } else {
+      throw YAML::Exception(n.Mark(), "not a name");
+    }
+    for (const auto& x : out) {
+      if (x.empty()) throw YAML::Exception(n.Mark(), "empty name");
+    }
+    if (out.empty()) throw YAML::Exception(n.Mark(), "no names");
+    return out;
+  });
+  if (v.size() == 1) {
+    resolved_[key] = v.front();
+  } else {
+    YAML::Node out(YAML::NodeType::Sequence);
+    for (const auto& x : v) out.push_back(x);
+    out.SetStyle(YAML::EmitterStyle::Flow);
+    resolved_[key] = out;
+  }
+  return v;
+}
+
 ConfigNode ConfigNode::get_map(const std::string& key, bool required) {
   read_.push_back(key);
   YAML::Node n = lookup(key);
@@ -338,6 +369,32 @@ ConfigNode ConfigNode::get_map(const std::string& key, bool required) {
   YAML::Node r(YAML::NodeType::Map);
   resolved_[key] = r;
   return ConfigNode(n, r, child_path(key), source_);
+}
+
+std::vector<ConfigNode> ConfigNode::get_named_list(const std::string& key) {
+  read_.push_back(key);
+  YAML::Node n = lookup(key);
+  std::vector<ConfigNode> out;
+  YAML::Node r(YAML::NodeType::Sequence);
+  resolved_[key] = r;
+  if (!n.IsDefined() || n.IsNull()) return out;
+  if (!n.IsSequence()) fail(key, "expected a list of names or {name: ...} mappings, got " + describe(n));
+  for (size_t i = 0; i < n.size(); ++i) {
+    const std::string p = child_path(key) + "[" + std::to_string(i) + "]";
+    YAML::Node item = n[i];
+    if (item.IsScalar()) {
+      // `accuracy` reads as {name: accuracy}; the name keeps its place in the file.
+      YAML::Node m(YAML::NodeType::Map);
+      m["name"] = n[i];
+      item = m;
+    } else if (!item.IsMap()) {
+      throw ConfigError(source_->locate(p, n[i]), p, "expected a name or a mapping like {name: ...}, got " + describe(n[i]));
+    }
+    YAML::Node resolved_item(YAML::NodeType::Map);
+    r.push_back(resolved_item);
+    out.emplace_back(item, r[r.size() - 1], p, source_);
+  }
+  return out;
 }
 
 std::vector<ConfigNode> ConfigNode::get_map_list(const std::string& key) {
@@ -361,6 +418,41 @@ std::vector<ConfigNode> ConfigNode::get_map_list(const std::string& key) {
 }
 
 std::string ConfigNode::name() { return get_string("name", std::nullopt); }
+
+std::string ConfigNode::get_path(const std::string& key, std::optional<std::string> def) {
+  const std::string v = get_string(key, def);
+  if (v.empty()) return v;
+  const std::string p = child_path(key);
+  const bool from_set = source_->locate(p, YAML::Node()).rfind("--set ", 0) == 0;
+  std::filesystem::path path(v);
+  if (path.is_relative() && lookup(key).IsDefined() && !from_set) {
+    path = std::filesystem::path(source_->file).parent_path() / path;
+  }
+  std::error_code ec;
+  const std::filesystem::path abs = std::filesystem::absolute(path, ec);
+  const std::string out = (ec ? path : abs).lexically_normal().string();
+  resolved_[key] = out;
+  return out;
+}
+
+std::optional<std::string> ConfigNode::get_optional_path(const std::string& key) {
+  if (is_null(key)) {
+    get_optional_string(key);
+    return std::nullopt;
+  }
+  return get_path(key, std::nullopt);
+}
+
+std::string did_you_mean(const std::string& name, const std::vector<std::string>& known) {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  for (const auto& k : known) {
+    const size_t d = edit_distance(k, name);
+    if (d < best_d) best_d = d, best = k;
+  }
+  if (!best.empty() && best_d <= std::max<size_t>(2, name.size() / 3)) return "; did you mean '" + best + "'?";
+  return "";
+}
 
 void ConfigNode::finish() {
   if (!node_.IsMap()) return;
@@ -438,6 +530,8 @@ ConfigDocument load_config(const std::string& file, const std::vector<std::strin
   ConfigDocument doc;
   doc.source = std::make_shared<ConfigSource>();
   doc.source->file = file;
+  std::error_code ec;
+  if (std::filesystem::is_directory(file, ec)) throw ConfigError(file, "", "is a folder, not a config file");
   std::ifstream in(file, std::ios::binary);
   if (!in) throw ConfigError(file, "", "cannot read the config file (does it exist?)");
   std::string text;

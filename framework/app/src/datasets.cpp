@@ -126,17 +126,22 @@ namespace {
 // the same examples).
 template <class Fail>
 void finish_classification(DataModule& d, TensorDataset full, int64_t classes, double valid_fraction, uint64_t seed,
-                           Fail fail) {
-  int64_t max_label = -1;
-  for (const TensorDataset* part : {&full, &d.valid, &d.test}) {
-    if (part->empty()) continue;
-    const int64_t lo = part->y.min().item<int64_t>();
-    if (lo < 0) throw fail("class labels must be >= 0, found " + std::to_string(lo));
-    max_label = std::max(max_label, part->y.max().item<int64_t>());
-  }
-  d.num_classes = classes > 0 ? classes : max_label + 1;
-  if (max_label >= d.num_classes) {
-    throw fail("label " + std::to_string(max_label) + " is outside num_classes " + std::to_string(d.num_classes));
+                           Fail fail, bool float_targets = false) {
+  if (float_targets) {
+    // The number of values per example: what a model's last layer gives.
+    d.num_classes = full.y.dim() > 1 ? full.y[0].numel() : 1;
+  } else {
+    int64_t max_label = -1;
+    for (const TensorDataset* part : {&full, &d.valid, &d.test}) {
+      if (part->empty()) continue;
+      const int64_t lo = part->y.min().item<int64_t>();
+      if (lo < 0) throw fail("class labels must be >= 0, found " + std::to_string(lo));
+      max_label = std::max(max_label, part->y.max().item<int64_t>());
+    }
+    d.num_classes = classes > 0 ? classes : max_label + 1;
+    if (max_label >= d.num_classes) {
+      throw fail("label " + std::to_string(max_label) + " is outside num_classes " + std::to_string(d.num_classes));
+    }
   }
   if (d.valid.empty() && valid_fraction > 0) {
     const int64_t n = full.size();
@@ -172,7 +177,8 @@ std::vector<std::string> split_csv_line(const std::string& line) {
 // A CSV file of numbers with a header row: the `label` column becomes y, the
 // others x. A non-empty `header` (the training file's) must match this file's;
 // it is set to this file's header.
-TensorDataset read_csv(const std::string& path, const std::string& label, std::vector<std::string>& header) {
+TensorDataset read_csv(const std::string& path, const std::vector<std::string>& labels, bool float_targets,
+                       std::vector<std::string>& header) {
   std::ifstream in(path);
   if (!in) throw DataError("cannot open the CSV file " + path);
   std::string line;
@@ -185,15 +191,19 @@ TensorDataset read_csv(const std::string& path, const std::string& label, std::v
   }
   if (names.empty()) throw DataError("the CSV file " + path + " is empty (a header row naming the columns comes first)");
   if (!header.empty() && names != header) throw fail("its columns differ from the training file's");
-  const auto label_it = std::find(names.begin(), names.end(), label);
-  if (label_it == names.end()) {
-    std::string cols;
-    for (const auto& n : names) cols += (cols.empty() ? "" : ", ") + n;
-    throw fail("no column named '" + label + "' (columns: " + cols + "; set data.label)");
+  std::vector<bool> is_label(names.size(), false);
+  for (const auto& label : labels) {
+    const auto label_it = std::find(names.begin(), names.end(), label);
+    if (label_it == names.end()) {
+      std::string cols;
+      for (const auto& n : names) cols += (cols.empty() ? "" : ", ") + n;
+      throw fail("no column named '" + label + "' (columns: " + cols + "; set data.label)");
+    }
+    is_label[static_cast<size_t>(label_it - names.begin())] = true;
   }
-  if (names.size() < 2) throw fail("needs at least one feature column besides '" + label + "'");
-  const size_t label_col = static_cast<size_t>(label_it - names.begin());
-  std::vector<float> xs;
+  const size_t n_labels = static_cast<size_t>(std::count(is_label.begin(), is_label.end(), true));
+  if (names.size() <= n_labels) throw fail("needs at least one feature column besides the label column(s)");
+  std::vector<float> xs, yf;
   std::vector<int64_t> ys;
   while (std::getline(in, line)) {
     ++line_no;
@@ -209,8 +219,10 @@ TensorDataset read_csv(const std::string& path, const std::string& label, std::v
       if (fields[i].empty() || *end != '\0' || !std::isfinite(v)) {
         throw fail("column '" + names[i] + "': '" + fields[i] + "' is not a finite number");
       }
-      if (i == label_col) {
-        if (v != std::floor(v)) throw fail("column '" + label + "': class label '" + fields[i] + "' is not an integer");
+      if (is_label[i] && float_targets) {
+        yf.push_back(static_cast<float>(v));
+      } else if (is_label[i]) {
+        if (v != std::floor(v)) throw fail("column '" + names[i] + "': class label '" + fields[i] + "' is not an integer");
         ys.push_back(static_cast<int64_t>(v));
       } else {
         xs.push_back(static_cast<float>(v));
@@ -218,10 +230,12 @@ TensorDataset read_csv(const std::string& path, const std::string& label, std::v
     }
   }
   header = names;
-  const int64_t n = static_cast<int64_t>(ys.size()), f = static_cast<int64_t>(names.size() - 1);
+  const auto k = static_cast<int64_t>(n_labels), f = static_cast<int64_t>(names.size() - n_labels);
+  const int64_t n = static_cast<int64_t>(float_targets ? yf.size() / n_labels : ys.size());
   if (n == 0) throw DataError("the CSV file " + path + " has a header but no rows");
-  return TensorDataset{torch::from_blob(xs.data(), {n, f}, torch::kFloat32).clone(),
-                       torch::from_blob(ys.data(), {n}, torch::kLong).clone()};
+  at::Tensor y = float_targets ? torch::from_blob(yf.data(), {n, k}, torch::kFloat32).clone()
+                               : torch::from_blob(ys.data(), {n}, torch::kLong).clone();
+  return TensorDataset{torch::from_blob(xs.data(), {n, f}, torch::kFloat32).clone(), y};
 }
 }  // namespace
 
@@ -233,11 +247,16 @@ CsvData::CsvData(CsvOptions options) : options_(std::move(options)) {
 void CsvData::setup() {
   if (loaded_) return;
   std::vector<std::string> header;
-  TensorDataset full = read_csv(options_.path, options_.label, header);
-  if (!options_.valid_path.empty()) valid = read_csv(options_.valid_path, options_.label, header);
-  if (!options_.test_path.empty()) test = read_csv(options_.test_path, options_.label, header);
+  if (options_.labels.size() > 1 && !options_.float_targets) {
+    throw DataError("data file " + options_.path + ": " + std::to_string(options_.labels.size()) +
+                    " label columns need float targets (a regression or multi-label loss)");
+  }
+  const bool f = options_.float_targets;
+  TensorDataset full = read_csv(options_.path, options_.labels, f, header);
+  if (!options_.valid_path.empty()) valid = read_csv(options_.valid_path, options_.labels, f, header);
+  if (!options_.test_path.empty()) test = read_csv(options_.test_path, options_.labels, f, header);
   finish_classification(*this, std::move(full), options_.num_classes, options_.valid_fraction, options_.seed,
-                        [&](const std::string& what) { return DataError("data file " + options_.path + ": " + what); });
+                        [&](const std::string& what) { return DataError("data file " + options_.path + ": " + what); }, f);
   loaded_ = true;
 }
 
@@ -280,16 +299,24 @@ void TensorFileData::setup() {
     if (!at::isFloatingType(tx.scalar_type()) || tx.dim() < 1) {
       throw fail("'" + name + "_x' must be a floating-point tensor with the examples first, got " + x->repr());
     }
-    if (at::isFloatingType(ty.scalar_type()) || at::isComplexType(ty.scalar_type()) || ty.scalar_type() == at::kBool ||
-        ty.dim() != 1) {
-      throw fail("'" + name + "_y' must be a one-dimensional integer tensor of class labels, got " + y->repr());
+    const bool integer = !at::isFloatingType(ty.scalar_type()) && !at::isComplexType(ty.scalar_type()) &&
+                         ty.scalar_type() != at::kBool;
+    if (options_.float_targets) {
+      if (at::isComplexType(ty.scalar_type()) || ty.dim() < 1) {
+        throw fail("'" + name + "_y' must be a tensor of numbers with the examples first (the loss takes float "
+                   "targets), got " + y->repr());
+      }
+    } else if (!integer || ty.dim() < 1) {
+      throw fail("'" + name + "_y' must be an integer tensor of class labels [N] (or [N, ...]), got " + y->repr() +
+                 (integer ? "" : "; float targets need a regression or multi-label loss (loss: {name: mse} or bce_with_logits)"));
     }
     if (tx.size(0) != ty.size(0)) {
       throw fail("'" + name + "_x' has " + std::to_string(tx.size(0)) + " examples but '" + name + "_y' has " +
                  std::to_string(ty.size(0)));
     }
     if (tx.size(0) == 0 && required) throw fail("'" + name + "_x' holds no examples");
-    return TensorDataset{tx.to(torch::kFloat32).contiguous(), ty.to(torch::kLong).contiguous()};
+    return TensorDataset{tx.to(torch::kFloat32).contiguous(),
+                         ty.to(options_.float_targets ? torch::kFloat32 : torch::kLong).contiguous()};
   };
   TensorDataset full = split("train", true);
   valid = split("valid", false);
@@ -301,8 +328,13 @@ void TensorFileData::setup() {
       throw fail("'" + name + "_x' has examples shaped " + c10::str(part->x.sizes().slice(1)) + " but train_x's are " +
                  c10::str(full.x.sizes().slice(1)));
     }
+    if (!part->empty() && part->y.sizes().slice(1) != full.y.sizes().slice(1)) {
+      throw fail("'" + name + "_y' has targets shaped " + c10::str(part->y.sizes().slice(1)) + " but train_y's are " +
+                 c10::str(full.y.sizes().slice(1)));
+    }
   }
-  finish_classification(*this, std::move(full), options_.num_classes, options_.valid_fraction, options_.seed, fail);
+  finish_classification(*this, std::move(full), options_.num_classes, options_.valid_fraction, options_.seed, fail,
+                        options_.float_targets);
   loaded_ = true;
 }
 

@@ -3,6 +3,7 @@
 #include "cairn/callback.h"
 #include "cairn/distributed.h"
 #include "cairn/loop.h"
+#include "cairn/objectives.h"
 #include "cairn/schedulers.h"
 #include "cairn/trainer.h"
 
@@ -43,8 +44,52 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
 
   attempt([&] {
     ConfigNode model = top.get_map("model", true);
-    spec.init_from = model.get_optional_string("init_from");
+    spec.init_from = model.get_optional_path("init_from");
     spec.model = registry.models.parse(model);
+  });
+
+  // loss: {name: ..., options}; metrics: [name or {name: ..., options}]. A
+  // missing loss is cross_entropy; missing metrics are accuracy for a
+  // classification loss and none otherwise.
+  attempt([&] {
+    ConfigNode loss = top.get_map("loss");
+    if (!loss.has("name")) {
+      YAML::Node fallback(YAML::NodeType::Map);
+      fallback["name"] = "cross_entropy";
+      for (auto it = loss.node().begin(); it != loss.node().end(); ++it) fallback[it->first.Scalar()] = it->second;
+      loss = ConfigNode(fallback, loss.resolved(), "loss", spec.doc.source);
+    }
+    spec.loss = registry.losses.parse(loss);
+    // Only the classification losses get a default metric (accuracy).
+    const std::string name = loss.resolved()["name"].Scalar();
+    spec.float_targets = name != "cross_entropy" && name != "nll";
+    spec.loss_node = {loss};
+  });
+  attempt([&] {
+    std::vector<ConfigNode> metrics;
+    if (top.has("metrics")) {
+      metrics = top.get_named_list("metrics");
+    } else {
+      // The default, recorded in the resolved config like any other.
+      top.get_named_list("metrics");
+      if (!spec.float_targets) {
+        YAML::Node m(YAML::NodeType::Map);
+        m["name"] = "accuracy";
+        spec.doc.resolved["metrics"].push_back(YAML::Node(YAML::NodeType::Map));
+        metrics.emplace_back(m, spec.doc.resolved["metrics"][0], "metrics[default]", spec.doc.source);
+      }
+    }
+    std::vector<ConfigError::Problem> bad;
+    std::vector<std::string> seen;
+    for (auto& m : metrics) {
+      try {
+        spec.metrics.push_back(registry.metrics.parse(m));
+        spec.metric_nodes.push_back(m);
+      } catch (const ConfigError& e) {
+        bad.insert(bad.end(), e.problems().begin(), e.problems().end());
+      }
+    }
+    if (!bad.empty()) throw ConfigError(std::move(bad));
   });
 
   attempt([&] {
@@ -155,6 +200,48 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
   return spec;
 }
 
+namespace {
+//! The model's output for two training examples, against the loss and each
+//! metric: a mismatch is a config error at the loss's (or metric's) key,
+//! naming both shapes, before anything trains. A model that cannot take the
+//! data at all is explained by the first training step instead.
+void check_shapes(ExperimentSpec& spec, BuildContext& ctx, const Loss& loss,
+                  const std::vector<std::shared_ptr<Metric>>& metrics) {
+  const TensorDataset& train = ctx.data->train;
+  if (train.empty()) return;
+  const Batch probe = train.slice(0, std::min<int64_t>(2, train.size()));
+  at::Tensor out;
+  {
+    torch::nn::Module& m = *ctx.model.module;
+    const bool was_training = m.is_training();
+    torch::NoGradGuard no_grad;
+    m.eval();  // no dropout (no random numbers drawn), no BatchNorm statistics updated
+    try {
+      const auto params = m.parameters();
+      const torch::Device device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+      out = ctx.model.forward(probe.x.to(device));
+    } catch (const std::exception&) {
+      m.train(was_training);
+      return;
+    }
+    m.train(was_training);
+  }
+  const at::Tensor y = probe.y.to(out.device());
+  try {
+    loss.check(out, y);
+  } catch (const ShapeMismatch& e) {
+    spec.loss_node.front().fail("name", e.what());
+  }
+  for (size_t i = 0; i < metrics.size(); ++i) {
+    try {
+      metrics[i]->check(out, y);
+    } catch (const ShapeMismatch& e) {
+      spec.metric_nodes[i].fail("name", std::string(e.what()) + " (with loss " + loss.name() + ")");
+    }
+  }
+}
+}  // namespace
+
 std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& run_dir_override,
                                        std::shared_ptr<ProcessGroup> group) {
   BuildContext ctx;
@@ -163,6 +250,8 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   ctx.max_epochs = spec.trainer.max_epochs();
   set_threads(spec.trainer.threads());
   torch::manual_seed(spec.seed);
+  std::shared_ptr<Loss> loss = spec.loss(ctx);
+  ctx.float_targets = !loss->class_targets();  // the data reads its targets as the loss needs them
   ctx.data = spec.data(ctx);
   ctx.data->setup();
   // Step-interval schedules count optimizer steps: one per accumulation cycle
@@ -174,9 +263,20 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   ctx.model = spec.model(ctx);
   if (spec.init_from) load_weights(*ctx.model.module, *spec.init_from, true);
   ctx.model.module->to(resolve_device(spec.trainer.device()));
+  std::vector<std::shared_ptr<Metric>> metrics;
+  for (size_t i = 0; i < spec.metrics.size(); ++i) {
+    metrics.push_back(spec.metrics[i](ctx));
+    for (size_t j = 0; j < i; ++j) {
+      if (metrics[j]->name() == metrics[i]->name()) {
+        spec.metric_nodes[i].fail("name", "metrics[" + std::to_string(j) + "] already logs '" + metrics[i]->name() + "'");
+      }
+    }
+  }
+  check_shapes(spec, ctx, *loss, metrics);
   ctx.optimizer = spec.optimizer(ctx);
   auto trainer = std::make_unique<Trainer>(spec.trainer);
   trainer->set_model(ctx.model).set_data(ctx.data).set_optimizer(ctx.optimizer).set_process_group(std::move(group));
+  trainer->set_loss(loss).set_metrics(metrics);
   if (spec.scheduler) trainer->set_scheduler((*spec.scheduler)(ctx));
   trainer->loop().set_run_dir(ctx.run_dir);
   trainer->loop().set_hyper_parameters(yaml_to_value(spec.resolved()));

@@ -1,8 +1,9 @@
-// The built-in factories: models, datasets, optimizers, schedulers.
+// The built-in factories: models, datasets, optimizers, schedulers, losses, metrics.
 #include "cairn/registry.h"
 
 #include "cairn/datasets.h"
 #include "cairn/models.h"
+#include "cairn/objectives.h"
 #include "cairn/schedulers.h"
 
 #include <torch/torch.h>
@@ -39,7 +40,7 @@ void register_models(Registry& r) {
     };
   });
   r.add_model("torchscript", [](ConfigNode& c) {
-    const std::string path = c.get_string("path", std::nullopt);
+    const std::string path = c.get_path("path", std::nullopt);
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec)) c.fail("path", "no such file: " + path);
     return [path](BuildContext&) { return load_torchscript(path); };
@@ -49,7 +50,7 @@ void register_models(Registry& r) {
 void register_data(Registry& r) {
   r.add_data("fashion_mnist", [](ConfigNode& c) {
     FashionMnistOptions o;
-    o.root = c.get_string("root", o.root);
+    o.root = c.get_path("root", o.root);
     o.batch_size = c.get_int("batch_size", 64, 1);
     o.valid_fraction = c.get_double("valid_fraction", 0.1, 0.0, 0.9);
     o.limit_train = c.get_optional_int("limit_train", 1).value_or(-1);
@@ -75,7 +76,7 @@ void register_data(Registry& r) {
   });
   r.add_data("tensors", [](ConfigNode& c) {
     TensorFileOptions o;
-    o.path = c.get_string("path", std::nullopt);
+    o.path = c.get_path("path", std::nullopt);
     std::error_code ec;
     if (!std::filesystem::is_regular_file(o.path, ec)) c.fail("path", "no such file: " + o.path);
     o.batch_size = c.get_int("batch_size", 64, 1);
@@ -83,25 +84,33 @@ void register_data(Registry& r) {
     o.num_classes = c.get_optional_int("num_classes", 2).value_or(0);
     return [o](BuildContext& ctx) mutable -> std::shared_ptr<DataModule> {
       o.seed = ctx.seed;
+      o.float_targets = ctx.float_targets;
       return std::make_shared<TensorFileData>(o);
     };
   });
   r.add_data("csv", [](ConfigNode& c) {
     CsvOptions o;
     std::error_code ec;
-    o.path = c.get_string("path", std::nullopt);
+    o.path = c.get_path("path", std::nullopt);
     if (!std::filesystem::is_regular_file(o.path, ec)) c.fail("path", "no such file: " + o.path);
     for (const char* k : {"valid_path", "test_path"}) {
-      const auto p = c.get_optional_string(k);
+      const auto p = c.get_optional_path(k);
       if (p && !std::filesystem::is_regular_file(*p, ec)) c.fail(k, "no such file: " + *p);
       (std::string(k) == "valid_path" ? o.valid_path : o.test_path) = p.value_or("");
     }
-    o.label = c.get_string("label", o.label);
+    // One column, or a list of them (multi-label or multi-output targets).
+    o.labels = c.get_names("label", std::vector<std::string>{"label"});
     o.batch_size = c.get_int("batch_size", 64, 1);
     o.valid_fraction = c.get_double("valid_fraction", 0.1, 0.0, 0.9);
     o.num_classes = c.get_optional_int("num_classes", 2).value_or(0);
     return [o](BuildContext& ctx) mutable -> std::shared_ptr<DataModule> {
       o.seed = ctx.seed;
+      o.float_targets = ctx.float_targets;
+      if (o.labels.size() > 1 && !o.float_targets) {
+        throw DataError("data.label lists " + std::to_string(o.labels.size()) +
+                        " columns, which needs a loss with float targets (bce_with_logits, mse, l1, smooth_l1); "
+                        "a classification loss takes one column of class labels");
+      }
       return std::make_shared<CsvData>(o);
     };
   });
@@ -255,6 +264,67 @@ void register_schedulers(Registry& r) {
     };
   });
 }
+
+void register_losses(Registry& r) {
+  auto class_options = [](ConfigNode& c, bool smoothing) {
+    ClassLossOptions o;
+    if (smoothing) o.label_smoothing = c.get_double("label_smoothing", 0.0, 0.0, 1.0);
+    o.weight = c.get_double_list("weight", std::vector<double>{}, 0, 0.0);
+    o.ignore_index = c.get_int("ignore_index", -100);
+    return o;
+  };
+  r.add_loss("cross_entropy", [class_options](ConfigNode& c) {
+    const ClassLossOptions o = class_options(c, true);
+    return [o](BuildContext&) -> std::shared_ptr<Loss> { return std::make_shared<CrossEntropyLoss>(o); };
+  });
+  r.add_loss("nll", [class_options](ConfigNode& c) {
+    const ClassLossOptions o = class_options(c, false);
+    return [o](BuildContext&) -> std::shared_ptr<Loss> { return std::make_shared<NllLoss>(o); };
+  });
+  r.add_loss("bce_with_logits", [](ConfigNode& c) {
+    const auto pos_weight = c.get_double_list("pos_weight", std::vector<double>{}, 0, 0.0);
+    return [pos_weight](BuildContext&) -> std::shared_ptr<Loss> { return std::make_shared<BceWithLogitsLoss>(pos_weight); };
+  });
+  r.add_loss("mse", [](ConfigNode&) {
+    return [](BuildContext&) -> std::shared_ptr<Loss> { return std::make_shared<RegressionLoss>(RegressionLoss::mse); };
+  });
+  r.add_loss("l1", [](ConfigNode&) {
+    return [](BuildContext&) -> std::shared_ptr<Loss> { return std::make_shared<RegressionLoss>(RegressionLoss::l1); };
+  });
+  r.add_loss("smooth_l1", [](ConfigNode& c) {
+    const double beta = c.get_double("beta", 1.0, 0.0);
+    return [beta](BuildContext&) -> std::shared_ptr<Loss> {
+      return std::make_shared<RegressionLoss>(RegressionLoss::smooth_l1, beta);
+    };
+  });
+}
+
+void register_metrics(Registry& r) {
+  using MetricPtr = std::shared_ptr<Metric>;
+  r.add_metric("accuracy", [](ConfigNode&) { return [](BuildContext&) -> MetricPtr { return std::make_shared<Accuracy>(); }; });
+  r.add_metric("top_k_accuracy", [](ConfigNode& c) {
+    const int64_t k = c.get_int("k", 5, 1);
+    return [k](BuildContext&) -> MetricPtr { return std::make_shared<TopKAccuracy>(k); };
+  });
+  r.add_metric("f1", [](ConfigNode& c) {
+    const auto avg = c.get_choice("average", std::string("macro"), {"macro", "micro"}) == "macro" ? F1Score::macro : F1Score::micro;
+    return [avg](BuildContext& ctx) -> MetricPtr {
+      return std::make_shared<F1Score>(ctx.float_targets ? 0 : ctx.data->num_classes, avg);
+    };
+  });
+  r.add_metric("auroc", [](ConfigNode&) { return [](BuildContext&) -> MetricPtr { return std::make_shared<BinaryAuroc>(); }; });
+  r.add_metric("mae", [](ConfigNode&) {
+    return [](BuildContext&) -> MetricPtr { return std::make_shared<ErrorMetric>(ErrorMetric::mae); };
+  });
+  r.add_metric("rmse", [](ConfigNode&) {
+    return [](BuildContext&) -> MetricPtr { return std::make_shared<ErrorMetric>(ErrorMetric::rmse); };
+  });
+  r.add_metric("r2", [](ConfigNode&) { return [](BuildContext&) -> MetricPtr { return std::make_shared<R2Score>(); }; });
+  r.add_metric("perplexity", [](ConfigNode& c) {
+    const int64_t ignore = c.get_int("ignore_index", -100);
+    return [ignore](BuildContext&) -> MetricPtr { return std::make_shared<Perplexity>(ignore); };
+  });
+}
 }  // namespace
 
 Registry::Registry() {
@@ -262,6 +332,8 @@ Registry::Registry() {
   register_data(*this);
   register_optimizers(*this);
   register_schedulers(*this);
+  register_losses(*this);
+  register_metrics(*this);
 }
 
 Registry& Registry::global() {

@@ -166,6 +166,21 @@ void Loop::log_step(const std::string& name, double value, double weight) {
   step_values_.push_back({name, value, weight});
 }
 
+void Loop::declare_metric(const std::string& name, std::shared_ptr<const Metric> metric) {
+  metrics_.declare(name, metric);
+  step_stats_.declare(name, std::move(metric));
+}
+
+void Loop::update_metric(const std::string& name, const at::Tensor& output, const at::Tensor& target) {
+  // Distributed training: this batch's statistics are kept apart and summed
+  // over the ranks at batch_end, so every rank (and rank 0's checkpoint) holds the job's.
+  if (group_ && state_.stage == Stage::train) {
+    step_stats_.update(name, output.detach(), target);
+  } else {
+    metrics_.update(name, output.detach(), target);
+  }
+}
+
 void Loop::set_process_group(std::shared_ptr<ProcessGroup> group) {
   group_ = std::move(group);
   rank_ = group_ ? group_->rank() : 0;
@@ -314,6 +329,80 @@ void Loop::reduce_accumulators(const std::string& split) {
   for (size_t i = 0; i < all.size(); ++i) metrics_.set_accumulator(all[i], p[2 * i], p[2 * i + 1]);
 }
 
+void Loop::reduce_stats(MetricLog& from, const std::vector<std::string>& names, MetricLog& into, bool add) {
+  if (names.empty()) return;
+  const auto k = static_cast<int64_t>(names.size());
+  const int64_t w = world_size_;
+  // Per name and rank: the length of the sums, the number of rows and their width.
+  std::vector<at::Tensor> info{torch::zeros({k, w, 3}, torch::kDouble)};
+  for (int64_t i = 0; i < k; ++i) {
+    const MetricStats& s = from.stats(names[static_cast<size_t>(i)]);
+    if (s.sums.defined()) info[0][i][rank_][0] = static_cast<double>(s.sums.numel());
+    if (s.rows.defined()) {
+      info[0][i][rank_][1] = static_cast<double>(s.rows.size(0));
+      info[0][i][rank_][2] = static_cast<double>(s.rows.size(1));
+    }
+  }
+  group_->allreduce_sum(info);
+  const at::Tensor in = info[0].to(torch::kLong);
+  const auto* p = in.data_ptr<int64_t>();
+  auto at3 = [&](int64_t i, int64_t r, int64_t c) { return p[(i * w + r) * 3 + c]; };
+  std::vector<int64_t> len(static_cast<size_t>(k), 0), cols(static_cast<size_t>(k), 0), rows_before(static_cast<size_t>(k), 0),
+      rows_total(static_cast<size_t>(k), 0);
+  int64_t sums_total = 0, rows_flat = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const size_t u = static_cast<size_t>(i);
+    for (int64_t r = 0; r < w; ++r) {
+      const int64_t n = at3(i, r, 0), c = at3(i, r, 2);
+      if (n > 0 && len[u] > 0 && n != len[u]) {
+        throw std::runtime_error("metric '" + names[u] + "': ranks hold statistics of different sizes (" +
+                                 std::to_string(len[u]) + " and " + std::to_string(n) + "): do they see the same number of classes?");
+      }
+      if (c > 0 && cols[u] > 0 && c != cols[u]) throw std::runtime_error("metric '" + names[u] + "': ranks hold rows of different widths");
+      len[u] = std::max(len[u], n);
+      cols[u] = std::max(cols[u], c);
+      if (r < rank_) rows_before[u] += at3(i, r, 1);
+      rows_total[u] += at3(i, r, 1);
+    }
+    sums_total += len[u];
+    rows_flat += rows_total[u] * cols[u];
+  }
+  // One buffer: every name's sums, then every name's rows in rank order (zeros elsewhere).
+  std::vector<at::Tensor> buf{torch::zeros({sums_total + rows_flat}, torch::kDouble)};
+  int64_t s_off = 0, r_off = sums_total;
+  std::vector<int64_t> s_at(static_cast<size_t>(k)), r_at(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    const size_t u = static_cast<size_t>(i);
+    const MetricStats& s = from.stats(names[u]);
+    s_at[u] = s_off;
+    r_at[u] = r_off;
+    if (s.sums.defined()) buf[0].narrow(0, s_off, len[u]).copy_(s.sums.reshape({-1}));
+    if (s.rows.defined()) buf[0].narrow(0, r_off + rows_before[u] * cols[u], s.rows.numel()).copy_(s.rows.reshape({-1}));
+    s_off += len[u];
+    r_off += rows_total[u] * cols[u];
+  }
+  group_->allreduce_sum(buf);
+  for (int64_t i = 0; i < k; ++i) {
+    const size_t u = static_cast<size_t>(i);
+    MetricStats& out = into.stats(names[u]);
+    const MetricStats& mine = from.stats(names[u]);
+    const at::Device dev = mine.sums.defined()   ? mine.sums.device()
+                           : mine.rows.defined() ? mine.rows.device()
+                           : out.sums.defined()  ? out.sums.device()
+                                                 : at::Device(at::kCPU);
+    at::Tensor sums = len[u] > 0 ? buf[0].narrow(0, s_at[u], len[u]).clone().to(dev) : at::Tensor();
+    at::Tensor rows = rows_total[u] > 0 ? buf[0].narrow(0, r_at[u], rows_total[u] * cols[u]).reshape({rows_total[u], cols[u]}).clone().to(dev)
+                                        : at::Tensor();
+    if (add) {
+      if (sums.defined()) out.sums = out.sums.defined() ? out.sums + sums.to(out.sums.device()) : sums;
+      if (rows.defined()) out.rows = out.rows.defined() ? at::cat({out.rows, rows.to(out.rows.device())}) : rows;
+    } else {
+      out.sums = sums;
+      out.rows = rows;
+    }
+  }
+}
+
 void Loop::fit_begin() {
   state_.stop = StopRequest{};
   state_.dirty = false;
@@ -347,7 +436,12 @@ void Loop::before_optimizer_step() {
 
 void Loop::batch_end() {
   ++state_.batch_in_epoch;
-  if (group_) reduce_step_values();
+  if (group_) {
+    reduce_step_values();
+    // Names are declared alike on every rank, so they need no agreement.
+    reduce_stats(step_stats_, metrics_.declared_names("train"), metrics_, /*add=*/true);
+    step_stats_.reset_accumulators("train");
+  }
   // global_step counts optimizer steps: a batch in the middle of a gradient
   // accumulation cycle does not advance it.
   if (!state_.accumulating) {
@@ -373,7 +467,10 @@ void Loop::validation_begin() {
 }
 void Loop::validation_batch_end() { emit(Event::validation_batch_end); }
 void Loop::validation_end() {
-  if (group_) reduce_accumulators("valid");
+  if (group_) {
+    reduce_accumulators("valid");
+    reduce_stats(metrics_, metrics_.declared_names("valid"), metrics_, /*add=*/false);
+  }
   metrics_.flush("valid", state_.epoch, state_.global_step);
   check_signals();
   emit(Event::validation_end);
@@ -411,7 +508,10 @@ void Loop::test_begin() {
 }
 void Loop::test_batch_end() { emit(Event::test_batch_end); }
 void Loop::test_end() {
-  if (group_) reduce_accumulators("test");
+  if (group_) {
+    reduce_accumulators("test");
+    reduce_stats(metrics_, metrics_.declared_names("test"), metrics_, /*add=*/false);
+  }
   metrics_.flush("test", state_.epoch, state_.global_step);
   emit(Event::test_end);
   state_.stage = Stage::idle;
@@ -442,6 +542,7 @@ void Loop::mark_boundary() {
   b.stage = state_.stage;
   b.rng = capture_rng_states(generators_);
   b.accumulators = metrics_.accumulator_state();
+  b.stats = metrics_.stats_state();  // never changed in place: no copy needed
   b.values = values_.raw();
   b.metric_rows = metrics_.size();
   b.buffers.clear();
@@ -469,6 +570,8 @@ bool Loop::roll_back_to_boundary() {
   }
   restore_rng_states(b.rng, generators_);
   metrics_.load_accumulator_state(b.accumulators);
+  metrics_.load_stats_state(b.stats);
+  step_stats_.reset_accumulators("train");
   metrics_.truncate(b.metric_rows);
   values_.load(b.values);
   step_values_.clear();

@@ -97,6 +97,17 @@ void MetricLog::flush(const std::string& split, int64_t epoch, int64_t step) {
     }
   }
   accumulators_ = std::move(keep);
+  for (auto& e : stats_) {
+    if (split_name(e.name).first != split) continue;
+    if (e.stats.sums.defined() || e.stats.rows.defined()) {
+      if (!e.metric) {
+        throw std::logic_error("metric '" + e.name + "' has saved statistics but no Metric object: declare it "
+                               "(Loop::declare_metric) before resuming");
+      }
+      log(e.name, e.metric->compute(e.stats), epoch, step);
+    }
+    e.stats = MetricStats{};
+  }
 }
 
 void MetricLog::reset_accumulators(const std::string& split) {
@@ -105,6 +116,97 @@ void MetricLog::reset_accumulators(const std::string& split) {
     if (split_name(kv.first).first != split) keep.push_back(kv);
   }
   accumulators_ = std::move(keep);
+  for (auto& e : stats_) {
+    if (split_name(e.name).first == split) e.stats = MetricStats{};
+  }
+}
+
+MetricLog::StatEntry* MetricLog::find_stat(const std::string& name) {
+  for (auto& e : stats_) {
+    if (e.name == name) return &e;
+  }
+  return nullptr;
+}
+
+void MetricLog::declare(const std::string& name, std::shared_ptr<const Metric> metric) {
+  if (!metric) throw std::invalid_argument("declare: metric '" + name + "' is null");
+  if (StatEntry* e = find_stat(name)) {
+    e->metric = std::move(metric);
+    return;
+  }
+  stats_.push_back(StatEntry{name, std::move(metric), {}});
+}
+
+bool MetricLog::declared(const std::string& name) const {
+  for (const auto& e : stats_) {
+    if (e.name == name) return e.metric != nullptr;
+  }
+  return false;
+}
+
+std::vector<std::string> MetricLog::declared_names(const std::string& split) const {
+  std::vector<std::string> out;
+  for (const auto& e : stats_) {
+    if (e.metric && split_name(e.name).first == split) out.push_back(e.name);
+  }
+  return out;
+}
+
+void MetricLog::update(const std::string& name, const at::Tensor& output, const at::Tensor& target) {
+  StatEntry* e = find_stat(name);
+  if (!e || !e->metric) throw std::logic_error("metric '" + name + "' was not declared (Loop::declare_metric)");
+  // Statistics restored from a checkpoint sit on the CPU until the model's device is seen.
+  MetricStats& s = e->stats;
+  if (s.sums.defined() && s.sums.device() != output.device()) s.sums = s.sums.to(output.device());
+  if (s.rows.defined() && s.rows.device() != output.device()) s.rows = s.rows.to(output.device());
+  e->metric->update(s, output, target);
+}
+
+MetricStats& MetricLog::stats(const std::string& name) {
+  if (StatEntry* e = find_stat(name)) return e->stats;
+  stats_.push_back(StatEntry{name, nullptr, {}});
+  return stats_.back().stats;
+}
+
+std::vector<std::string> MetricLog::stat_names(const std::string& split) const {
+  std::vector<std::string> out;
+  for (const auto& e : stats_) {
+    if (split_name(e.name).first == split && (e.stats.sums.defined() || e.stats.rows.defined())) out.push_back(e.name);
+  }
+  return out;
+}
+
+Value MetricLog::stats_state() const {
+  Value d = Value::dict();
+  for (const auto& e : stats_) {
+    if (!e.stats.sums.defined() && !e.stats.rows.defined()) continue;
+    Value s = Value::dict();
+    s.set("sums", e.stats.sums.defined() ? Value(e.stats.sums) : Value());
+    s.set("rows", e.stats.rows.defined() ? Value(e.stats.rows) : Value());
+    d.set(e.name, std::move(s));
+  }
+  return d;
+}
+
+void MetricLog::load_stats_state(const Value& state) {
+  for (auto& e : stats_) e.stats = MetricStats{};
+  for (size_t i = 0; i < state.keys().size(); ++i) {
+    const std::string name = state.keys()[i].to_string();
+    const Value& v = state.values()[i];
+    MetricStats& s = stats(name);
+    auto tensor = [&](const char* key, int64_t dim) -> at::Tensor {
+      const Value* t = v.find(key);
+      if (!t || t->is_none()) return at::Tensor();
+      at::Tensor x = t->to_tensor();
+      if (x.dim() != dim || x.scalar_type() != at::kDouble) {
+        throw std::runtime_error("metric '" + name + "': " + key + " must be a " + std::to_string(dim) +
+                                 "-D float64 tensor");
+      }
+      return x;
+    };
+    s.sums = tensor("sums", 1);
+    s.rows = tensor("rows", 2);
+  }
 }
 
 bool MetricLog::has(const std::string& name) const { return index_.count(name) > 0; }

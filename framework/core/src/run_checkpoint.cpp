@@ -124,6 +124,7 @@ Value Loop::make_checkpoint(bool emit_event) {
     loop.set("samples_in_epoch", samples);
   }
   loop.set("accumulators", metrics_.accumulator_state());
+  loop.set("metric_states", metrics_.stats_state());
   Value resumes = Value::list();
   for (const auto& r : resume_points_) resumes.push_back(Value(std::vector<int64_t>{r.first, r.second}));
   loop.set("resumes", std::move(resumes));
@@ -225,6 +226,9 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
   }
   const Value& loop = c.at("loop");
   metrics_.load_accumulator_state(loop.at("accumulators"));
+  // Older checkpoints have no running statistics: nothing was measured that way.
+  const Value* stats = loop.find("metric_states");
+  metrics_.load_stats_state(stats ? *stats : Value::dict());
   resume_points_.clear();
   for (const auto& r : loop.at("resumes").items()) {
     const auto v = r.to_int_list();

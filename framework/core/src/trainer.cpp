@@ -76,6 +76,21 @@ Trainer& Trainer::set_scheduler(std::shared_ptr<Scheduler> scheduler) {
   scheduler_ = std::move(scheduler);
   return *this;
 }
+Trainer& Trainer::set_loss(std::shared_ptr<Loss> loss) {
+  loss_ = std::move(loss);
+  return *this;
+}
+Trainer& Trainer::add_metric(std::shared_ptr<Metric> metric) {
+  if (!metric) throw std::invalid_argument("add_metric: null metric");
+  metrics_.push_back(std::move(metric));
+  metrics_set_ = true;
+  return *this;
+}
+Trainer& Trainer::set_metrics(std::vector<std::shared_ptr<Metric>> metrics) {
+  metrics_ = std::move(metrics);
+  metrics_set_ = true;
+  return *this;
+}
 Trainer& Trainer::resume_from(std::string path) {
   resume_path_ = std::move(path);
   return *this;
@@ -107,30 +122,32 @@ Batch Trainer::to_device(const Batch& b) {
   return Batch{b.x.to(device_, /*non_blocking=*/true), b.y.to(device_, /*non_blocking=*/true)};
 }
 
-at::Tensor Trainer::classification_metrics(const std::string& split, const at::Tensor& logits, const Batch& batch,
-                                           bool per_step) {
-  auto loss = torch::cross_entropy_loss(logits, batch.y);
+at::Tensor Trainer::measure(const std::string& split, const at::Tensor& output, const Batch& batch, bool per_step) {
+  if (!loss_) throw std::logic_error("Trainer::measure before setup(): no loss yet");
+  if (!shapes_checked_) {
+    loss_->check(output, batch.y);
+    for (const auto& m : metrics_) m->check(output, batch.y);
+    shapes_checked_ = true;
+  }
+  auto loss = (*loss_)(output, batch.y);
   const double n = static_cast<double>(batch.size());
-  const double acc = logits.argmax(1).eq(batch.y).sum().item<double>() / n;
   const double l = loss.item<double>();
   if (per_step) {
     loop_.state().batch_loss = l;
     loop_.log_step(split + "/loss", l, n);
-    loop_.log_step(split + "/acc", acc, n);
   } else {
     loop_.metrics().accumulate(split + "/loss", l, n);
-    loop_.metrics().accumulate(split + "/acc", acc, n);
   }
+  const at::Tensor out = output.detach();
+  for (const auto& m : metrics_) loop_.update_metric(split + "/" + m->name(), out, batch.y);
   return loss;
 }
 
-at::Tensor Trainer::training_step(const Batch& batch) {
-  return classification_metrics("train", forward(batch.x), batch, true);
-}
+at::Tensor Trainer::training_step(const Batch& batch) { return measure("train", forward(batch.x), batch, true); }
 
-void Trainer::validation_step(const Batch& batch) { classification_metrics("valid", forward(batch.x), batch, false); }
+void Trainer::validation_step(const Batch& batch) { measure("valid", forward(batch.x), batch, false); }
 
-void Trainer::test_step(const Batch& batch) { classification_metrics("test", forward(batch.x), batch, false); }
+void Trainer::test_step(const Batch& batch) { measure("test", forward(batch.x), batch, false); }
 
 void Trainer::configure_optimizers() {
   if (!optimizer_) {
@@ -161,6 +178,21 @@ void Trainer::setup() {
     sync_ = std::make_unique<GradientSync>(group_, model_.module->parameters(),
                                            static_cast<int64_t>(options_.bucket_cap_mb() * (1 << 20)));
   }
+  if (!loss_) loss_ = std::make_shared<CrossEntropyLoss>();
+  if (!metrics_set_ && metrics_.empty() && loss_->class_targets()) metrics_.push_back(std::make_shared<Accuracy>());
+  for (size_t i = 0; i < metrics_.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (metrics_[i]->name() == metrics_[j]->name()) {
+        throw std::invalid_argument("two metrics are named '" + metrics_[i]->name() + "' (metrics " + std::to_string(j) +
+                                    " and " + std::to_string(i) + "): each is measured once");
+      }
+    }
+  }
+  // Declared before a resume, so the checkpoint's running statistics find them.
+  for (const char* split : {"train", "valid", "test"}) {
+    for (const auto& m : metrics_) loop_.declare_metric(std::string(split) + "/" + m->name(), m);
+  }
+  set_up_ = true;
   loop_.track(*model_.module);
   loop_.track(*optimizer_);
   if (scheduler_) loop_.track(*scheduler_);
@@ -277,6 +309,7 @@ std::vector<std::string> Trainer::run_eval(const std::string& split) {
   }
   std::vector<std::string> names;
   for (const auto& a : loop_.metrics().accumulators(split)) names.push_back(a.first);
+  for (const auto& m : loop_.metrics().declared_names(split)) names.push_back(m);
   valid ? loop_.validation_end() : loop_.test_end();
   model_.module->train();
   return names;
@@ -286,7 +319,7 @@ void Trainer::run_validation() { run_eval("valid"); }
 void Trainer::run_test() { run_eval("test"); }
 
 double Trainer::test() {
-  if (!optimizer_) setup();
+  if (!set_up_) setup();
   if (data().test.empty()) throw std::logic_error("the data has no test split");
   run_test();
   return loop_.metrics().last("test/acc").value_or(0.0);
@@ -305,7 +338,7 @@ void Trainer::load_model_weights(const std::string& path) {
 
 std::map<std::string, double> Trainer::evaluate(const std::string& split, const std::string& ckpt) {
   if (split != "valid" && split != "test") throw std::invalid_argument("evaluate: split must be valid or test, got '" + split + "'");
-  if (!optimizer_) setup();
+  if (!set_up_) setup();
   if ((split == "valid" ? data().valid : data().test).empty()) {
     throw std::invalid_argument("the data has no " + split + " split");
   }
@@ -318,7 +351,7 @@ std::map<std::string, double> Trainer::evaluate(const std::string& split, const 
 }
 
 at::Tensor Trainer::predict(const TensorDataset& ds, const std::string& ckpt) {
-  if (!optimizer_) setup();
+  if (!set_up_) setup();
   if (!ckpt.empty()) load_model_weights(ckpt);
   torch::NoGradGuard no_grad;
   model_.module->eval();

@@ -70,6 +70,12 @@ class ConfigNode {
   bool get_bool(const std::string& key, std::optional<bool> def);
   std::string get_string(const std::string& key, std::optional<std::string> def);
   std::optional<std::string> get_optional_string(const std::string& key);
+  //! A file path. A relative path written in the config file is resolved from
+  //! the config file's folder (so a config finds its data wherever it is run
+  //! from), one given with --set from the current directory; the resolved,
+  //! absolute path is recorded.
+  std::string get_path(const std::string& key, std::optional<std::string> def);
+  std::optional<std::string> get_optional_path(const std::string& key);
   std::string get_choice(const std::string& key, std::optional<std::string> def,
                          const std::vector<std::string>& choices);
   std::vector<int64_t> get_int_list(const std::string& key, std::optional<std::vector<int64_t>> def,
@@ -77,11 +83,16 @@ class ConfigNode {
   //! A list of numbers in [min, max]; `size` > 0 requires exactly that many.
   std::vector<double> get_double_list(const std::string& key, std::optional<std::vector<double>> def,
                                       size_t size = 0, double min = -1e308, double max = 1e308);
+  //! One name or a list of names (`label: y` or `label: [a, b]`).
+  std::vector<std::string> get_names(const std::string& key, std::optional<std::vector<std::string>> def);
   //! A nested mapping; a missing optional one yields an empty mapping.
   ConfigNode get_map(const std::string& key, bool required = false);
   bool is_null(const std::string& key) const;
   //! A list of mappings (e.g. callbacks).
   std::vector<ConfigNode> get_map_list(const std::string& key);
+  //! A list whose items are mappings with a `name`, or just the name
+  //! (`metrics: [accuracy, {name: f1, average: micro}]`).
+  std::vector<ConfigNode> get_named_list(const std::string& key);
   //! The mapping's `name` key (required), for registry lookups.
   std::string name();
 
@@ -130,6 +141,9 @@ struct ConfigLimits {
 //! Throws ConfigError (missing file, syntax error, duplicate key, bad override,
 //! an alias that contains itself, nesting or sizes past ConfigLimits).
 ConfigDocument load_config(const std::string& file, const std::vector<std::string>& overrides = {});
+
+//! "; did you mean 'x'?" for the known name closest to `name`, or "" when none is close.
+std::string did_you_mean(const std::string& name, const std::vector<std::string>& known);
 
 //! YAML -> Value (maps, lists, ints, floats, bools, null, strings).
 Value yaml_to_value(const YAML::Node& node);

@@ -65,6 +65,8 @@ struct TensorFileOptions {
   double valid_fraction = 0.1;   //!< carved from train (from the seed) when the file has no valid split
   int64_t num_classes = 0;       //!< 0: the largest label + 1
   uint64_t seed = 0;
+  //! Targets are floats of any shape (regression, multi-label), not class labels.
+  bool float_targets = false;
 };
 
 //! Your own data from Python: a dict of tensors saved with torch.save.
@@ -72,10 +74,13 @@ struct TensorFileOptions {
 //!               "valid_x": ..., "valid_y": ...,        # optional (else carved from train)
 //!               "test_x": ..., "test_y": ...}, "data.pt")
 //! `*_x`: floating point, first dimension the examples (read as float32);
-//! `*_y`: integer class labels, one dimension, in [0, num_classes). Every
-//! split's x has the shape of train_x past the first dimension. Any other key,
-//! a missing half of a pair, mismatched lengths or dtypes is a DataError
-//! naming the file and the key.
+//! `*_y`: integer class labels in [0, num_classes) of shape [N] (or [N, ...]
+//! for per-position labels: segmentation, tokens); with float_targets (a
+//! regression or multi-label loss), numbers of any shape [N, ...], read as
+//! float32, and num_classes becomes the number of values per example. Every
+//! split's x and y have the shapes of train's past the first dimension. Any
+//! other key, a missing half of a pair, mismatched lengths or dtypes is a
+//! DataError naming the file and the key.
 class TensorFileData : public DataModule {
  public:
   explicit TensorFileData(TensorFileOptions options);
@@ -91,17 +96,20 @@ struct CsvOptions {
   std::string path;              //!< training rows; a header row names the columns
   std::string valid_path;        //!< optional; else `valid_fraction` of train is carved out from the seed
   std::string test_path;         //!< optional
-  std::string label = "label";   //!< the column of integer class labels; every other column is a feature
+  //! The target column(s); every other column is a feature. One column of
+  //! integer class labels, or (with float_targets) one or more columns of numbers.
+  std::vector<std::string> labels = {"label"};
   int64_t batch_size = 64;
   double valid_fraction = 0.1;
   int64_t num_classes = 0;       //!< 0: the largest label + 1
   uint64_t seed = 0;
+  bool float_targets = false;    //!< targets are float32 [N, labels] (regression, multi-label)
 };
 
 //! Tabular data: CSV files of numbers with a header row. Features become
-//! float32 [N, columns - 1]; a field that is not a finite number, a row with
-//! the wrong number of fields, or a label that is not an integer is a
-//! DataError naming file:line and the column.
+//! float32 [N, columns - labels]; a field that is not a finite number, a row
+//! with the wrong number of fields, or a class label that is not an integer
+//! is a DataError naming file:line and the column.
 class CsvData : public DataModule {
  public:
   explicit CsvData(CsvOptions options);

@@ -4,8 +4,10 @@
 // built, so it is fast and needs no data); build_trainer() then loads the data
 // and builds the model, optimizer, scheduler and callbacks through the Registry.
 //
-// Sections: name, seed, run, data, model, optimizer, scheduler, trainer,
-// distributed, callbacks (see README for every key). Unless the config lists them, a
+// Sections: name, seed, run, data, model, loss, metrics, optimizer, scheduler,
+// trainer, distributed, callbacks (see README for every key). Relative paths
+// of input files (data, model, init_from) are resolved from the config
+// file's folder; run.dir, an output, from the current directory. Unless the config lists them, a
 // `checkpoint`, a `csv_logger` and a `progress_bar` callback are added
 // (trainer.enable_checkpointing / enable_progress_bar turn those off).
 #pragma once
@@ -33,6 +35,11 @@ struct ExperimentSpec {
   Builder<std::shared_ptr<torch::optim::Optimizer>> optimizer;
   std::optional<Builder<std::shared_ptr<Scheduler>>> scheduler;
   std::vector<Builder<std::shared_ptr<Callback>>> callbacks;
+  Builder<std::shared_ptr<Loss>> loss;
+  bool float_targets = false;  //!< a loss other than cross_entropy/nll (no default metric)
+  std::vector<Builder<std::shared_ptr<Metric>>> metrics;
+  //! Where the loss and each metric were configured (for shape errors at build).
+  std::vector<ConfigNode> loss_node, metric_nodes;
   //! The resolved config (defaults filled in), as written to <run dir>/config.yaml.
   const YAML::Node& resolved() const { return doc.resolved; }
 };

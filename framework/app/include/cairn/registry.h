@@ -27,6 +27,8 @@ namespace cairn {
 
 class Callback;
 class Scheduler;
+class Loss;
+class Metric;
 
 //! What builders may use: everything built before them.
 struct BuildContext {
@@ -37,6 +39,9 @@ struct BuildContext {
   Model model;
   std::shared_ptr<torch::optim::Optimizer> optimizer;
   int64_t steps_per_epoch = 0;                //!< optimizer steps per epoch (batches / accumulate_grad_batches, rounded up)
+  //! The loss's targets are floats (regression, multi-label), not class indices:
+  //! data sets read their targets accordingly. Set before the data is built.
+  bool float_targets = false;
 };
 
 template <class T>
@@ -63,7 +68,7 @@ class FactoryTable {
     if (it == table_.end()) {
       std::string known;
       for (const auto& kv : table_) known += (known.empty() ? "" : ", ") + kv.first;
-      node.fail("name", "unknown " + kind_ + " '" + name + "' (known: " + known + ")");
+      node.fail("name", "unknown " + kind_ + " '" + name + "'" + did_you_mean(name, names()) + " (known: " + known + ")");
     }
     Builder<T> b = it->second(node);
     node.finish();
@@ -94,12 +99,16 @@ class Registry {
   void add_callback(const std::string& name, Factory<std::shared_ptr<Callback>> f) {
     callbacks.add(name, std::move(f));
   }
+  void add_loss(const std::string& name, Factory<std::shared_ptr<Loss>> f) { losses.add(name, std::move(f)); }
+  void add_metric(const std::string& name, Factory<std::shared_ptr<Metric>> f) { metrics.add(name, std::move(f)); }
 
   FactoryTable<Model> models{"model"};
   FactoryTable<std::shared_ptr<DataModule>> data{"dataset"};
   FactoryTable<std::shared_ptr<torch::optim::Optimizer>> optimizers{"optimizer"};
   FactoryTable<std::shared_ptr<Scheduler>> schedulers{"scheduler"};
   FactoryTable<std::shared_ptr<Callback>> callbacks{"callback"};
+  FactoryTable<std::shared_ptr<Loss>> losses{"loss"};
+  FactoryTable<std::shared_ptr<Metric>> metrics{"metric"};
 
  private:
   Registry();

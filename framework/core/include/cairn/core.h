@@ -14,6 +14,7 @@
 #include "cairn/loop.h"
 #include "cairn/metrics.h"
 #include "cairn/model.h"
+#include "cairn/objectives.h"
 #include "cairn/optim_state.h"
 #include "cairn/rng.h"
 #include "cairn/run_checkpoint.h"

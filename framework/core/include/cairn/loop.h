@@ -184,6 +184,15 @@ class Loop {
   //! training also sets state().batch_loss, which TerminateOnNaN and the
   //! progress bar read: a hand-written loop needs nothing else.
   void log_step(const std::string& name, double value, double weight = 1.0);
+  //! Declares the Metric behind `name` ("valid/f1_macro"; see objectives.h).
+  //! Declare before resume(), so a checkpoint's running statistics find it.
+  void declare_metric(const std::string& name, std::shared_ptr<const Metric> metric);
+  //! Adds a batch to `name`'s running statistics (on the output's device, no
+  //! host read). They are logged as one value when the split ends: train at
+  //! epoch_end, valid at validation_end, test at test_end. In a distributed
+  //! run, training statistics are summed over the ranks at batch_end (so the
+  //! checkpoint rank 0 writes holds everyone's), valid/test at their end.
+  void update_metric(const std::string& name, const at::Tensor& output, const at::Tensor& target);
   //! The metric whose log_step() sets the batch loss ("train/loss").
   void set_loss_metric(std::string name) { loss_metric_ = std::move(name); }
   void set_log_every_n_steps(int64_t n) { log_every_n_steps_ = n; }
@@ -301,6 +310,9 @@ class Loop {
   void reduce_step_values();
   //! Distributed: the accumulators of `split` summed over the ranks.
   void reduce_accumulators(const std::string& split);
+  //! Distributed: the running statistics `names` of `from`, summed (sums) and
+  //! concatenated in rank order (rows) over the ranks, into `into`.
+  void reduce_stats(MetricLog& from, const std::vector<std::string>& names, MetricLog& into, bool add);
   //! Remembers the current state as the point exception() can roll back to.
   void mark_boundary();
   //! Puts the state back to the last boundary; false when that is not safe.
@@ -312,7 +324,7 @@ class Loop {
     int64_t epoch = 0, global_step = 0, batch_in_epoch = 0;
     bool epoch_finished = false;
     Stage stage = Stage::idle;
-    Value rng, accumulators, values;
+    Value rng, accumulators, stats, values;
     size_t metric_rows = 0;
     std::vector<at::Tensor> buffers;
   };
@@ -338,6 +350,7 @@ class Loop {
     double value, weight;
   };
   std::vector<StepValue> step_values_;  //!< this batch's log_step() values
+  MetricLog step_stats_;  //!< distributed training: this batch's metric statistics, before the ranks' sum
   std::shared_ptr<ProcessGroup> group_;
   int rank_ = 0, world_size_ = 1;
   bool agreed_stop_ = false;

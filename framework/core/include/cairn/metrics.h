@@ -7,11 +7,13 @@
 // values and `flush(split)` logs their means as points.
 #pragma once
 
+#include "cairn/objectives.h"
 #include "cairn/stateful.h"
 
 #include <ATen/Tensor.h>
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -64,6 +66,26 @@ class MetricLog : public Stateful {
   //! Replaces (or adds) the accumulated sum and weight of `name`.
   void set_accumulator(const std::string& name, double sum, double weight);
 
+  // --- metrics with running statistics (F1, R², AUROC, ...; see objectives.h) ---
+  //! The Metric object behind `name` ("valid/f1_macro"): flush() of its split
+  //! logs its value. Declaring it again replaces the object, keeping the statistics.
+  void declare(const std::string& name, std::shared_ptr<const Metric> metric);
+  bool declared(const std::string& name) const;
+  //! The declared names of `split`, in declaration order.
+  std::vector<std::string> declared_names(const std::string& split) const;
+  //! Adds one batch to the statistics of `name` (declared first). Throws
+  //! std::logic_error for an undeclared name.
+  void update(const std::string& name, const at::Tensor& output, const at::Tensor& target);
+  //! The statistics of `name` (created empty if missing).
+  MetricStats& stats(const std::string& name);
+  //! Names of `split` whose statistics hold data.
+  std::vector<std::string> stat_names(const std::string& split) const;
+  //! Every metric's statistics: name -> {sums, rows} (tensors or None). The
+  //! tensors are never changed in place (an update makes new ones), so the
+  //! result stays valid as a snapshot.
+  Value stats_state() const;
+  void load_stats_state(const Value& state);
+
   //! Drops every point logged after the first `rows` (rolls the journal back).
   void truncate(size_t rows);
 
@@ -88,6 +110,13 @@ class MetricLog : public Stateful {
   void rebuild_columns();
   struct Accumulator { double sum = 0.0; double weight = 0.0; };
   std::vector<std::pair<std::string, Accumulator>> accumulators_;  //!< insertion-ordered
+  struct StatEntry {
+    std::string name;
+    std::shared_ptr<const Metric> metric;  //!< null for statistics loaded but not (yet) declared
+    MetricStats stats;
+  };
+  std::vector<StatEntry> stats_;  //!< in declaration order
+  StatEntry* find_stat(const std::string& name);
 };
 
 enum class Mode { min, max };

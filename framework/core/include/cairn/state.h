@@ -68,4 +68,17 @@ struct LoopState {
   int64_t resume_batch() const { return epoch_finished ? 0 : batch_in_epoch; }
 };
 
+//! A position in a run as people count epochs (from 1, as the progress bar's
+//! "epoch 3/10"), for messages: "in epoch 3 after batch 17 (global step
+//! 1705)", "after epoch 2 (global step 1688)". Files and checkpoint keys
+//! (`epoch`, metrics.csv, `epoch=2-step=...` names) count from 0, as
+//! Lightning's do. `epoch` is the 0-based epoch in progress, `batch` the
+//! batches of it done.
+inline std::string describe_position(int64_t epoch, int64_t batch, int64_t global_step) {
+  const std::string step = " (global step " + std::to_string(global_step) + ")";
+  if (batch > 0) return "in epoch " + std::to_string(epoch + 1) + " after batch " + std::to_string(batch) + step;
+  if (epoch == 0) return "before the first epoch" + step;
+  return "after epoch " + std::to_string(epoch) + step;
+}
+
 }  // namespace cairn

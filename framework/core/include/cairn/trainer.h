@@ -17,6 +17,7 @@
 #include "cairn/data.h"
 #include "cairn/loop.h"
 #include "cairn/model.h"
+#include "cairn/objectives.h"
 
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
@@ -99,6 +100,16 @@ class Trainer {
   Trainer& set_data(std::shared_ptr<DataModule> data);
   Trainer& set_optimizer(std::shared_ptr<torch::optim::Optimizer> optimizer);
   Trainer& set_scheduler(std::shared_ptr<Scheduler> scheduler);
+  //! The loss the default steps minimise (default: cross-entropy).
+  Trainer& set_loss(std::shared_ptr<Loss> loss);
+  //! Adds a metric that every split measures: logged as `train/<name>`,
+  //! `valid/<name>`, `test/<name>` from exact running statistics (see
+  //! objectives.h). Without any, a classification loss gets Accuracy ("acc").
+  Trainer& add_metric(std::shared_ptr<Metric> metric);
+  //! Replaces the metrics (an empty list: the loss alone).
+  Trainer& set_metrics(std::vector<std::shared_ptr<Metric>> metrics);
+  const std::shared_ptr<Loss>& loss() const { return loss_; }
+  const std::vector<std::shared_ptr<Metric>>& metrics() const { return metrics_; }
   //! Resume from a checkpoint file or directory at fit() ("" = fresh start).
   Trainer& resume_from(std::string path);
   //! Trains as one rank of `group` (data parallel). Without it, fit() joins
@@ -140,12 +151,13 @@ class Trainer {
  protected:
   //! The model's forward pass (default: Model::forward).
   virtual at::Tensor forward(const at::Tensor& x);
-  //! One training batch: returns the loss to backpropagate. The default is
-  //! classification with cross-entropy, logging train/loss and train/acc.
+  //! One training batch: returns the loss to backpropagate. The default
+  //! applies loss() to the model's output and the targets, logging
+  //! train/loss and updating the metrics (train/acc by default).
   virtual at::Tensor training_step(const Batch& batch);
-  //! One validation batch: the default logs valid/loss and valid/acc.
+  //! One validation batch: the default logs valid/loss and the metrics.
   virtual void validation_step(const Batch& batch);
-  //! One test batch: the default logs test/loss and test/acc.
+  //! One test batch: the default logs test/loss and the metrics.
   virtual void test_step(const Batch& batch);
   //! Creates the optimizer (and scheduler) unless set_optimizer() was called.
   //! The default is Adam(lr=1e-3) over the model's parameters.
@@ -153,10 +165,16 @@ class Trainer {
   //! Moves a batch to device().
   virtual Batch to_device(const Batch& batch);
 
-  //! Shared classification metrics: logs `<split>/loss` and `<split>/acc` with
-  //! the batch size as weight; returns the loss.
+  //! What the default steps share: the loss of `output` against batch.y,
+  //! logged as `<split>/loss` (per step for training, with the batch size as
+  //! weight), and every metric updated; returns the loss. The first call
+  //! checks the shapes (ShapeMismatch names the loss or metric and both shapes).
+  at::Tensor measure(const std::string& split, const at::Tensor& output, const Batch& batch, bool per_step);
+  //! The name measure() had before losses and metrics could be chosen.
   at::Tensor classification_metrics(const std::string& split, const at::Tensor& logits, const Batch& batch,
-                                    bool per_step);
+                                    bool per_step) {
+    return measure(split, logits, batch, per_step);
+  }
 
  private:
   void setup();
@@ -178,6 +196,11 @@ class Trainer {
   std::shared_ptr<DataModule> data_;
   std::shared_ptr<torch::optim::Optimizer> optimizer_;
   std::shared_ptr<Scheduler> scheduler_;
+  std::shared_ptr<Loss> loss_;
+  std::vector<std::shared_ptr<Metric>> metrics_;
+  bool set_up_ = false;          //!< setup() ran (evaluate/predict run it when fit() did not)
+  bool metrics_set_ = false;     //!< set_metrics/add_metric was called (else the default)
+  bool shapes_checked_ = false;  //!< measure() checked the loss and metrics against a batch
   torch::Device device_{torch::kCPU};
   std::string resume_path_;
   ResumeInfo resume_info_;

@@ -1,0 +1,343 @@
+#include "cairn/objectives.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+namespace cairn {
+
+namespace F = torch::nn::functional;
+
+std::string shape_text(const at::Tensor& t) {
+  if (!t.defined()) return "(none)";
+  std::ostringstream os;
+  os << t.sizes();
+  return os.str();
+}
+
+namespace {
+
+[[noreturn]] void mismatch(const std::string& who, const std::string& needs, const at::Tensor& output,
+                           const at::Tensor& target, const std::string& hint = "") {
+  throw ShapeMismatch(who + " needs " + needs + "; the model gives " + shape_text(output) + " for targets " +
+                      shape_text(target) + (hint.empty() ? "" : " (" + hint + ")"));
+}
+
+bool is_integer(const at::Tensor& t) {
+  return !at::isFloatingType(t.scalar_type()) && !at::isComplexType(t.scalar_type()) && t.scalar_type() != at::kBool;
+}
+
+//! Class-index targets: output [N, C, d...], targets [N, d...] integers.
+void check_class_targets(const std::string& who, const at::Tensor& output, const at::Tensor& target) {
+  const std::string needs = "outputs [N, C, ...] and integer class targets [N, ...]";
+  if (!is_integer(target)) mismatch(who, needs + ", got " + std::string(c10::toString(target.scalar_type())) + " targets", output, target);
+  if (output.dim() != target.dim() + 1 || output.size(0) != target.size(0) ||
+      output.sizes().slice(2) != target.sizes().slice(1)) {
+    std::string hint;
+    if (output.dim() == target.dim() && output.sizes() == target.sizes()) {
+      hint = "outputs shaped like the targets suit a regression or multi-label loss: mse, l1, bce_with_logits";
+    }
+    mismatch(who, needs, output, target, hint);
+  }
+}
+
+//! Float targets shaped like the output.
+void check_same_shape(const std::string& who, const at::Tensor& output, const at::Tensor& target) {
+  const std::string needs = "float targets shaped like the outputs";
+  if (!at::isFloatingType(target.scalar_type())) {
+    mismatch(who, needs + " (got " + std::string(c10::toString(target.scalar_type())) +
+                      " targets: class indices suit cross_entropy)",
+             output, target);
+  }
+  if (output.sizes() != target.sizes()) {
+    std::string hint;
+    if (output.dim() == target.dim() + 1 && output.size(-1) == 1) hint = "save the targets as [N, 1], or make the model give [N]";
+    mismatch(who, needs, output, target, hint);
+  }
+}
+
+at::TensorOptions f64(const at::Tensor& like) { return at::TensorOptions().dtype(at::kDouble).device(like.device()); }
+
+// Never in place: a snapshot of the statistics (a checkpoint being written,
+// the loop's roll-back point) holds the old tensors.
+void add_sums(MetricStats& s, const at::Tensor& v) {
+  s.sums = s.sums.defined() ? s.sums + v.to(at::kDouble) : v.to(at::kDouble).clone();
+}
+
+//! A count known on the host, as a 1-element tensor on `like`'s device (no sync).
+at::Tensor count_tensor(const at::Tensor& like, int64_t n) {
+  return at::full({1}, static_cast<double>(n), f64(like));
+}
+
+double host(const at::Tensor& t, int64_t i) { return t[i].item<double>(); }
+
+}  // namespace
+
+// --- losses -------------------------------------------------------------------
+
+at::Tensor CrossEntropyLoss::weight_on(const at::Tensor& like) const {
+  if (o_.weight.empty()) return at::Tensor();
+  if (!weight_.defined() || weight_.device() != like.device() || weight_.scalar_type() != like.scalar_type()) {
+    weight_ = torch::tensor(o_.weight, torch::kDouble).to(like.device(), like.scalar_type());
+  }
+  return weight_;
+}
+
+at::Tensor CrossEntropyLoss::operator()(const at::Tensor& output, const at::Tensor& target) const {
+  auto opts = F::CrossEntropyFuncOptions().ignore_index(o_.ignore_index).label_smoothing(o_.label_smoothing);
+  if (!o_.weight.empty()) opts.weight(weight_on(output));
+  return F::cross_entropy(output, target, opts);
+}
+
+void CrossEntropyLoss::check(const at::Tensor& output, const at::Tensor& target) const {
+  check_class_targets(name(), output, target);
+  if (!o_.weight.empty() && static_cast<int64_t>(o_.weight.size()) != output.size(1)) {
+    throw ShapeMismatch(name() + ": weight has " + std::to_string(o_.weight.size()) + " values but the model gives " +
+                        std::to_string(output.size(1)) + " classes (outputs " + shape_text(output) + ")");
+  }
+}
+
+at::Tensor NllLoss::operator()(const at::Tensor& output, const at::Tensor& target) const {
+  auto opts = F::NLLLossFuncOptions().ignore_index(o_.ignore_index);
+  if (!o_.weight.empty()) opts.weight(weight_on(output));
+  return F::nll_loss(output, target, opts);
+}
+
+at::Tensor BceWithLogitsLoss::operator()(const at::Tensor& output, const at::Tensor& target) const {
+  auto opts = F::BinaryCrossEntropyWithLogitsFuncOptions();
+  if (!pos_weight_.empty()) {
+    if (!pos_weight_t_.defined() || pos_weight_t_.device() != output.device()) {
+      pos_weight_t_ = torch::tensor(pos_weight_, torch::kDouble).to(output.device(), output.scalar_type());
+    }
+    opts.pos_weight(pos_weight_t_);
+  }
+  return F::binary_cross_entropy_with_logits(output, target, opts);
+}
+
+void BceWithLogitsLoss::check(const at::Tensor& output, const at::Tensor& target) const {
+  check_same_shape(name(), output, target);
+  if (!pos_weight_.empty() && (output.dim() < 2 || static_cast<int64_t>(pos_weight_.size()) != output.size(-1))) {
+    throw ShapeMismatch(name() + ": pos_weight has " + std::to_string(pos_weight_.size()) +
+                        " values, one per label, but the model gives " + shape_text(output));
+  }
+}
+
+std::string RegressionLoss::name() const {
+  return kind_ == mse ? "mse" : kind_ == l1 ? "l1" : "smooth_l1";
+}
+
+at::Tensor RegressionLoss::operator()(const at::Tensor& output, const at::Tensor& target) const {
+  switch (kind_) {
+    case mse: return F::mse_loss(output, target);
+    case l1: return F::l1_loss(output, target);
+    case smooth_l1: return F::smooth_l1_loss(output, target, F::SmoothL1LossFuncOptions().beta(beta_));
+  }
+  return {};
+}
+
+void RegressionLoss::check(const at::Tensor& output, const at::Tensor& target) const {
+  check_same_shape(name(), output, target);
+}
+
+// --- metrics ------------------------------------------------------------------
+
+void Accuracy::check(const at::Tensor& output, const at::Tensor& target) const {
+  if (is_integer(target)) {
+    check_class_targets("metric " + name(), output, target);
+  } else {
+    check_same_shape("metric " + name(), output, target);
+  }
+}
+
+void Accuracy::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
+  at::Tensor correct = is_integer(target) ? output.argmax(1).eq(target).sum()
+                                          : output.gt(0).eq(target.gt(0.5)).sum();
+  add_sums(s, at::cat({correct.to(at::kDouble).reshape({1}), count_tensor(output, target.numel())}));
+}
+
+double Accuracy::compute(const MetricStats& s) const {
+  if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
+  const at::Tensor c = s.sums.cpu();
+  return host(c, 0) / host(c, 1);
+}
+
+void TopKAccuracy::check(const at::Tensor& output, const at::Tensor& target) const {
+  check_class_targets("metric " + name(), output, target);
+  if (output.size(1) < k_) {
+    throw ShapeMismatch("metric " + name() + ": k = " + std::to_string(k_) + " but the model gives only " +
+                        std::to_string(output.size(1)) + " classes (outputs " + shape_text(output) + ")");
+  }
+}
+
+void TopKAccuracy::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
+  const at::Tensor top = std::get<1>(output.topk(k_, 1));  // [N, k, ...]
+  const at::Tensor hit = top.eq(target.unsqueeze(1)).any(1);
+  add_sums(s, at::cat({hit.sum().to(at::kDouble).reshape({1}), count_tensor(output, target.numel())}));
+}
+
+void F1Score::check(const at::Tensor& output, const at::Tensor& target) const {
+  if (is_integer(target)) {
+    check_class_targets("metric " + name(), output, target);
+  } else {
+    check_same_shape("metric " + name(), output, target);
+  }
+  const int64_t c = output.dim() > 1 ? output.size(1) : 1;
+  if (classes_ > 0 && c != classes_) {
+    throw ShapeMismatch("metric " + name() + ": configured for " + std::to_string(classes_) +
+                        " classes but the model gives " + shape_text(output));
+  }
+}
+
+void F1Score::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
+  at::Tensor tp, fp, fn;
+  if (is_integer(target)) {
+    const int64_t c = output.size(1);
+    const at::Tensor pred = output.argmax(1).reshape({-1});
+    const at::Tensor t = target.reshape({-1}).to(at::kLong);
+    const at::Tensor hit = pred.eq(t).to(at::kDouble);
+    const at::Tensor ones = at::ones_like(hit);
+    // scatter_add of whole numbers in float64: exact in any order.
+    tp = at::zeros({c}, f64(output)).scatter_add_(0, pred, hit);
+    fp = at::zeros({c}, f64(output)).scatter_add_(0, pred, ones).sub_(tp);
+    fn = at::zeros({c}, f64(output)).scatter_add_(0, t, ones).sub_(tp);
+  } else {
+    const int64_t n = output.size(0);
+    const at::Tensor p = output.reshape({n, -1}).gt(0), t = target.reshape({n, -1}).gt(0.5);
+    tp = p.logical_and(t).sum(0).to(at::kDouble);
+    fp = p.logical_and(t.logical_not()).sum(0).to(at::kDouble);
+    fn = p.logical_not().logical_and(t).sum(0).to(at::kDouble);
+  }
+  add_sums(s, at::cat({tp, fp, fn}));
+}
+
+double F1Score::compute(const MetricStats& s) const {
+  if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
+  const at::Tensor v = s.sums.cpu();
+  const int64_t c = v.size(0) / 3;
+  const double* p = v.data_ptr<double>();
+  if (average_ == micro) {
+    double tp = 0, fp = 0, fn = 0;
+    for (int64_t i = 0; i < c; ++i) tp += p[i], fp += p[c + i], fn += p[2 * c + i];
+    const double d = 2 * tp + fp + fn;
+    return d > 0 ? 2 * tp / d : 0.0;
+  }
+  double sum = 0;
+  for (int64_t i = 0; i < c; ++i) {
+    const double d = 2 * p[i] + p[c + i] + p[2 * c + i];
+    sum += d > 0 ? 2 * p[i] / d : 0.0;
+  }
+  return c > 0 ? sum / static_cast<double>(c) : std::numeric_limits<double>::quiet_NaN();
+}
+
+namespace {
+//! The binary score of each example: the output itself ([N], [N, 1]), or the
+//! difference of the two logits ([N, 2]), which orders examples as softmax's p1 does.
+at::Tensor binary_score(const at::Tensor& output) {
+  if (output.dim() == 2 && output.size(1) == 2) return output.select(1, 1) - output.select(1, 0);
+  return output.reshape({-1});
+}
+}  // namespace
+
+void BinaryAuroc::check(const at::Tensor& output, const at::Tensor& target) const {
+  const bool out_ok = output.dim() == 1 || (output.dim() == 2 && (output.size(1) == 1 || output.size(1) == 2));
+  const bool tgt_ok = target.dim() == 1 || (target.dim() == 2 && target.size(1) == 1);
+  if (!out_ok || !tgt_ok || output.size(0) != target.size(0)) {
+    mismatch("metric auroc", "a binary task: outputs [N], [N, 1] or [N, 2] and 0/1 targets [N] or [N, 1]", output, target);
+  }
+}
+
+void BinaryAuroc::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
+  const at::Tensor rows = at::stack({binary_score(output).to(at::kDouble), target.reshape({-1}).to(at::kDouble)}, 1);
+  s.rows = s.rows.defined() ? at::cat({s.rows, rows}) : rows.clone();
+}
+
+double BinaryAuroc::compute(const MetricStats& s) const {
+  if (!s.rows.defined()) return std::numeric_limits<double>::quiet_NaN();
+  const at::Tensor r = s.rows.cpu().contiguous();
+  const int64_t n = r.size(0);
+  const double* p = r.data_ptr<double>();
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[2 * a] < p[2 * b]; });
+  // Mann-Whitney: the sum of the positives' ranks, tied scores sharing their mean rank.
+  double rank_sum = 0, positives = 0;
+  for (int64_t i = 0; i < n;) {
+    int64_t j = i;
+    while (j < n && p[2 * order[static_cast<size_t>(j)]] == p[2 * order[static_cast<size_t>(i)]]) ++j;
+    const double mean_rank = (static_cast<double>(i + 1) + static_cast<double>(j)) / 2.0;
+    for (int64_t k = i; k < j; ++k) {
+      if (p[2 * order[static_cast<size_t>(k)] + 1] > 0.5) {
+        rank_sum += mean_rank;
+        positives += 1;
+      }
+    }
+    i = j;
+  }
+  const double negatives = static_cast<double>(n) - positives;
+  if (positives == 0 || negatives == 0) return std::numeric_limits<double>::quiet_NaN();
+  return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives);
+}
+
+void ErrorMetric::check(const at::Tensor& output, const at::Tensor& target) const {
+  check_same_shape("metric " + name(), output, target);
+}
+
+void ErrorMetric::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
+  const at::Tensor e = output.to(at::kDouble) - target.to(at::kDouble);
+  const at::Tensor total = kind_ == mae ? e.abs().sum() : e.square().sum();
+  add_sums(s, at::cat({total.reshape({1}), count_tensor(output, e.numel())}));
+}
+
+double ErrorMetric::compute(const MetricStats& s) const {
+  if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
+  const at::Tensor c = s.sums.cpu();
+  const double mean = host(c, 0) / host(c, 1);
+  return kind_ == mae ? mean : std::sqrt(mean);
+}
+
+void R2Score::check(const at::Tensor& output, const at::Tensor& target) const {
+  check_same_shape("metric r2", output, target);
+}
+
+void R2Score::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
+  const int64_t n = output.size(0);
+  const at::Tensor o = output.reshape({n, -1}).to(at::kDouble), t = target.reshape({n, -1}).to(at::kDouble);
+  const at::Tensor count = at::full({t.size(1)}, static_cast<double>(n), f64(output));
+  add_sums(s, at::cat({t.sum(0), t.square().sum(0), (t - o).square().sum(0), count}));
+}
+
+double R2Score::compute(const MetricStats& s) const {
+  if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
+  const at::Tensor v = s.sums.cpu();
+  const int64_t d = v.size(0) / 4;
+  const double* p = v.data_ptr<double>();
+  double sum = 0;
+  for (int64_t i = 0; i < d; ++i) {
+    const double sy = p[i], syy = p[d + i], sse = p[2 * d + i], n = p[3 * d + i];
+    const double ss_tot = syy - sy * sy / n;
+    sum += 1.0 - sse / ss_tot;
+  }
+  return sum / static_cast<double>(d);
+}
+
+void Perplexity::check(const at::Tensor& output, const at::Tensor& target) const {
+  check_class_targets("metric perplexity", output, target);
+}
+
+void Perplexity::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
+  const at::Tensor nll = F::cross_entropy(output.to(at::kDouble), target,
+                                          F::CrossEntropyFuncOptions().ignore_index(ignore_index_).reduction(torch::kSum));
+  const at::Tensor count = target.ne(ignore_index_).sum().to(at::kDouble);
+  add_sums(s, at::stack({nll, count}));
+}
+
+double Perplexity::compute(const MetricStats& s) const {
+  if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
+  const at::Tensor c = s.sums.cpu();
+  return std::exp(host(c, 0) / host(c, 1));
+}
+
+}  // namespace cairn

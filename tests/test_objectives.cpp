@@ -1,0 +1,378 @@
+// Losses and metrics: each metric against a straightforward reference on the
+// same data fed in batches of unequal sizes, the losses' options, shape errors
+// that name both shapes, and YAML experiments beyond classification
+// (regression, multi-label, binary AUROC) resumed mid-epoch bit for bit.
+#include "support.h"
+
+#include <cairn/callbacks.h>
+#include <cairn/objectives.h>
+
+#include <cmath>
+
+namespace {
+// Unequal batches, a batch of one among them: per-batch means would be wrong.
+const std::vector<int64_t> kBatches = {1, 17, 40, 45};  // 103 examples
+
+double feed(const cairn::Metric& m, const at::Tensor& out, const at::Tensor& y) {
+  cairn::MetricStats s;
+  int64_t at = 0;
+  for (int64_t b : kBatches) {
+    m.update(s, out.slice(0, at, at + b), y.slice(0, at, at + b));
+    at += b;
+  }
+  REQUIRE(at == out.size(0));
+  return m.compute(s);
+}
+
+double close(double a, double b) { return std::abs(a - b) <= 1e-12 * std::max(1.0, std::abs(b)); }
+
+//! F1 from per-class counts, the textbook way.
+double f1_reference(const std::vector<std::array<double, 3>>& counts, bool macro) {
+  double tp = 0, fp = 0, fn = 0, sum = 0;
+  for (const auto& c : counts) {
+    tp += c[0], fp += c[1], fn += c[2];
+    sum += (2 * c[0] + c[1] + c[2]) > 0 ? 2 * c[0] / (2 * c[0] + c[1] + c[2]) : 0.0;
+  }
+  return macro ? sum / static_cast<double>(counts.size()) : 2 * tp / (2 * tp + fp + fn);
+}
+}  // namespace
+
+TEST_CASE("classification metrics over unequal batches equal a straightforward computation on all the data") {
+  torch::manual_seed(3);
+  const int64_t n = 103, c = 5;
+  const at::Tensor logits = torch::randn({n, c}, torch::kDouble);
+  at::Tensor y = torch::randint(c, {n}, torch::kLong);
+  y[7] = 4;  // make sure the last class is present
+  auto L = logits.accessor<double, 2>();
+  auto Y = y.accessor<int64_t, 1>();
+
+  double correct = 0, top2 = 0;
+  std::vector<std::array<double, 3>> counts(c, {0, 0, 0});
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t best = 0, second = -1;
+    for (int64_t k = 1; k < c; ++k) {
+      if (L[i][k] > L[i][best]) best = k;
+    }
+    for (int64_t k = 0; k < c; ++k) {
+      if (k != best && (second < 0 || L[i][k] > L[i][second])) second = k;
+    }
+    correct += best == Y[i];
+    top2 += best == Y[i] || second == Y[i];
+    if (best == Y[i]) {
+      counts[best][0] += 1;
+    } else {
+      counts[best][1] += 1;
+      counts[Y[i]][2] += 1;
+    }
+  }
+  CHECK(close(feed(cairn::Accuracy(), logits, y), correct / n));
+  CHECK(close(feed(cairn::TopKAccuracy(2), logits, y), top2 / n));
+  CHECK(close(feed(cairn::F1Score(c, cairn::F1Score::macro), logits, y), f1_reference(counts, true)));
+  CHECK(close(feed(cairn::F1Score(c, cairn::F1Score::micro), logits, y), f1_reference(counts, false)));
+  // Micro F1 of single-label classes is the accuracy; macro is not (the test can tell them apart).
+  CHECK(close(feed(cairn::F1Score(c, cairn::F1Score::micro), logits, y), correct / n));
+  CHECK_FALSE(close(feed(cairn::F1Score(c, cairn::F1Score::macro), logits, y), correct / n));
+  // The mean of per-batch F1 values is not the F1 of the data: exactness matters.
+  double batch_mean = 0;
+  int64_t at = 0;
+  for (int64_t b : kBatches) {
+    cairn::MetricStats s;
+    cairn::F1Score(c, cairn::F1Score::macro).update(s, logits.slice(0, at, at + b), y.slice(0, at, at + b));
+    batch_mean += cairn::F1Score(c, cairn::F1Score::macro).compute(s) * static_cast<double>(b) / n;
+    at += b;
+  }
+  CHECK_FALSE(close(batch_mean, f1_reference(counts, true)));
+
+  // Perplexity: exp of the mean negative log-likelihood over targets that are not ignored.
+  at::Tensor yi = y.clone();
+  yi.slice(0, 0, 10).fill_(-100);
+  auto YI = yi.accessor<int64_t, 1>();
+  double nll = 0, count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (YI[i] == -100) continue;
+    double z = 0;
+    for (int64_t k = 0; k < c; ++k) z += std::exp(L[i][k]);
+    nll += std::log(z) - L[i][YI[i]];
+    count += 1;
+  }
+  CHECK(close(feed(cairn::Perplexity(-100), logits, yi), std::exp(nll / count)));
+}
+
+TEST_CASE("multi-label accuracy and F1, and binary AUROC with tied scores, equal their references") {
+  torch::manual_seed(4);
+  const int64_t n = 103, l = 4;
+  const at::Tensor logits = torch::randn({n, l}, torch::kFloat);
+  const at::Tensor y = torch::bernoulli(torch::full({n, l}, 0.4));
+  auto L = logits.accessor<float, 2>();
+  auto Y = y.accessor<float, 2>();
+  double correct = 0;
+  std::vector<std::array<double, 3>> counts(l, {0, 0, 0});
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t k = 0; k < l; ++k) {
+      const bool p = L[i][k] > 0, t = Y[i][k] > 0.5f;
+      correct += p == t;
+      counts[k][0] += p && t;
+      counts[k][1] += p && !t;
+      counts[k][2] += !p && t;
+    }
+  }
+  CHECK(close(feed(cairn::Accuracy(), logits, y), correct / (n * l)));
+  CHECK(close(feed(cairn::F1Score(0, cairn::F1Score::macro), logits, y), f1_reference(counts, true)));
+  CHECK(close(feed(cairn::F1Score(0, cairn::F1Score::micro), logits, y), f1_reference(counts, false)));
+
+  // AUROC: scores rounded to one decimal, so many tie; the reference counts
+  // every (positive, negative) pair, a tie as half.
+  const at::Tensor score = (torch::randn({n}, torch::kDouble) * 3).round() / 10;
+  const at::Tensor label = torch::bernoulli(torch::full({n}, 0.35, torch::kDouble)).to(torch::kLong);
+  auto S = score.accessor<double, 1>();
+  auto B = label.accessor<int64_t, 1>();
+  double pairs = 0, wins = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      if (B[i] != 1 || B[j] != 0) continue;
+      pairs += 1;
+      wins += S[i] > S[j] ? 1.0 : S[i] == S[j] ? 0.5 : 0.0;
+    }
+  }
+  REQUIRE(pairs > 0);
+  CHECK(close(feed(cairn::BinaryAuroc(), score, label), wins / pairs));
+  // Two logits per example order examples as their difference does.
+  const at::Tensor two = torch::stack({torch::zeros_like(score), score}, 1);
+  CHECK(close(feed(cairn::BinaryAuroc(), two, label), wins / pairs));
+  // One class only: nothing to rank, NaN (not 0.5, not a crash).
+  CHECK(std::isnan(feed(cairn::BinaryAuroc(), score, torch::zeros_like(label))));
+}
+
+TEST_CASE("regression metrics: MAE, RMSE and R² (per output, averaged) equal their references") {
+  torch::manual_seed(5);
+  const int64_t n = 103, d = 3;
+  const at::Tensor y = torch::randn({n, d}, torch::kDouble) * torch::tensor({1.0, 5.0, 0.1}, torch::kDouble) + 2.0;
+  const at::Tensor out = (y + torch::randn({n, d}, torch::kDouble) * 0.3).to(torch::kFloat);
+  auto Y = y.accessor<double, 2>();
+  auto O = out.accessor<float, 2>();
+  double abs_sum = 0, sq_sum = 0, r2 = 0;
+  for (int64_t k = 0; k < d; ++k) {
+    double mean = 0;
+    for (int64_t i = 0; i < n; ++i) mean += Y[i][k] / n;
+    double sse = 0, sst = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double e = static_cast<double>(O[i][k]) - Y[i][k];
+      abs_sum += std::abs(e);
+      sq_sum += e * e;
+      sse += e * e;
+      sst += (Y[i][k] - mean) * (Y[i][k] - mean);
+    }
+    r2 += (1 - sse / sst) / d;
+  }
+  const at::Tensor yf = y.to(torch::kFloat);
+  // y in float32 for the metrics, as a data set holds it; the references use it too.
+  auto YF = yf.accessor<float, 2>();
+  abs_sum = sq_sum = r2 = 0;
+  for (int64_t k = 0; k < d; ++k) {
+    double mean = 0;
+    for (int64_t i = 0; i < n; ++i) mean += static_cast<double>(YF[i][k]) / n;
+    double sse = 0, sst = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double e = static_cast<double>(O[i][k]) - static_cast<double>(YF[i][k]);
+      abs_sum += std::abs(e);
+      sq_sum += e * e;
+      sse += e * e;
+      sst += (static_cast<double>(YF[i][k]) - mean) * (static_cast<double>(YF[i][k]) - mean);
+    }
+    r2 += (1 - sse / sst) / d;
+  }
+  CHECK(close(feed(cairn::ErrorMetric(cairn::ErrorMetric::mae), out, yf), abs_sum / (n * d)));
+  CHECK(close(feed(cairn::ErrorMetric(cairn::ErrorMetric::rmse), out, yf), std::sqrt(sq_sum / (n * d))));
+  CHECK(std::abs(feed(cairn::R2Score(), out, yf) - r2) < 1e-10);
+}
+
+TEST_CASE("losses: label smoothing, class weights and ignore_index as PyTorch defines them; shapes named on mismatch") {
+  torch::manual_seed(6);
+  const at::Tensor logits = torch::randn({6, 3}, torch::kDouble);
+  const at::Tensor y = torch::tensor({0, 2, 1, 1, -100, 2}, torch::kLong);
+  const at::Tensor logp = torch::log_softmax(logits, 1);
+  // Smoothing eps: (1 - eps) * nll + eps * mean over classes of -log p, averaged over kept targets.
+  const double eps = 0.2;
+  double want = 0;
+  int kept = 0;
+  for (int64_t i = 0; i < 6; ++i) {
+    const int64_t t = y[i].item<int64_t>();
+    if (t == -100) continue;
+    ++kept;
+    want += (1 - eps) * -logp[i][t].item<double>() + eps * -logp[i].mean().item<double>();
+  }
+  cairn::ClassLossOptions o;
+  o.label_smoothing = eps;
+  CHECK(close(cairn::CrossEntropyLoss(o)(logits, y).item<double>(), want / kept));
+  // Class weights: a weighted mean, the weights of the kept targets as denominator.
+  o = {};
+  o.weight = {1.0, 2.0, 0.5};
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < 6; ++i) {
+    const int64_t t = y[i].item<int64_t>();
+    if (t == -100) continue;
+    num += o.weight[t] * -logp[i][t].item<double>();
+    den += o.weight[t];
+  }
+  CHECK(close(cairn::CrossEntropyLoss(o)(logits, y).item<double>(), num / den));
+  CHECK(close(cairn::NllLoss(o)(logp, y).item<double>(), num / den));
+
+  auto message = [](const auto& fn) {
+    try {
+      fn();
+    } catch (const cairn::ShapeMismatch& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  const std::string mse = message([] { cairn::RegressionLoss(cairn::RegressionLoss::mse).check(torch::zeros({2, 1}), torch::zeros({2})); });
+  CHECK_MESSAGE(mse.find("mse needs float targets shaped like the outputs; the model gives [2, 1] for targets [2]") != std::string::npos, mse);
+  CHECK(mse.find("save the targets as [N, 1]") != std::string::npos);
+  const std::string ce = message([] { cairn::CrossEntropyLoss().check(torch::zeros({4, 3}), torch::zeros({4, 3})); });
+  CHECK_MESSAGE(ce.find("cross_entropy needs outputs [N, C, ...] and integer class targets [N, ...]") != std::string::npos, ce);
+  const std::string w = message([&] { cairn::CrossEntropyLoss(o).check(torch::zeros({4, 5}), torch::zeros({4}, torch::kLong)); });
+  CHECK_MESSAGE(w.find("weight has 3 values but the model gives 5 classes") != std::string::npos, w);
+  const std::string k = message([] { cairn::TopKAccuracy(5).check(torch::zeros({4, 3}), torch::zeros({4}, torch::kLong)); });
+  CHECK_MESSAGE(k.find("k = 5 but the model gives only 3 classes") != std::string::npos, k);
+  // Segmentation-shaped class targets are fine.
+  CHECK(message([] { cairn::CrossEntropyLoss().check(torch::zeros({2, 3, 4, 4}), torch::zeros({2, 4, 4}, torch::kLong)); }) == "(no error)");
+}
+
+namespace {
+//! Tensors for a regression (targets [N, 2]) written as torch.save would.
+void write_regression(const std::string& path) {
+  torch::manual_seed(8);
+  const at::Tensor x = torch::randn({260, 6});
+  const at::Tensor w = torch::randn({6, 2});
+  const at::Tensor y = torch::tanh(x.matmul(w)) + 0.05 * torch::randn({260, 2});
+  cairn::Value d = cairn::Value::dict();
+  d.set("train_x", x.slice(0, 0, 200));
+  d.set("train_y", y.slice(0, 0, 200));
+  d.set("test_x", x.slice(0, 200));
+  d.set("test_y", y.slice(0, 200));
+  cairn::write_checkpoint(path, d);
+}
+
+std::string regression_config(const std::string& run, const std::string& data) {
+  return "name: reg\nseed: 2\nrun: {dir: " + run + "}\n"
+         "data: {name: tensors, path: " + data + ", batch_size: 16, valid_fraction: 0.2}\n"
+         "model: {name: mlp, hidden: [16], dropout: 0.2}\n"
+         "loss: {name: smooth_l1, beta: 0.5}\n"
+         "metrics: [mae, rmse, r2]\n"
+         "optimizer: {name: adam, lr: 0.01}\n"
+         "trainer: {max_epochs: 3, threads: 1, log_every_n_steps: 3, enable_progress_bar: false}\n"
+         "callbacks:\n  - {name: checkpoint, monitor: valid/r2, mode: max, every_n_train_steps: 3}\n";
+}
+
+std::string binary_config(const std::string& run) {
+  return "name: bin\nseed: 4\nrun: {dir: " + run + "}\n"
+         "data: {name: synthetic, train_size: 150, valid_size: 60, test_size: 60, num_classes: 2, noise: 2.0, batch_size: 16}\n"
+         "model: {name: mlp, hidden: [8], dropout: 0.3}\n"
+         "loss: {name: cross_entropy, label_smoothing: 0.1}\n"
+         "metrics: [auroc, {name: f1, average: macro}]\n"
+         "trainer: {max_epochs: 3, threads: 1, enable_progress_bar: false}\n"
+         "callbacks:\n  - {name: checkpoint, monitor: valid/auroc, mode: max, every_n_train_steps: 2}\n";
+}
+
+//! Fits `yaml` in-process, interrupted (as SIGTERM would) at global step `stop` (0: never), then resumed.
+cairn::Value fit(const std::string& yaml_path, int64_t stop) {
+  cairn::register_builtin_callbacks();
+  for (int round = 0; round < 2; ++round) {
+    auto spec = cairn::parse_experiment(yaml_path);
+    auto t = cairn::build_trainer(spec);
+    t->resume_from(spec.run_dir + "/checkpoints");
+    if (round == 0 && stop > 0) {
+      t->loop().on(cairn::Event::batch_end, [stop](cairn::Loop& l) {
+        if (l.state().global_step == stop) l.state().request_interrupt(SIGTERM, "test stop");
+      });
+    }
+    const cairn::FitResult r = t->fit();
+    if (!r.interrupted) return test::comparable(cairn::read_checkpoint(spec.run_dir + "/checkpoints/last.ckpt"));
+    // Stopped mid-epoch: the checkpoint carries the epoch's running statistics.
+    const cairn::Value mid = cairn::read_checkpoint(spec.run_dir + "/checkpoints/last.ckpt");
+    CHECK(mid.at("loop").at("metric_states").size() > 0);
+  }
+  FAIL("the run did not finish");
+  return {};
+}
+}  // namespace
+
+TEST_CASE("YAML regression and binary experiments log their metrics and resume mid-epoch bit for bit") {
+  test::TempDir dir("objectives");
+  write_regression(dir / "reg.pt");
+  struct Case {
+    std::string name, yaml;
+    int64_t stop;
+    std::vector<std::string> metrics;
+  };
+  const std::vector<Case> cases = {
+      {"regression", "", 5, {"train/mae", "train/rmse", "train/r2", "valid/r2", "test/mae", "test/rmse", "test/r2"}},
+      {"binary", "", 4, {"train/auroc", "train/f1_macro", "valid/auroc", "test/auroc", "test/f1_macro"}},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.name);
+    auto config = [&](const std::string& run) {
+      return c.name == "regression" ? regression_config(run, dir / "reg.pt") : binary_config(run);
+    };
+    test::write_file(dir / (c.name + "_ref.yaml"), config(dir / (c.name + "_ref")));
+    test::write_file(dir / (c.name + "_cut.yaml"), config(dir / (c.name + "_cut")));
+    const cairn::Value ref = fit(dir / (c.name + "_ref.yaml"), 0);
+    const cairn::Value cut = fit(dir / (c.name + "_cut.yaml"), c.stop);
+    for (const auto& m : c.metrics) {
+      CAPTURE(m);
+      REQUIRE(ref.at("metrics").contains(m));
+      const at::Tensor v = ref.at("metrics").at(m).at("value").to_tensor();
+      CHECK(v.numel() == (m.rfind("test/", 0) == 0 ? 1 : 3));
+      CHECK(std::isfinite(v[-1].item<double>()));
+    }
+    CHECK_MESSAGE(ref.first_difference(cut) == "", ref.first_difference(cut));
+    CHECK(test::read_file(dir / (c.name + "_ref/metrics.csv")) == test::read_file(dir / (c.name + "_cut/metrics.csv")));
+  }
+  // The regression learned something: R² well above 0 on the test split.
+  const cairn::Value reg = cairn::read_checkpoint(dir / "regression_ref/checkpoints/last.ckpt");
+  CHECK(reg.at("metrics").at("test/r2").at("value").to_tensor()[-1].item<double>() > 0.3);
+}
+
+TEST_CASE("YAML: unknown loss or metric names suggest the closest; shapes that do not fit name the key, the loss and both shapes") {
+  test::TempDir dir("objectives_bad");
+  // Targets [N] for a model that gives [N, 1].
+  cairn::Value d = cairn::Value::dict();
+  d.set("train_x", torch::randn({40, 3}));
+  d.set("train_y", torch::randn({40}));
+  cairn::write_checkpoint(dir / "flat.pt", d);
+  const std::string base = "name: bad\nrun: {dir: " + (dir / "run") + "}\n"
+                           "data: {name: tensors, path: " + (dir / "flat.pt") + ", batch_size: 8}\n"
+                           "model: {name: mlp, hidden: [4]}\n";
+  test::write_file(dir / "shape.yaml", base + "loss: {name: mse}\nmetrics: [mae]\n");
+  auto r = test::cairn_cli({"fit", "--config", dir / "shape.yaml"});
+  CHECK(r.exit_code == 2);
+  CHECK_MESSAGE(r.output.find(dir / "shape.yaml" + ":5:") != std::string::npos, r.output);
+  CHECK_MESSAGE(r.output.find("loss.name: mse needs float targets shaped like the outputs; the model gives [2, 1] for targets [2]") !=
+                    std::string::npos,
+                r.output);
+
+  test::write_file(dir / "names.yaml", base + "loss: {name: cross_entopy}\nmetrics: [acuracy, {name: f1, average: macro}]\n");
+  r = test::cairn_cli({"print-config", "--config", dir / "names.yaml"});
+  CHECK(r.exit_code == 2);
+  CHECK_MESSAGE(r.output.find("loss.name: unknown loss 'cross_entopy'; did you mean 'cross_entropy'?") != std::string::npos, r.output);
+  CHECK_MESSAGE(r.output.find(":6:11: metrics[0].name: unknown metric 'acuracy'; did you mean 'accuracy'?") != std::string::npos,
+                r.output);
+
+  // A classification loss on float targets: the data says which loss would take them.
+  test::write_file(dir / "kind.yaml", base);
+  r = test::cairn_cli({"fit", "--config", dir / "kind.yaml"});
+  CHECK(r.exit_code == 2);
+  CHECK_MESSAGE(r.output.find("'train_y' must be an integer tensor of class labels") != std::string::npos, r.output);
+  CHECK(r.output.find("float targets need a regression or multi-label loss") != std::string::npos);
+
+  // The same metric twice (on targets [N, 1], which fit the model).
+  d.set("train_y", torch::randn({40, 1}));
+  cairn::write_checkpoint(dir / "column.pt", d);
+  test::write_file(dir / "twice.yaml", base + "loss: {name: mse}\nmetrics: [mae, mae]\n");
+  r = test::cairn_cli({"fit", "--config", dir / "twice.yaml", "--set", "data.path=" + (dir / "column.pt")});
+  CHECK(r.exit_code == 2);
+  CHECK_MESSAGE(r.output.find("metrics[1].name: metrics[0] already logs 'mae'") != std::string::npos, r.output);
+  r = test::cairn_cli({"fit", "--config", dir / "twice.yaml", "--set", "data.path=" + (dir / "column.pt"), "--set",
+                       "metrics=[mae, r2]", "--set", "trainer.max_epochs=1"});
+  CHECK_MESSAGE(r.exit_code == 0, r.output);
+}
