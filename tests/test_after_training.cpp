@@ -145,3 +145,48 @@ TEST_CASE("test, validate and predict refuse what cannot be met, with exit 2 nam
   CHECK(help.exit_code == 0);
   CHECK(help.output.find("cairn predict") != std::string::npos);
 }
+
+TEST_CASE("predict --input: examples from a file (.pt or .csv, labels optional); a file of the wrong shape is exit 2") {
+  test::TempDir dir("predict_input");
+  const std::string cfg = shipped("tabular_csv.yaml"), run = dir / "run";
+  auto fit = test::cairn_cli({"fit", "--config", cfg, "--run-dir", run, "--set", "trainer.max_epochs=2"});
+  REQUIRE_MESSAGE(fit.exit_code == 0, fit.output);
+  auto predict = [&](const std::string& input, const std::string& out) {
+    return test::cairn_cli({"predict", "--config", cfg, "--run-dir", run, "--ckpt", "best", "--input", input, "--out", out});
+  };
+  // The test split's own file, and the same rows without the label column, predict the same outputs.
+  const std::string test_csv = std::string(CAIRN_SOURCE_DIR) + "/configs/data/tabular_test.csv";
+  REQUIRE(predict(test_csv, dir / "a.pt").exit_code == 0);
+  std::string no_label, line;
+  {
+    std::istringstream in(test::read_file(test_csv));
+    while (std::getline(in, line)) no_label += line.substr(0, line.rfind(',')) + "\n";
+  }
+  test::write_file(dir / "features.csv", no_label);
+  auto b = predict(dir / "features.csv", dir / "b.pt");
+  REQUIRE_MESSAGE(b.exit_code == 0, b.output);
+  CHECK(b.output.find("wrote 300 predictions of " + (dir / "features.csv")) != std::string::npos);
+  const cairn::Value pa = cairn::read_checkpoint(dir / "a.pt"), pb = cairn::read_checkpoint(dir / "b.pt");
+  CHECK(torch::equal(pa.at("outputs").to_tensor(), pb.at("outputs").to_tensor()));
+  CHECK(pa.contains("targets"));
+  CHECK_FALSE(pb.contains("targets"));
+  // The same examples as a torch.save dict {'x': ...}.
+  cairn::Value x = cairn::Value::dict();
+  x.set("x", cairn::read_checkpoint(dir / "a.pt").at("outputs").to_tensor().new_zeros({7, 5}));
+  cairn::write_checkpoint(dir / "x.pt", x);
+  auto c = predict(dir / "x.pt", dir / "c.csv");
+  REQUIRE_MESSAGE(c.exit_code == 0, c.output);
+  CHECK(test::read_file(dir / "c.csv").rfind("index,prediction,output_0,output_1\n", 0) == 0);
+  // Wrong inputs name the key and both shapes.
+  x.set("x", torch::zeros({7, 4}));
+  cairn::write_checkpoint(dir / "narrow.pt", x);
+  auto d = predict(dir / "narrow.pt", dir / "d.csv");
+  CHECK(d.exit_code == 2);
+  CHECK_MESSAGE(d.output.find("'x' holds examples shaped [4] but the model was trained on examples shaped [5]") != std::string::npos, d.output);
+  cairn::Value wrong = cairn::Value::dict();
+  wrong.set("inputs", torch::zeros({7, 5}));
+  cairn::write_checkpoint(dir / "wrong.pt", wrong);
+  auto e = predict(dir / "wrong.pt", dir / "e.csv");
+  CHECK(e.exit_code == 2);
+  CHECK_MESSAGE(e.output.find("expected a dict with a tensor 'x'") != std::string::npos, e.output);
+}

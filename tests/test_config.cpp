@@ -133,5 +133,9 @@ TEST_CASE("the shipped configs are valid") {
     CAPTURE(e.path().string());
     auto r = test::cairn_cli({"print-config", "--config", e.path().string()});
     CHECK_MESSAGE(r.exit_code == 0, r.output);
+    // Real defaults, not placeholders: the checkpoint folder, file names, the loggers' files.
+    CHECK_MESSAGE(r.output.find(": \"\"") == std::string::npos, r.output);
+    CHECK(r.output.find("dirpath: runs/" + e.path().stem().string() + "/checkpoints") != std::string::npos);
+    CHECK(r.output.find("path: runs/" + e.path().stem().string() + "/metrics.csv") != std::string::npos);
   }
 }

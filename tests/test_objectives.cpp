@@ -5,7 +5,10 @@
 #include "support.h"
 
 #include <cairn/callbacks.h>
+#include <cairn/config_drift.h>
 #include <cairn/objectives.h>
+
+#include <yaml-cpp/yaml.h>
 
 #include <cmath>
 
@@ -375,4 +378,51 @@ TEST_CASE("YAML: unknown loss or metric names suggest the closest; shapes that d
   r = test::cairn_cli({"fit", "--config", dir / "twice.yaml", "--set", "data.path=" + (dir / "column.pt"), "--set",
                        "metrics=[mae, r2]", "--set", "trainer.max_epochs=1"});
   CHECK_MESSAGE(r.exit_code == 0, r.output);
+}
+
+TEST_CASE("relative input paths resolve from the config file's folder; with --set, from the current directory") {
+  test::TempDir dir("objectives_paths");
+  test::fs::create_directories(dir / "exp/data");
+  cairn::Value d = cairn::Value::dict();
+  d.set("train_x", torch::randn({40, 3}));
+  d.set("train_y", torch::randn({40, 1}));
+  cairn::write_checkpoint(dir / "exp/data/d.pt", d);
+  test::write_file(dir / "exp/c.yaml", "name: rel\nrun: {dir: " + (dir / "run") + "}\n"
+                                       "data: {name: tensors, path: data/d.pt, batch_size: 8}\n"
+                                       "model: {name: mlp, hidden: [4]}\nloss: {name: l1}\ntrainer: {max_epochs: 1}\n");
+  // The test runs elsewhere: data/d.pt exists only next to the config.
+  REQUIRE_FALSE(test::fs::exists("data/d.pt"));
+  auto pc = test::cairn_cli({"print-config", "--config", dir / "exp/c.yaml"});
+  REQUIRE_MESSAGE(pc.exit_code == 0, pc.output);
+  CHECK_MESSAGE(pc.output.find("path: " + (dir / "exp/data/d.pt")) != std::string::npos, pc.output);
+  auto fit = test::cairn_cli({"fit", "--config", dir / "exp/c.yaml"});
+  CHECK_MESSAGE(fit.exit_code == 0, fit.output);
+  // --set: relative to where cairn runs (the test's directory).
+  const std::string rel = test::fs::relative(dir / "exp/data/d.pt", test::fs::current_path()).string();
+  REQUIRE(rel.rfind("/", 0) != 0);
+  pc = test::cairn_cli({"print-config", "--config", dir / "exp/c.yaml", "--set", "data.path=" + rel});
+  CHECK_MESSAGE(pc.exit_code == 0, pc.output);
+  pc = test::cairn_cli({"print-config", "--config", dir / "exp/c.yaml", "--set", "data.path=data/d.pt"});
+  CHECK(pc.exit_code == 2);
+  CHECK_MESSAGE(pc.output.find("data.path: no such file: " + (test::fs::current_path() / "data/d.pt").string()) != std::string::npos,
+                pc.output);
+}
+
+TEST_CASE("resume drift: a run saved before loss and metrics existed resumes with the defaults; another loss is refused") {
+  const std::string file = std::string(CAIRN_SOURCE_DIR) + "/configs/tabular_csv.yaml";
+  auto config = [&](const std::string& extra, const std::string& path) {
+    return cairn::yaml_to_value(YAML::Load("seed: 1\ndata: {name: csv, path: " + path + "}\n" + extra));
+  };
+  const std::string defaults = "loss: {name: cross_entropy, label_smoothing: 0.0, weight: [], ignore_index: -100}\n"
+                               "metrics: [{name: accuracy}]\n";
+  const cairn::Value old = config("", file);
+  const cairn::Value now = config(defaults, file);
+  CHECK(cairn::diff_configs(old, now).empty());
+  const cairn::Value other = config("loss: {name: mse}\nmetrics: []\n", file);
+  bool refused = false;
+  for (const auto& c : cairn::diff_configs(old, other)) refused = refused || (c.key == "loss.name" && !c.safe);
+  CHECK(refused);
+  // The same file named another way is no change; another file is.
+  CHECK(cairn::diff_configs(old, config(defaults, std::string(CAIRN_SOURCE_DIR) + "/configs/../configs/tabular_csv.yaml")).empty());
+  CHECK(cairn::diff_configs(old, config(defaults, std::string(CAIRN_SOURCE_DIR) + "/configs/multilabel_mlp.yaml")).size() == 1);
 }

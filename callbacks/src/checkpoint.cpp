@@ -60,11 +60,7 @@ Checkpoint::Checkpoint(CheckpointOptions options) : options_(std::move(options))
   if (options_.on_busy() != "wait" && options_.on_busy() != "skip") {
     throw std::invalid_argument("on_busy must be 'wait' or 'skip'");
   }
-  if (options_.filename().empty()) {
-    std::string f = "epoch={epoch}-step={step}";
-    if (!options_.monitor().empty()) f += "-" + sanitize(options_.monitor()) + "={" + options_.monitor() + ":.4f}";
-    options_.filename(f);
-  }
+  if (options_.filename().empty()) options_.filename(default_checkpoint_filename(options_.monitor()));
   // Check the template now rather than at the first save.
   for (size_t i = options_.filename().find('{'); i != std::string::npos; i = options_.filename().find('{', i + 1)) {
     const size_t close = options_.filename().find('}', i);
@@ -106,6 +102,12 @@ bool Checkpoint::claims(const std::string& saved_key) const {
 
 void Checkpoint::resolve_dir(const Loop& loop) {
   if (dirpath_.empty()) dirpath_ = checkpoint_dir(loop);
+}
+
+std::string default_checkpoint_filename(const std::string& monitor) {
+  std::string f = "epoch={epoch}-step={step}";
+  if (!monitor.empty()) f += "-" + sanitize(monitor) + "={" + monitor + ":.4f}";
+  return f;
 }
 
 std::string Checkpoint::checkpoint_dir(const Loop& loop) const {

@@ -2,6 +2,7 @@
 
 #include "cairn/checkpoint_file.h"
 #include "cairn/config_drift.h"
+#include "cairn/datasets.h"
 #include "cairn/distributed.h"
 #include "cairn/experiment.h"
 #include "cairn/json.h"
@@ -40,7 +41,7 @@ const char* kUsage =
     "  cairn test     --config FILE [--ckpt best|last|PATH] [--run-dir DIR] [--json]\n"
     "  cairn validate --config FILE [--ckpt best|last|PATH] [--run-dir DIR] [--json]\n"
     "  cairn predict  --config FILE --ckpt best|last|PATH [--run-dir DIR]\n"
-    "                 [--split test|valid|train] --out FILE.pt|FILE.csv\n"
+    "                 [--split test|valid|train | --input FILE.pt|FILE.csv] --out FILE.pt|FILE.csv\n"
     "  cairn print-config --config FILE [--set dotted.key=value]...\n"
     "  cairn inspect CHECKPOINT [--json]\n"
     "  cairn report RUN_DIR|CHECKPOINT [MORE RUNS...] [--out report.html]\n"
@@ -64,8 +65,10 @@ const char* kUsage =
     "\n"
     "test and validate evaluate a checkpoint of the run (default: its best one\n"
     "when a checkpoint callback monitors a metric, else last) and print the\n"
-    "split's metrics; predict writes the model's outputs for a split. None of\n"
-    "them changes the run.\n";
+    "split's metrics; predict writes the model's outputs for a split, or for\n"
+    "the examples of --input (a torch.save dict with 'x' and optional 'y', or\n"
+    "a CSV with the training file's feature columns, labels optional). None\n"
+    "of them changes the run.\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -78,6 +81,8 @@ struct Args {
   std::string run_dir;
   std::string resume = "auto";
   bool resume_given = false;  //!< --resume was on the command line
+  std::string input;          //!< predict: a file of examples instead of a split
+  bool split_given = false;
   bool overwrite = false;
   bool allow_config_change = false;
   bool json = false;
@@ -132,6 +137,9 @@ Args parse_args(int argc, char** argv) {
       a.ckpt = value("--ckpt");
     } else if (is("--split")) {
       a.split = value("--split");
+      a.split_given = true;
+    } else if (is("--input")) {
+      a.input = value("--input");
     } else if (arg == "--help" || arg == "-h") {
       a.help = true;
     } else if (is("--nproc")) {
@@ -165,6 +173,7 @@ Args parse_args(int argc, char** argv) {
 int cmd_print_config(const Args& a) {
   if (a.config.empty()) throw UsageError("print-config needs --config FILE");
   ExperimentSpec spec = parse_experiment(a.config, a.sets);
+  resolve_output_defaults(spec, a.run_dir.empty() ? spec.run_dir : a.run_dir);
   std::cout << yaml_to_string(spec.resolved());
   return kExitOk;
 }
@@ -472,6 +481,59 @@ int cmd_evaluate(const Args& a, const std::string& split) {
   return kExitOk;
 }
 
+//! predict --input: examples shaped like the training data's, from a
+//! torch.save dict ('x', optional 'y') or a CSV with the training columns
+//! (the label columns optional). Anything else is a usage error (exit 2)
+//! naming the key or column and both shapes.
+TensorDataset read_prediction_input(const std::string& path, const DataModule& data, const Loss& loss) {
+  const std::string ext = fs::path(path).extension().string();
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) throw UsageError("--input " + path + ": no such file");
+  TensorDataset ds;
+  if (ext == ".csv") {
+    std::vector<std::string> labels;
+    if (const auto* csv = dynamic_cast<const CsvData*>(&data)) labels = csv->options().labels;
+    try {
+      ds = read_csv_examples(path, labels, !loss.class_targets());
+    } catch (const DataError& e) {
+      throw UsageError(std::string("--input: ") + e.what());
+    }
+  } else if (ext == ".pt") {
+    ReadOptions ro;
+    ro.require_checksum = false;
+    Value v;
+    try {
+      v = read_checkpoint(path, ro);
+    } catch (const CheckpointError& e) {
+      throw UsageError(std::string("--input: cannot read ") + path + ": " + e.what());
+    }
+    const Value* x = v.is_dict() ? v.find("x") : nullptr;
+    if (!x || !x->is_tensor()) {
+      throw UsageError("--input " + path + ": expected a dict with a tensor 'x' (the examples, first dimension N) "
+                       "and optionally 'y', as torch.save({'x': X}, path) writes it");
+    }
+    ds.x = x->to_tensor().to(torch::kFloat32).contiguous();
+    if (const Value* y = v.find("y"); y && y->is_tensor()) {
+      ds.y = y->to_tensor().to(loss.class_targets() ? torch::kLong : torch::kFloat32).contiguous();
+    }
+  } else {
+    throw UsageError("--input " + path + ": the file must end in .pt or .csv");
+  }
+  const auto shape = ds.x.sizes().slice(1).vec();
+  if (shape != data.input_shape) {
+    std::ostringstream os;
+    os << "--input " << path << ": " << (ext == ".csv" ? "its feature columns give" : "'x' holds") << " examples shaped "
+       << ds.x.sizes().slice(1) << " but the model was trained on examples shaped " << c10::IntArrayRef(data.input_shape);
+    throw UsageError(os.str());
+  }
+  if (ds.y.defined() && ds.y.size(0) != ds.x.size(0)) {
+    throw UsageError("--input " + path + ": 'y' has " + std::to_string(ds.y.size(0)) + " rows but 'x' has " +
+                     std::to_string(ds.x.size(0)));
+  }
+  if (ds.empty()) throw UsageError("--input " + path + " holds no examples");
+  return ds;
+}
+
 int cmd_predict(const Args& a) {
   if (a.config.empty()) throw UsageError("predict needs --config FILE");
   if (a.ckpt.empty()) throw UsageError("predict needs --ckpt best|last|PATH");
@@ -484,9 +546,13 @@ int cmd_predict(const Args& a) {
   ExperimentSpec spec = parse_experiment(a.config, a.sets);
   const std::string run_dir = a.run_dir.empty() ? spec.run_dir : a.run_dir;
   const std::string path = choose_ckpt(spec, run_dir, a.ckpt);
+  if (!a.input.empty() && a.split_given) throw UsageError("predict takes --split or --input, not both");
   std::unique_ptr<Trainer> trainer = evaluation_trainer(spec, run_dir);
   DataModule& data = trainer->data();
-  const TensorDataset& ds = a.split == "test" ? data.test : a.split == "valid" ? data.valid : data.train;
+  TensorDataset input;
+  if (!a.input.empty()) input = read_prediction_input(a.input, data, *trainer->loss());
+  const TensorDataset& ds = !a.input.empty() ? input : a.split == "test" ? data.test : a.split == "valid" ? data.valid : data.train;
+  const std::string what = !a.input.empty() ? a.input : "the " + a.split + " split";
   if (ds.empty()) throw UsageError("--split " + a.split + ": the data has no " + a.split + " split");
   at::Tensor outputs;
   try {
@@ -495,7 +561,7 @@ int cmd_predict(const Args& a) {
     throw UsageError(std::string("the checkpoint does not match the config's model: ") + e.what());
   } catch (const c10::Error& e) {
     std::ostringstream os;
-    os << "the model cannot take the " << a.split << " split's inputs (" << ds.x.sizes() << "): " << short_error(e.what());
+    os << "the model cannot take the inputs of " << what << " (" << ds.x.sizes() << "): " << short_error(e.what());
     throw UsageError(os.str());
   }
   // Predictions as the loss defines them: the class (argmax) for cross_entropy
@@ -511,7 +577,7 @@ int cmd_predict(const Args& a) {
     if (predictions.defined()) d.set("predictions", predictions.contiguous());
     if (ds.y.defined()) d.set("targets", ds.y.to(torch::kCPU).contiguous());
     d.set("checkpoint", path);
-    d.set("split", a.split);
+    d.set(a.input.empty() ? "split" : "input", a.input.empty() ? a.split : a.input);
     write_checkpoint(a.out, d);
   } else {
     std::ofstream f(a.out);
@@ -543,7 +609,7 @@ int cmd_predict(const Args& a) {
     }
     if (!f) throw UsageError("cannot write " + a.out);
   }
-  std::cout << "cairn: wrote " << outputs.size(0) << " predictions of the " << a.split << " split to " << a.out
+  std::cout << "cairn: wrote " << outputs.size(0) << " predictions of " << what << " to " << a.out
             << " (checkpoint " << path << ")\n";
   return kExitOk;
 }

@@ -1,6 +1,7 @@
 #include "cairn/config_drift.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <map>
 #include <sstream>
 
@@ -54,6 +55,8 @@ std::string unsafe_reason(const std::string& key) {
   if (starts_with(key, "model.") || key == "model") return "the model the checkpoint's weights belong to";
   if (starts_with(key, "optimizer.") || key == "optimizer") return "the checkpoint's optimizer state and options would override it";
   if (starts_with(key, "scheduler.") || key == "scheduler") return "the learning-rate schedule the run follows";
+  if (starts_with(key, "loss.") || key == "loss") return "what the steps minimise";
+  if (starts_with(key, "metrics")) return "the running statistics the checkpoint holds belong to these metrics";
   if (key == "trainer.accumulate_grad_batches") return "what a step and the saved position mean";
   if (starts_with(key, "trainer.gradient_clip")) return "the update rule";
   return "";
@@ -63,14 +66,38 @@ std::string get(const std::map<std::string, std::string>& m, const std::string& 
   auto it = m.find(k);
   return it == m.end() ? "null" : it->second;
 }
+
 }  // namespace
 
 std::string ConfigChange::line() const { return key + ": " + old_value + " -> " + new_value; }
+
+namespace {
+//! A key naming an input file (data.path, model.path, model.init_from, ...).
+bool is_path_key(const std::string& k) {
+  for (const char* end : {".path", ".valid_path", ".test_path", ".root", ".init_from"}) {
+    const std::string e(end);
+    if (k.size() > e.size() && k.compare(k.size() - e.size(), e.size(), e) == 0) return true;
+  }
+  return false;
+}
+}  // namespace
 
 std::vector<ConfigChange> diff_configs(const Value& saved, const Value& current) {
   std::map<std::string, std::string> a, b;
   flatten(saved, "", a);
   flatten(current, "", b);
+  // Runs saved before the loss and metrics sections existed trained with
+  // cross-entropy and measured accuracy: what the defaults say now.
+  auto has_prefix = [&](const std::string& p) {
+    return std::any_of(a.begin(), a.end(), [&](const auto& kv) { return starts_with(kv.first, p); });
+  };
+  if (saved.is_dict() && !has_prefix("loss")) {
+    a["loss.name"] = "cross_entropy";
+    a["loss.label_smoothing"] = "0";
+    a["loss.weight"] = "[]";
+    a["loss.ignore_index"] = "-100";
+  }
+  if (saved.is_dict() && !has_prefix("metrics")) a["metrics[0].name"] = "accuracy";
   std::vector<std::string> keys;
   for (const auto& kv : a) keys.push_back(kv.first);
   for (const auto& kv : b) {
@@ -81,6 +108,10 @@ std::vector<ConfigChange> diff_configs(const Value& saved, const Value& current)
   for (const auto& k : keys) {
     ConfigChange c{k, get(a, k), get(b, k), true, ""};
     if (c.old_value == c.new_value) continue;
+    // The same file, named another way (a relative path saved before paths
+    // were resolved from the config's folder, or a moved working directory).
+    std::error_code ec;
+    if (is_path_key(k) && c.old_value != "null" && std::filesystem::equivalent(c.old_value, c.new_value, ec) && !ec) continue;
     c.why = unsafe_reason(k);
     // An explicit schedule length is the user's own decision (and the way to
     // extend a run whose schedule was derived from max_epochs); the resumed

@@ -178,7 +178,7 @@ std::vector<std::string> split_csv_line(const std::string& line) {
 // others x. A non-empty `header` (the training file's) must match this file's;
 // it is set to this file's header.
 TensorDataset read_csv(const std::string& path, const std::vector<std::string>& labels, bool float_targets,
-                       std::vector<std::string>& header) {
+                       std::vector<std::string>& header, bool labels_optional = false) {
   std::ifstream in(path);
   if (!in) throw DataError("cannot open the CSV file " + path);
   std::string line;
@@ -194,6 +194,7 @@ TensorDataset read_csv(const std::string& path, const std::vector<std::string>& 
   std::vector<bool> is_label(names.size(), false);
   for (const auto& label : labels) {
     const auto label_it = std::find(names.begin(), names.end(), label);
+    if (label_it == names.end() && labels_optional) continue;
     if (label_it == names.end()) {
       std::string cols;
       for (const auto& n : names) cols += (cols.empty() ? "" : ", ") + n;
@@ -203,6 +204,7 @@ TensorDataset read_csv(const std::string& path, const std::vector<std::string>& 
   }
   const size_t n_labels = static_cast<size_t>(std::count(is_label.begin(), is_label.end(), true));
   if (names.size() <= n_labels) throw fail("needs at least one feature column besides the label column(s)");
+  if (n_labels > 0 && n_labels < labels.size()) throw fail("has some of the label columns but not all");
   std::vector<float> xs, yf;
   std::vector<int64_t> ys;
   while (std::getline(in, line)) {
@@ -231,13 +233,19 @@ TensorDataset read_csv(const std::string& path, const std::vector<std::string>& 
   }
   header = names;
   const auto k = static_cast<int64_t>(n_labels), f = static_cast<int64_t>(names.size() - n_labels);
-  const int64_t n = static_cast<int64_t>(float_targets ? yf.size() / n_labels : ys.size());
+  const int64_t n = static_cast<int64_t>(xs.size()) / f;
   if (n == 0) throw DataError("the CSV file " + path + " has a header but no rows");
-  at::Tensor y = float_targets ? torch::from_blob(yf.data(), {n, k}, torch::kFloat32).clone()
-                               : torch::from_blob(ys.data(), {n}, torch::kLong).clone();
+  at::Tensor y = n_labels == 0  ? at::Tensor()
+                 : float_targets ? torch::from_blob(yf.data(), {n, k}, torch::kFloat32).clone()
+                                 : torch::from_blob(ys.data(), {n}, torch::kLong).clone();
   return TensorDataset{torch::from_blob(xs.data(), {n, f}, torch::kFloat32).clone(), y};
 }
 }  // namespace
+
+TensorDataset read_csv_examples(const std::string& path, const std::vector<std::string>& labels, bool float_targets) {
+  std::vector<std::string> header;
+  return read_csv(path, labels, float_targets, header, /*labels_optional=*/true);
+}
 
 CsvData::CsvData(CsvOptions options) : options_(std::move(options)) {
   batch_size = options_.batch_size;

@@ -1,6 +1,7 @@
 #include "cairn/experiment.h"
 
 #include "cairn/callback.h"
+#include "cairn/callbacks/checkpoint.h"
 #include "cairn/distributed.h"
 #include "cairn/loop.h"
 #include "cairn/objectives.h"
@@ -9,6 +10,8 @@
 
 #include <torch/torch.h>
 #include <yaml-cpp/yaml.h>
+
+#include <filesystem>
 
 namespace cairn {
 
@@ -200,6 +203,33 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
   return spec;
 }
 
+void resolve_output_defaults(ExperimentSpec& spec, const std::string& run_dir) {
+  YAML::Node cbs = spec.doc.resolved["callbacks"];
+  if (!cbs || !cbs.IsSequence()) return;
+  const std::filesystem::path dir(run_dir);
+  for (YAML::Node cb : cbs) {
+    if (!cb.IsMap() || !cb["name"]) continue;
+    const std::string name = cb["name"].Scalar();
+    auto fill = [&](const char* key, const std::string& value) {
+      if (cb[key] && cb[key].IsScalar() && cb[key].Scalar().empty()) cb[key] = value;
+    };
+    if (name == "checkpoint") {
+      fill("dirpath", (dir / "checkpoints").string());
+      const YAML::Node monitor = cb["monitor"];
+      fill("filename", default_checkpoint_filename(monitor && monitor.IsScalar() ? monitor.Scalar() : ""));
+    } else if (name == "csv_logger") {
+      fill("path", (dir / "metrics.csv").string());
+    } else if (name == "jsonl_logger") {
+      fill("path", (dir / "metrics.jsonl").string());
+    } else if (name == "tensorboard") {
+      fill("dir", (dir / "tensorboard").string());
+    } else if (name == "progress_bar" && cb["log_every_n_steps"] && cb["log_every_n_steps"].IsScalar() &&
+               cb["log_every_n_steps"].Scalar() == "0") {
+      cb["log_every_n_steps"] = spec.trainer.log_every_n_steps();
+    }
+  }
+}
+
 namespace {
 //! The model's output for two training examples, against the loss and each
 //! metric: a mismatch is a config error at the loss's (or metric's) key,
@@ -279,6 +309,7 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   trainer->set_loss(loss).set_metrics(metrics);
   if (spec.scheduler) trainer->set_scheduler((*spec.scheduler)(ctx));
   trainer->loop().set_run_dir(ctx.run_dir);
+  resolve_output_defaults(spec, ctx.run_dir);
   trainer->loop().set_hyper_parameters(yaml_to_value(spec.resolved()));
   for (auto& b : spec.callbacks) trainer->add_callback(b(ctx));
   return trainer;

@@ -75,6 +75,11 @@ struct CheckpointOptions {
   TORCH_ARG(std::string, on_busy) = "wait";
 };
 
+//! The file name template a Checkpoint uses when CheckpointOptions::filename is
+//! empty: "epoch={epoch}-step={step}", plus "-valid_acc={valid/acc:.4f}" when
+//! it monitors valid/acc.
+std::string default_checkpoint_filename(const std::string& monitor);
+
 class Checkpoint : public Callback {
  public:
   explicit Checkpoint(CheckpointOptions options = CheckpointOptions());

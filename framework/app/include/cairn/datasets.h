@@ -115,10 +115,16 @@ class CsvData : public DataModule {
   explicit CsvData(CsvOptions options);
   void setup() override;
   std::string name() const override { return "csv"; }
+  const CsvOptions& options() const { return options_; }
 
  private:
   CsvOptions options_;
   bool loaded_ = false;
 };
+
+//! Examples to predict from a CSV file: every column but `labels` is a
+//! feature; the label columns may be missing (then y is undefined). Throws
+//! DataError naming file:line and the column.
+TensorDataset read_csv_examples(const std::string& path, const std::vector<std::string>& labels, bool float_targets);
 
 }  // namespace cairn

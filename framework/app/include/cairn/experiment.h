@@ -48,6 +48,13 @@ struct ExperimentSpec {
 ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::string>& overrides = {},
                                 const Registry& registry = Registry::global());
 
+//! Writes the real defaults of output paths into the resolved config (what
+//! print-config shows and the run's config.yaml records): the checkpoint
+//! callbacks' dirpath (<run_dir>/checkpoints) and filename template, the
+//! loggers' files, the progress bar's line interval. build_trainer() calls it
+//! with the run directory it uses.
+void resolve_output_defaults(ExperimentSpec& spec, const std::string& run_dir);
+
 //! Seeds torch, loads the data and builds everything. `run_dir` overrides
 //! spec.run_dir when not empty. With `group`, the trainer is one rank of that
 //! data-parallel job (step-based schedules count global batches).
