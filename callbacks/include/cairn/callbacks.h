@@ -1,6 +1,7 @@
 // All of cairn's callbacks.
 #pragma once
 
+#include "cairn/callbacks/averaging.h"
 #include "cairn/callbacks/checkpoint.h"
 #include "cairn/callbacks/csv_logger.h"
 #include "cairn/callbacks/early_stopping.h"

@@ -58,6 +58,7 @@ std::string unsafe_reason(const std::string& key) {
   if (starts_with(key, "loss.") || key == "loss") return "what the steps minimise";
   if (starts_with(key, "metrics")) return "the running statistics the checkpoint holds belong to these metrics";
   if (key == "trainer.accumulate_grad_batches") return "what a step and the saved position mean";
+  if (key == "trainer.precision") return "the numerics of every step (and a 16-mixed run's loss scale)";
   if (starts_with(key, "trainer.gradient_clip")) return "the update rule";
   return "";
 }
@@ -98,6 +99,7 @@ std::vector<ConfigChange> diff_configs(const Value& saved, const Value& current)
     a["loss.ignore_index"] = "-100";
   }
   if (saved.is_dict() && !has_prefix("metrics")) a["metrics[0].name"] = "accuracy";
+  if (saved.is_dict() && has_prefix("trainer.") && !a.count("trainer.precision")) a["trainer.precision"] = "32";
   std::vector<std::string> keys;
   for (const auto& kv : a) keys.push_back(kv.first);
   for (const auto& kv : b) {
@@ -113,6 +115,13 @@ std::vector<ConfigChange> diff_configs(const Value& saved, const Value& current)
     std::error_code ec;
     if (is_path_key(k) && c.old_value != "null" && std::filesystem::equivalent(c.old_value, c.new_value, ec) && !ec) continue;
     c.why = unsafe_reason(k);
+    // Weight averaging added or removed: its averages and counts are state
+    // the run carries (removing it is also refused as unclaimed state).
+    if (starts_with(k, "callbacks[") && k.size() > 5 && k.compare(k.size() - 5, 5, ".name") == 0) {
+      auto averaging = [](const std::string& n) { return n == "ema" || n == "swa"; };
+      const std::string which = averaging(c.new_value) ? c.new_value : averaging(c.old_value) ? c.old_value : "";
+      if (!which.empty()) c.why = "the " + which + " callback's averaged weights are part of the run's state";
+    }
     // An explicit schedule length is the user's own decision (and the way to
     // extend a run whose schedule was derived from max_epochs); the resumed
     // run prints the learning rate it continues at.

@@ -127,6 +127,21 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
       const std::string& d = spec.trainer.device();
       if (d != "auto" && d != "cpu" && d.rfind("cuda", 0) != 0) trainer.fail("device", "expected auto, cpu, cuda or cuda:N; got '" + d + "'");
     }
+    spec.trainer.precision(trainer.get_choice("precision", std::string("32"), {"32", "32-true", "bf16-mixed", "16-mixed"}));
+    {
+      // Refused here, at the key, when this LibTorch or device cannot run it.
+      c10::DeviceType type = c10::DeviceType::CPU;
+      try {
+        type = resolve_device(spec.trainer.device()).type();
+      } catch (const std::invalid_argument&) {
+        // trainer.device itself is reported where it is used.
+      }
+      try {
+        check_precision(parse_precision(spec.trainer.precision()), type);
+      } catch (const std::invalid_argument& e) {
+        trainer.fail("precision", e.what());
+      }
+    }
     spec.trainer.log_every_n_steps(trainer.get_int("log_every_n_steps", 50, 1));
     spec.trainer.check_val_every_n_epoch(trainer.get_int("check_val_every_n_epoch", 1, 1));
     spec.trainer.run_test(trainer.get_bool("run_test", true));

@@ -64,6 +64,38 @@ void register_builtin_callbacks(Registry& r) {
     o.logging_interval = c.get_choice("logging_interval", std::string("step"), {"step", "epoch"});
     return [o](BuildContext&) -> CallbackPtr { return std::make_shared<LearningRateMonitor>(o); };
   });
+  r.add_callback("ema", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    EmaOptions o;
+    o.decay = c.get_double("decay", 0.999, 0.0, 1.0, /*min_exclusive=*/true);
+    if (o.decay >= 1.0) c.fail("decay", "must be in (0, 1), got 1");
+    o.warmup = c.get_bool("warmup", false);
+    o.every_n_steps = c.get_int("every_n_steps", 1, 1);
+    o.validate_with = c.get_choice("validate_with", std::string("ema"), {"ema", "model"});
+    return [o](BuildContext&) -> CallbackPtr { return std::make_shared<Ema>(o); };
+  });
+  r.add_callback("swa", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    SwaOptions o;
+    if (c.has("swa_lrs") && c.node()["swa_lrs"].IsScalar()) {
+      o.swa_lrs = {c.get_double("swa_lrs", std::nullopt, 0.0, 1e308, /*min_exclusive=*/true)};
+    } else {
+      o.swa_lrs = c.get_double_list("swa_lrs", std::nullopt, 0, 1e-300);
+    }
+    o.swa_epoch_start = c.get_double("swa_epoch_start", 0.8, 0.0, 1e9, /*min_exclusive=*/true);
+    if (o.swa_epoch_start >= 1 && o.swa_epoch_start != static_cast<double>(static_cast<int64_t>(o.swa_epoch_start))) {
+      c.fail("swa_epoch_start", "an epoch (an integer >= 1, 0-based) or a fraction of max_epochs in (0, 1)");
+    }
+    o.annealing_epochs = c.get_int("annealing_epochs", 10, 0);
+    o.annealing_strategy = c.get_choice("annealing_strategy", std::string("cos"), {"cos", "linear"});
+    ConfigNode where = c;
+    return [o, where](BuildContext& ctx) -> CallbackPtr {
+      auto swa = std::make_shared<Swa>(o);
+      if (swa->start_epoch(ctx.max_epochs) >= ctx.max_epochs) {
+        where.fail("swa_epoch_start", "averaging would start at epoch " + std::to_string(swa->start_epoch(ctx.max_epochs) + 1) +
+                                          " (counting from 1), after the last of trainer.max_epochs = " + std::to_string(ctx.max_epochs));
+      }
+      return swa;
+    };
+  });
   r.add_callback("terminate_on_nan", [](ConfigNode&) -> Builder<CallbackPtr> {
     return [](BuildContext&) -> CallbackPtr { return std::make_shared<TerminateOnNaN>(); };
   });

@@ -141,6 +141,16 @@ void Loop::track(Scheduler& scheduler) {
   schedulers_.push_back(&scheduler);
 }
 void Loop::track(const std::string& key, Stateful& object) { objects_[key] = &object; }
+
+void Loop::track_section(const std::string& key, Stateful& object) {
+  static const char* const kReserved[] = {"state_dict", "optimizer_states", "lr_schedulers", "rng_states", "metrics",
+                                          "values", "callbacks", "hyper_parameters", "loop", "epoch", "global_step",
+                                          "batch_in_epoch", "format_version", "section_versions", "cairn_version"};
+  for (const char* r : kReserved) {
+    if (key == r) throw std::invalid_argument("track_section: '" + key + "' is a checkpoint key of cairn's own");
+  }
+  sections_[key] = &object;
+}
 void Loop::track_generator(const std::string& name, at::Generator generator) {
   if (name == "cpu" || name == "cuda") throw std::invalid_argument("generator names 'cpu' and 'cuda' are reserved");
   generators_[name] = std::move(generator);

@@ -134,6 +134,7 @@ Value Loop::make_checkpoint(bool emit_event) {
   for (const auto& kv : objects_) objects.set(kv.first, kv.second->state_dict());
   loop.set("objects", std::move(objects));
   c.set("loop", std::move(loop));
+  for (const auto& kv : sections_) c.set(kv.first, kv.second->state_dict());
   if (emit_event) emit(Event::save_checkpoint);
   Value out = std::move(pending_);
   pending_ = Value();
@@ -237,6 +238,13 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
   resume_warnings_.clear();
   if (const Value* w = loop.find("resume_warnings")) {
     for (const auto& item : w->items()) resume_warnings_.push_back(item.to_string());
+  }
+  for (const auto& kv : sections_) {
+    if (const Value* s = c.find(kv.first)) {
+      kv.second->load_state_dict(*s);
+    } else {
+      add_resume_warning("the checkpoint has no '" + kv.first + "': it starts from its initial state");
+    }
   }
   if (const Value* objects = loop.find("objects")) {
     for (const auto& kv : objects_) {

@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 namespace cairn {
@@ -165,6 +166,9 @@ void Trainer::setup() {
     group_ = ProcessGroup::join(env, std::chrono::milliseconds(static_cast<int64_t>(options_.dist_timeout() * 1000)),
                                 options_.dist_backend(), device_);
   }
+  precision_ = parse_precision(options_.precision());
+  check_precision(precision_, device_.type());
+  if (precision_ == Precision::fp16_mixed && !scaler_) scaler_ = std::make_unique<GradScaler>();
   data().setup();
   model_.module->to(device_);
   if (group_) {
@@ -196,6 +200,15 @@ void Trainer::setup() {
   loop_.track(*model_.module);
   loop_.track(*optimizer_);
   if (scheduler_) loop_.track(*scheduler_);
+  if (scaler_) loop_.track_section("grad_scaler", *scaler_);
+  // SWA's BatchNorm update: every training example once, in order, without gradients.
+  loop_.set_train_pass([this] {
+    const TensorDataset& train = data().train;
+    for (int64_t b = 0; b < train.size(); b += data().batch_size) {
+      AutocastGuard autocast(precision_, device_.type());
+      forward(to_device(train.slice(b, std::min(b + data().batch_size, train.size()))).x);
+    }
+  });
   auto& st = loop_.state();
   st.max_epochs = options_.max_epochs();
   const int64_t global = data().batch_size * loop_.world_size();
@@ -250,6 +263,8 @@ void Trainer::train_epoch(EpochSampler& sampler) {
     loop_.batch_begin();
     if (k % accumulate == 0) optimizer_->zero_grad();
     at::Tensor loss;
+    std::optional<AutocastGuard> autocast;  // the forward pass and the loss; backward runs outside
+    autocast.emplace(precision_, device_.type());
     if (first_step_done_) {
       loss = training_step(batch);
     } else {
@@ -270,17 +285,28 @@ void Trainer::train_epoch(EpochSampler& sampler) {
     st.batch_loss = loss.detach().item<double>();
     if (accumulate > 1) loss = loss / static_cast<double>(accumulate);
     if (weight != 1.0) loss = loss * weight;
+    if (scaler_) loss = scaler_->scale(loss);
     // Only the cycle's last backward communicates (as DDP's no_sync).
     if (sync_ && cycle_end) sync_->prepare_for_backward();
+    autocast.reset();
     loss.backward();
     }
     st.accumulating = !cycle_end;
     loop_.after_backward();
     if (cycle_end) {
+      // 16-mixed: gradients unscaled before clipping; a step with inf/NaN
+      // gradients is skipped, and then the schedule does not advance either.
+      if (scaler_ && options_.gradient_clip_val() > 0) scaler_->unscale_(*optimizer_);
       clip_gradients();
       loop_.before_optimizer_step();
-      optimizer_->step();
-      if (scheduler_ && scheduler_->interval() == Interval::step) scheduler_->step();
+      bool stepped = true;
+      if (scaler_) {
+        stepped = scaler_->step(*optimizer_);
+        scaler_->update();
+      } else {
+        optimizer_->step();
+      }
+      if (stepped && scheduler_ && scheduler_->interval() == Interval::step) scheduler_->step();
     }
     loop_.batch_end();
     if (loop_.should_stop() && !st.accumulating) return;
@@ -299,6 +325,7 @@ std::vector<std::string> Trainer::run_eval(const std::string& split) {
   for (int64_t b = part.first; b < part.second; b += bs) {
     Batch batch = to_device(ds.slice(b, std::min(b + bs, part.second)));
     loop_.state().batch_size = batch.size();
+    AutocastGuard autocast(precision_, device_.type());
     if (valid) {
       validation_step(batch);
       loop_.validation_batch_end();
@@ -329,6 +356,16 @@ void Trainer::load_model_weights(const std::string& path) {
   const Value c = read_checkpoint(path);
   const Value* sd = c.find("state_dict");
   if (!sd || !sd->is_dict()) throw CheckpointError(path + " holds no state_dict");
+  // A checkpoint whose metrics were measured with other weights (an EMA's)
+  // says so: evaluate those. They are parameters; buffers stay the model's.
+  Value merged;
+  if (const Value* with = c.find("evaluate_with"); with && with->is_string()) {
+    const Value* other = c.find(with->to_string());
+    if (!other || !other->is_dict()) throw CheckpointError(path + ": evaluate_with names '" + with->to_string() + "', which it does not hold");
+    merged = *sd;
+    for (size_t i = 0; i < other->keys().size(); ++i) merged.set(other->keys()[i].to_string(), other->values()[i]);
+    sd = &merged;
+  }
   try {
     load_model_state(*model_.module, *sd, /*strict=*/true);
   } catch (const CheckpointMismatch& e) {
@@ -343,8 +380,11 @@ std::map<std::string, double> Trainer::evaluate(const std::string& split, const 
     throw std::invalid_argument("the data has no " + split + " split");
   }
   if (!ckpt.empty()) load_model_weights(ckpt);
+  loop_.set_evaluating_loaded_weights(!ckpt.empty());
   std::map<std::string, double> out;
-  for (const auto& name : run_eval(split)) {
+  const auto names = run_eval(split);
+  loop_.set_evaluating_loaded_weights(false);
+  for (const auto& name : names) {
     if (auto v = loop_.metrics().last(name)) out[name] = *v;
   }
   return out;
@@ -360,7 +400,8 @@ at::Tensor Trainer::predict(const TensorDataset& ds, const std::string& ckpt) {
   for (int64_t b = 0; b < ds.size(); b += bs) {
     Batch batch;
     batch.x = ds.x.slice(0, b, std::min(b + bs, ds.size()));
-    parts.push_back(forward(to_device(batch).x).detach().to(torch::kCPU));
+    AutocastGuard autocast(precision_, device_.type());
+    parts.push_back(forward(to_device(batch).x).detach().to(torch::kCPU).to(torch::kFloat32));
   }
   model_.module->train();
   if (parts.empty()) return at::Tensor();
@@ -398,7 +439,9 @@ void Trainer::final_test() {
   }
   if (loop_.is_rank_zero()) std::cout << "cairn: testing the best checkpoint " << best << "\n";
   load_model_weights(best);
+  loop_.set_evaluating_loaded_weights(true);
   run_test();
+  loop_.set_evaluating_loaded_weights(false);
   torch::NoGradGuard no_grad;
   size_t i = 0;
   for (auto& t : model_.module->parameters()) t.copy_(keep[i++]);

@@ -162,11 +162,25 @@ class Loop {
   void track(const std::shared_ptr<Scheduler>& scheduler) { track(*scheduler); }
   //! Any other object with state, saved under `objects[key]`.
   void track(const std::string& key, Stateful& object);
+  //! State saved under its own top-level checkpoint key (`grad_scaler`, ...),
+  //! for Python readers. A checkpoint without the key leaves `object` as it
+  //! is, with a resume warning. Reserved keys (state_dict, loop, ...) are refused.
+  void track_section(const std::string& key, Stateful& object);
   //! A random generator of the user's, saved under `rng_states[name]`.
   void track_generator(const std::string& name, at::Generator generator);
   torch::nn::Module* model() const { return model_; }
   const std::vector<torch::optim::Optimizer*>& optimizers() const { return optimizers_; }
   const std::vector<Scheduler*>& schedulers() const { return schedulers_; }
+
+  //! A forward pass over the training data in a fixed order, without
+  //! gradients (the Trainer sets it): what SWA's BatchNorm update runs.
+  void set_train_pass(std::function<void()> pass) { train_pass_ = std::move(pass); }
+  const std::function<void()>& train_pass() const { return train_pass_; }
+  //! The evaluation under way uses weights loaded from a checkpoint file (the
+  //! Trainer's test of the best checkpoint, `cairn test`): weight-averaging
+  //! callbacks leave them alone.
+  void set_evaluating_loaded_weights(bool on) { evaluating_loaded_weights_ = on; }
+  bool evaluating_loaded_weights() const { return evaluating_loaded_weights_; }
 
   //! The resolved experiment config, saved as `hyper_parameters`.
   void set_hyper_parameters(Value hp) { hyper_parameters_ = std::move(hp); }
@@ -341,6 +355,9 @@ class Loop {
   std::vector<torch::optim::Optimizer*> optimizers_;
   std::vector<Scheduler*> schedulers_;
   std::map<std::string, Stateful*> objects_;
+  std::map<std::string, Stateful*> sections_;  //!< top-level checkpoint keys
+  std::function<void()> train_pass_;
+  bool evaluating_loaded_weights_ = false;
   std::map<std::string, at::Generator> generators_;
   Value hyper_parameters_;
   std::string run_dir_;

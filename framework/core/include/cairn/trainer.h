@@ -18,6 +18,7 @@
 #include "cairn/loop.h"
 #include "cairn/model.h"
 #include "cairn/objectives.h"
+#include "cairn/precision.h"
 
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
@@ -43,6 +44,11 @@ struct TrainerOptions {
   TORCH_ARG(int64_t, threads) = 1;
   //! "auto" (CUDA when the build and the machine have it), "cpu" or "cuda[:N]".
   TORCH_ARG(std::string, device) = "auto";
+  //! "32", "bf16-mixed" (autocast to bfloat16; CPU and CUDA) or "16-mixed"
+  //! (float16 with a GradScaler; CUDA, and the CPU on LibTorch 2.x). Autocast
+  //! covers the forward pass and the loss (training_step, validation_step,
+  //! test_step, predict); the scaler's state is saved as `grad_scaler`.
+  TORCH_ARG(std::string, precision) = "32";
   //! Step metrics (`train/loss_step`) are logged every N training steps.
   TORCH_ARG(int64_t, log_every_n_steps) = 50;
   //! Validate every N epochs (when the data has a validation split).
@@ -146,6 +152,8 @@ class Trainer {
   torch::Device device() const { return device_; }
   torch::optim::Optimizer& optimizer();
   Scheduler* scheduler() { return scheduler_.get(); }
+  //! The loss scaler of 16-mixed (nullptr otherwise); set up by fit().
+  GradScaler* grad_scaler() { return scaler_.get(); }
   const ResumeInfo& resume_info() const { return resume_info_; }
 
  protected:
@@ -197,6 +205,8 @@ class Trainer {
   std::shared_ptr<torch::optim::Optimizer> optimizer_;
   std::shared_ptr<Scheduler> scheduler_;
   std::shared_ptr<Loss> loss_;
+  Precision precision_ = Precision::fp32;
+  std::unique_ptr<GradScaler> scaler_;
   std::vector<std::shared_ptr<Metric>> metrics_;
   bool set_up_ = false;          //!< setup() ran (evaluate/predict run it when fit() did not)
   bool metrics_set_ = false;     //!< set_metrics/add_metric was called (else the default)

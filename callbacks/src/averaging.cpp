@@ -1,0 +1,305 @@
+#include "cairn/callbacks/averaging.h"
+
+#include "cairn/loop.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <iostream>
+#include <c10/util/Optional.h>
+#include <stdexcept>
+
+namespace cairn {
+
+namespace {
+std::vector<at::Tensor> parameters_of(const Loop& loop) {
+  if (!loop.model()) throw std::logic_error("weight averaging needs a tracked model (loop.track(model))");
+  std::vector<at::Tensor> out;
+  for (const auto& p : loop.model()->parameters()) out.push_back(p);
+  return out;
+}
+
+std::vector<std::string> parameter_names(const Loop& loop) {
+  std::vector<std::string> out;
+  for (const auto& kv : loop.model()->named_parameters()) out.push_back(kv.key());
+  return out;
+}
+
+std::vector<at::Tensor> clones(const std::vector<at::Tensor>& ts) {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.detach().clone());
+  return out;
+}
+
+void copy_into(const std::vector<at::Tensor>& to, const std::vector<at::Tensor>& from) {
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < to.size(); ++i) to[i].copy_(from[i]);
+}
+
+//! name -> tensor, as Python's state_dict() (parameters only).
+Value as_state_dict(const Loop& loop, const std::vector<at::Tensor>& ts) {
+  Value d = Value::dict();
+  const auto names = parameter_names(loop);
+  for (size_t i = 0; i < ts.size(); ++i) d.set(names[i], ts[i]);
+  return d;
+}
+
+//! The tensors of `key` in the checkpoint being loaded, in parameter order (empty if absent).
+std::vector<at::Tensor> from_checkpoint(const Loop& loop, const std::string& key) {
+  std::vector<at::Tensor> out;
+  const Value* c = loop.loaded_checkpoint();
+  const Value* d = c ? c->find(key) : nullptr;
+  if (!d) return out;
+  const auto params = parameters_of(loop);
+  const auto names = parameter_names(loop);
+  for (size_t i = 0; i < names.size(); ++i) {
+    const Value* t = d->find(names[i]);
+    if (!t || !t->is_tensor() || t->to_tensor().sizes() != params[i].sizes()) {
+      throw std::runtime_error("the checkpoint's '" + key + "' does not match the model at '" + names[i] + "'");
+    }
+    out.push_back(t->to_tensor().to(params[i].device(), params[i].scalar_type()).clone());
+  }
+  return out;
+}
+}  // namespace
+
+// --- EMA -----------------------------------------------------------------------
+
+Ema::Ema(EmaOptions options) : options_(std::move(options)) {
+  if (!(options_.decay > 0.0 && options_.decay < 1.0)) throw std::invalid_argument("decay must be in (0, 1)");
+  if (options_.every_n_steps < 1) throw std::invalid_argument("every_n_steps must be >= 1");
+  if (options_.validate_with != "ema" && options_.validate_with != "model") {
+    throw std::invalid_argument("validate_with must be 'ema' or 'model'");
+  }
+}
+
+void Ema::ensure(Loop& loop) {
+  if (average_.empty()) average_ = clones(parameters_of(loop));
+}
+
+void Ema::on_fit_begin(Loop& loop) { ensure(loop); }
+
+void Ema::on_batch_end(Loop& loop) {
+  const auto& st = loop.state();
+  if (st.accumulating || st.global_step % options_.every_n_steps != 0) return;
+  ensure(loop);
+  const double d = options_.warmup ? std::min(options_.decay, (1.0 + static_cast<double>(updates_)) /
+                                                                  (10.0 + static_cast<double>(updates_)))
+                                   : options_.decay;
+  torch::NoGradGuard no_grad;
+  const auto params = parameters_of(loop);
+  for (size_t i = 0; i < params.size(); ++i) average_[i].mul_(d).add_(params[i].detach(), 1.0 - d);
+  ++updates_;
+}
+
+void Ema::swap_in(Loop& loop) {
+  if (options_.validate_with != "ema" || swapped_ || average_.empty() || loop.evaluating_loaded_weights()) return;
+  const auto params = parameters_of(loop);
+  backup_ = clones(params);
+  copy_into(params, average_);
+  swapped_ = true;
+}
+
+void Ema::swap_out(Loop& loop) {
+  if (!swapped_) return;
+  copy_into(parameters_of(loop), backup_);
+  backup_.clear();
+  swapped_ = false;
+}
+
+void Ema::on_validation_begin(Loop& loop) { swap_in(loop); }
+void Ema::on_validation_end(Loop& loop) { swap_out(loop); }
+void Ema::on_test_begin(Loop& loop) { swap_in(loop); }
+void Ema::on_test_end(Loop& loop) { swap_out(loop); }
+// A validation that threw must not leave the average in place of the weights.
+void Ema::on_exception(Loop& loop) { swap_out(loop); }
+
+void Ema::on_save_checkpoint(Loop& loop) {
+  if (average_.empty()) return;
+  Value& c = loop.pending_checkpoint();
+  c.set("ema_state_dict", as_state_dict(loop, average_));
+  if (options_.validate_with == "ema") c.set("evaluate_with", "ema_state_dict");
+}
+
+void Ema::on_load_checkpoint(Loop& loop) {
+  auto loaded = from_checkpoint(loop, "ema_state_dict");
+  if (!loaded.empty()) average_ = std::move(loaded);
+}
+
+Value Ema::state_dict() const {
+  Value d = Value::dict();
+  d.set("decay", options_.decay);
+  d.set("warmup", options_.warmup);
+  d.set("every_n_steps", options_.every_n_steps);
+  d.set("validate_with", options_.validate_with);
+  d.set("updates", updates_);
+  return d;
+}
+
+void Ema::load_state_dict(const Value& state) { updates_ = state.at("updates").to_int(); }
+
+// --- SWA -----------------------------------------------------------------------
+
+Swa::Swa(SwaOptions options) : options_(std::move(options)) {
+  if (options_.swa_lrs.empty()) throw std::invalid_argument("swa_lrs is required (one value, or one per parameter group)");
+  for (double lr : options_.swa_lrs) {
+    if (!(lr > 0)) throw std::invalid_argument("swa_lrs must be > 0");
+  }
+  if (!(options_.swa_epoch_start > 0)) throw std::invalid_argument("swa_epoch_start must be > 0");
+  if (options_.swa_epoch_start >= 1 && options_.swa_epoch_start != std::floor(options_.swa_epoch_start)) {
+    throw std::invalid_argument("swa_epoch_start must be an epoch (an integer >= 1) or a fraction in (0, 1)");
+  }
+  if (options_.annealing_epochs < 0) throw std::invalid_argument("annealing_epochs must be >= 0");
+  if (options_.annealing_strategy != "cos" && options_.annealing_strategy != "linear") {
+    throw std::invalid_argument("annealing_strategy must be 'cos' or 'linear'");
+  }
+}
+
+int64_t Swa::start_epoch(int64_t max_epochs) const {
+  if (options_.swa_epoch_start < 1) return static_cast<int64_t>(options_.swa_epoch_start * static_cast<double>(max_epochs));
+  return static_cast<int64_t>(options_.swa_epoch_start);
+}
+
+void Swa::on_fit_begin(Loop& loop) {
+  const int64_t max_epochs = loop.state().max_epochs;
+  if (max_epochs > 0 && start_epoch(max_epochs) >= max_epochs) {
+    throw std::invalid_argument("swa starts at epoch " + std::to_string(start_epoch(max_epochs)) +
+                                " (0-based), but the run has " + std::to_string(max_epochs) + " epochs");
+  }
+  if (loop.optimizers().empty()) throw std::logic_error("SWA needs a tracked optimizer");
+  const size_t groups = loop.optimizers().front()->param_groups().size();
+  if (options_.swa_lrs.size() != 1 && options_.swa_lrs.size() != groups) {
+    throw std::invalid_argument("swa_lrs has " + std::to_string(options_.swa_lrs.size()) + " values for " +
+                                std::to_string(groups) + " parameter groups");
+  }
+}
+
+void Swa::on_epoch_begin(Loop& loop) {
+  if (loop.state().epoch < start_epoch(loop.state().max_epochs) || applied_) return;
+  if (start_lrs_.empty()) {
+    for (auto& g : loop.optimizers().front()->param_groups()) start_lrs_.push_back(g.options().get_lr());
+  }
+  set_lrs(loop);
+}
+
+void Swa::on_batch_begin(Loop& loop) {
+  // Over any scheduler's step of the previous batch.
+  if (!start_lrs_.empty() && !applied_) set_lrs(loop);
+}
+
+void Swa::set_lrs(Loop& loop) {
+  const int64_t into = loop.state().epoch - start_epoch(loop.state().max_epochs);
+  const double t = options_.annealing_epochs == 0
+                       ? 1.0
+                       : std::min(1.0, static_cast<double>(into + 1) / static_cast<double>(options_.annealing_epochs));
+  const double alpha = options_.annealing_strategy == "cos" ? (1.0 - std::cos(M_PI * t)) / 2.0 : t;
+  auto& groups = loop.optimizers().front()->param_groups();
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const double swa = options_.swa_lrs.size() == 1 ? options_.swa_lrs[0] : options_.swa_lrs[i];
+    groups[i].options().set_lr(swa * alpha + start_lrs_[i] * (1.0 - alpha));
+  }
+}
+
+void Swa::on_epoch_end(Loop& loop) {
+  const auto& st = loop.state();
+  if (st.epoch < start_epoch(st.max_epochs) || applied_) return;
+  // AveragedModel: a running mean over epoch ends.
+  const auto params = parameters_of(loop);
+  torch::NoGradGuard no_grad;
+  if (average_.empty()) {
+    average_ = clones(params);
+  } else {
+    const double n = static_cast<double>(n_averaged_);
+    for (size_t i = 0; i < params.size(); ++i) average_[i].add_((params[i].detach() - average_[i]) / (n + 1.0));
+  }
+  ++n_averaged_;
+  if (st.epoch + 1 == st.max_epochs) apply(loop);
+}
+
+void Swa::on_fit_end(Loop& loop) {
+  // A run that ended early (not interrupted) gets its average too.
+  if (!applied_ && n_averaged_ > 0 && !loop.state().stop.interrupt) apply(loop);
+}
+
+void Swa::apply(Loop& loop) {
+  copy_into(parameters_of(loop), average_);
+  applied_ = true;
+  if (loop.train_pass()) {
+    update_batchnorm(*loop.model(), loop.train_pass());
+  } else if (update_batchnorm(*loop.model(), nullptr) > 0) {
+    std::cerr << "cairn: warning: SWA: no training pass to recompute BatchNorm statistics with (a hand-written "
+                 "loop: call cairn::update_batchnorm)\n";
+  }
+}
+
+void Swa::on_save_checkpoint(Loop& loop) {
+  if (!average_.empty()) loop.pending_checkpoint().set("swa_state_dict", as_state_dict(loop, average_));
+}
+
+void Swa::on_load_checkpoint(Loop& loop) {
+  auto loaded = from_checkpoint(loop, "swa_state_dict");
+  if (!loaded.empty()) average_ = std::move(loaded);
+}
+
+Value Swa::state_dict() const {
+  Value d = Value::dict();
+  d.set("n_averaged", n_averaged_);
+  d.set("start_lrs", Value(start_lrs_));
+  d.set("applied", applied_);
+  d.set("swa_lrs", Value(options_.swa_lrs));
+  d.set("swa_epoch_start", options_.swa_epoch_start);
+  d.set("annealing_epochs", options_.annealing_epochs);
+  d.set("annealing_strategy", options_.annealing_strategy);
+  return d;
+}
+
+void Swa::load_state_dict(const Value& state) {
+  n_averaged_ = state.at("n_averaged").to_int();
+  start_lrs_ = state.at("start_lrs").to_double_list();
+  applied_ = state.at("applied").to_bool();
+}
+
+int64_t update_batchnorm(torch::nn::Module& model, const std::function<void()>& forward_all) {
+  struct Bn {
+    std::function<void(c10::optional<double>)> set_momentum;
+    std::function<c10::optional<double>()> momentum;
+    std::function<void()> reset;
+    torch::nn::Module* module;
+  };
+  std::vector<Bn> bns;
+  for (const auto& m : model.modules(/*include_self=*/true)) {
+    if (auto* b = m->as<torch::nn::BatchNorm1d>()) {
+      bns.push_back({[b](c10::optional<double> v) { b->options.momentum(v); }, [b] { return b->options.momentum(); },
+                     [b] { b->reset_running_stats(); }, b});
+    } else if (auto* b2 = m->as<torch::nn::BatchNorm2d>()) {
+      bns.push_back({[b2](c10::optional<double> v) { b2->options.momentum(v); }, [b2] { return b2->options.momentum(); },
+                     [b2] { b2->reset_running_stats(); }, b2});
+    } else if (auto* b3 = m->as<torch::nn::BatchNorm3d>()) {
+      bns.push_back({[b3](c10::optional<double> v) { b3->options.momentum(v); }, [b3] { return b3->options.momentum(); },
+                     [b3] { b3->reset_running_stats(); }, b3});
+    }
+  }
+  if (bns.empty() || !forward_all) return static_cast<int64_t>(bns.size());
+  std::vector<c10::optional<double>> saved;
+  for (auto& b : bns) {
+    saved.push_back(b.momentum());
+    b.reset();
+  }
+  const bool was_training = model.is_training();
+  // Only BatchNorm in training mode: dropout stays off (and draws no random numbers).
+  model.eval();
+  for (auto& b : bns) b.module->train();
+  // No momentum: the cumulative mean over the batches (num_batches_tracked
+  // counts them), as PyTorch's momentum=None.
+  for (auto& b : bns) b.set_momentum(c10::nullopt);
+  {
+    torch::NoGradGuard no_grad;
+    forward_all();
+  }
+  for (size_t i = 0; i < bns.size(); ++i) bns[i].set_momentum(saved[i]);
+  model.train(was_training);
+  return static_cast<int64_t>(bns.size());
+}
+
+}  // namespace cairn
