@@ -277,7 +277,7 @@ TEST_CASE("cp -r without times and a damaged last.ckpt: the newest file by conte
   test::write_file(dir / "copy.yaml", config(copy, 2, "", sched, keep3));
   auto r = test::cairn_cli({"fit", "--config", dir / "copy.yaml", "--set", "trainer.max_epochs=2"});
   CHECK_MESSAGE(r.exit_code == 0, r.output);
-  CHECK(r.output.find("step " + std::to_string(final_step) + "; learning rate") != std::string::npos);
+  CHECK(r.output.find("(global step " + std::to_string(final_step) + "); learning rate") != std::string::npos);
   CHECK(r.output.find("set aside as") != std::string::npos);
   CHECK(test::fs::exists(copy + "/checkpoints/last.ckpt.corrupt"));
   CHECK_FALSE(verifies(copy + "/checkpoints/last.ckpt.corrupt"));
@@ -304,7 +304,7 @@ TEST_CASE("a final save that fails exits 5 naming the newest durable step; the n
   CHECK(cairn::read_checkpoint(run + "/checkpoints/last.ckpt").at("global_step").to_int() == durable_step);
   auto again = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "trainer.max_epochs=2"});
   CHECK_MESSAGE(again.exit_code == 0, again.output);
-  CHECK(again.output.find("step " + std::to_string(durable_step) + "; learning rate") != std::string::npos);
+  CHECK(again.output.find("(global step " + std::to_string(durable_step) + "); learning rate") != std::string::npos);
 }
 
 TEST_CASE("on a full disk (tmpfs), a save that does not fit deletes nothing: with save_top_k 1 and no last.ckpt the "
@@ -349,7 +349,7 @@ TEST_CASE("on a full disk (tmpfs), a save that does not fit deletes nothing: wit
   disk.remove_filler();
   auto again = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
   CHECK_MESSAGE(again.exit_code == 0, again.output);
-  CHECK(again.output.find("step " + std::to_string(step) + "; learning rate") != std::string::npos);
+  CHECK(again.output.find("(global step " + std::to_string(step) + "); learning rate") != std::string::npos);
 }
 
 // The batch loss reaches TerminateOnNaN in all three ways in.
