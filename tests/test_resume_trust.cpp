@@ -361,13 +361,22 @@ TEST_CASE("TerminateOnNaN sees the loss a Trainer subclass's training_step retur
       return loop().state().global_step >= 3 ? loss * std::nan("") : loss;  // logs nothing itself
     }
   };
-  NanTrainer t(cairn::TrainerOptions().max_epochs(2).threads(1));
+  // The loss is read at log points: logged every step, the NaN stops step 4.
+  NanTrainer t(cairn::TrainerOptions().max_epochs(2).threads(1).log_every_n_steps(1));
   t.set_model(dropout_mlp());
   t.set_data(test::synthetic(128, 16));
   t.add_callback(std::make_shared<cairn::TerminateOnNaN>());
   const auto r = t.fit();
   CHECK(r.stop_reason.find("terminate on NaN") != std::string::npos);
   CHECK(t.loop().state().global_step == 4);
+  // Logged every 50 steps (the default), it is caught at the end of the epoch (8 steps).
+  NanTrainer late(cairn::TrainerOptions().max_epochs(2).threads(1));
+  late.set_model(dropout_mlp());
+  late.set_data(test::synthetic(128, 16));
+  late.add_callback(std::make_shared<cairn::TerminateOnNaN>());
+  const auto r2 = late.fit();
+  CHECK_MESSAGE(r2.stop_reason.find("terminate on NaN: a training loss of epoch 1 was NaN") != std::string::npos, r2.stop_reason);
+  CHECK(late.loop().state().global_step == 8);
 }
 
 TEST_CASE("TerminateOnNaN sees the train/loss a hand-written loop logs with log_step") {

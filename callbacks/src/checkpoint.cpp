@@ -197,6 +197,18 @@ void Checkpoint::on_batch_end(Loop& loop) {
   on_batch_end_due(loop);
 }
 
+bool Checkpoint::needs_batch_loss(const Loop& loop) const {
+  // The steps it may save at: TerminateOnNaN (which runs before it) must see
+  // this step's loss, so a NaN state never replaces the last good file.
+  const auto& st = loop.state();
+  if (options_.every_n_train_steps() > 0 && st.global_step % options_.every_n_train_steps() == 0) return true;
+  if (options_.train_time_interval() > 0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count() >=
+           options_.train_time_interval();
+  }
+  return due_;
+}
+
 void Checkpoint::on_batch_end_due(Loop& loop) {
   const bool stepped = !loop.state().accumulating;  // this batch ended with an optimizer step
   bool due = stepped && options_.every_n_train_steps() > 0 &&

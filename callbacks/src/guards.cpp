@@ -18,6 +18,19 @@ void TerminateOnNaN::on_batch_end(Loop& loop) {
   st.request_stop(why.str());
 }
 
+void TerminateOnNaN::on_epoch_end(Loop& loop) {
+  auto& st = loop.state();
+  const bool seen = loop.nonfinite_loss_since_check();
+  const auto mean = loop.metrics().last("train/loss");
+  const bool bad_mean = mean && !std::isfinite(*mean);
+  if ((!seen && !bad_mean) || st.stop.requested) return;
+  std::ostringstream why;
+  why << "terminate on NaN: a training loss of epoch " << st.epoch + 1 << " was NaN or infinite (it is read every "
+      << loop.log_every_n_steps() << " steps and at epoch end)";
+  st.invalid_state = true;
+  st.request_stop(why.str());
+}
+
 Timer::Timer(TimerOptions options) : options_(options) {
   if (options_.max_time <= 0) throw std::invalid_argument("max_time must be > 0 seconds");
   start_ = std::chrono::steady_clock::now();

@@ -36,7 +36,8 @@ if sys.argv[1] == "scaler":
     torch.save({"scales": torch.tensor(scales, dtype=torch.float64), "params": torch.stack(params)}, sys.argv[3])
     print("steps", len(scales), "final scale", scales[-1])
 elif sys.argv[1] == "load":
-    c = torch.load(sys.argv[2], weights_only=True)
+    # torch 1.13's weights-only unpickler lacks BINFLOAT (read_checkpoint.py covers that path).
+    c = torch.load(sys.argv[2], weights_only=True) if int(torch.__version__.split(".")[0]) >= 2 else torch.load(sys.argv[2])
     features, hidden, classes = int(sys.argv[3]), [int(h) for h in sys.argv[4].split(",")], int(sys.argv[5])
     layers, n = [torch.nn.Flatten()], features
     for h in hidden:  # cairn's mlp: Flatten, (Linear, ReLU, Dropout)*, Linear

@@ -2,6 +2,7 @@
 
 #include "cairn/checkpoint_file.h"
 #include "cairn/distributed.h"
+#include "cairn/host_sync.h"
 #include "cairn/optim_state.h"
 #include "cairn/rng.h"
 #include "cairn/run_lock.h"
@@ -174,6 +175,49 @@ void Loop::log_step(const std::string& name, double value, double weight) {
   // Distributed training batches are averaged over the ranks at batch_end first.
   if (!group_ || state_.stage != Stage::train) metrics_.accumulate(name, value, weight);
   step_values_.push_back({name, value, weight});
+}
+
+void Loop::log_step_tensor(const std::string& name, const at::Tensor& value, double weight) {
+  if (group_ || state_.stage != Stage::train) {
+    // Ranks average step values on the host at batch_end anyway; valid/test
+    // values are means of the pass only.
+    if (state_.stage != Stage::train) return metrics_.accumulate_tensor(name, value, weight);
+    return log_step(name, read_double(value), weight);
+  }
+  metrics_.accumulate_tensor(name, value, weight);
+  if (name == loss_metric_) watch_loss(value);
+  step_tensors_.push_back({name, value.detach()});
+}
+
+void Loop::watch_loss(const at::Tensor& loss) {
+  const at::Tensor bad = loss.detach().isfinite().logical_not().any();
+  loss_nonfinite_ = loss_nonfinite_.defined() ? loss_nonfinite_.logical_or(bad) : bad;
+}
+
+bool Loop::nonfinite_loss_since_check() {
+  if (!loss_nonfinite_.defined()) return false;
+  const bool bad = read_bool(loss_nonfinite_);
+  loss_nonfinite_ = at::Tensor();
+  return bad;
+}
+
+void Loop::note_step_loss(const at::Tensor& loss) {
+  watch_loss(loss);
+  if (group_) return;  // distributed steps read their values at once
+  for (const auto& v : step_tensors_) {
+    if (v.name == loss_metric_) return;
+  }
+  if (!step_values_.empty()) {
+    for (const auto& v : step_values_) {
+      if (v.name == loss_metric_) return;
+    }
+  }
+  step_tensors_.push_back({"", loss.detach()});  // sets batch_loss only, logs nothing
+}
+
+void Loop::declare_mean(const std::string& name) {
+  metrics_.declare_mean(name);
+  step_stats_.declare_mean(name);
 }
 
 void Loop::declare_metric(const std::string& name, std::shared_ptr<const Metric> metric) {
@@ -432,6 +476,7 @@ void Loop::epoch_begin() {
 void Loop::batch_begin() {
   state_.stage = Stage::train;
   step_values_.clear();
+  step_tensors_.clear();
   if (phase_ == Phase::at_boundary) phase_ = Phase::in_step;
   emit(Event::batch_begin);
 }
@@ -456,11 +501,25 @@ void Loop::batch_end() {
   // accumulation cycle does not advance it.
   if (!state_.accumulating) {
     ++state_.global_step;
-    if (log_every_n_steps_ > 0 && state_.global_step % log_every_n_steps_ == 0) {
+    const bool log_point = log_every_n_steps_ > 0 && state_.global_step % log_every_n_steps_ == 0;
+    if (log_point) {
       for (const auto& v : step_values_) metrics_.log(v.name + "_step", v.value, state_.epoch, state_.global_step);
+    }
+    // Device values are read here: at log points, and when a callback needs
+    // the batch loss now (a checkpoint about to be saved).
+    bool needed = log_point;
+    for (size_t i = 0; i < callbacks_.size() && !needed; ++i) needed = callbacks_[i]->needs_batch_loss(*this);
+    if (needed) {
+      for (const auto& v : step_tensors_) {
+        if (!log_point && !v.name.empty() && v.name != loss_metric_) continue;
+        const double x = read_double(v.value);
+        if (v.name.empty() || v.name == loss_metric_) state_.batch_loss = x;
+        if (log_point && !v.name.empty()) metrics_.log(v.name + "_step", x, state_.epoch, state_.global_step);
+      }
     }
   }
   step_values_.clear();
+  step_tensors_.clear();
   check_signals();
   emit(Event::batch_end);
   agree_on_stop();
@@ -582,6 +641,7 @@ bool Loop::roll_back_to_boundary() {
   metrics_.load_accumulator_state(b.accumulators);
   metrics_.load_stats_state(b.stats);
   step_stats_.reset_accumulators("train");
+  step_tensors_.clear();
   metrics_.truncate(b.metric_rows);
   values_.load(b.values);
   step_values_.clear();

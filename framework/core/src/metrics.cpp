@@ -1,11 +1,37 @@
 #include "cairn/metrics.h"
 
+#include "cairn/host_sync.h"
+
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <stdexcept>
 
 namespace cairn {
+
+namespace {
+//! A weighted mean as running statistics [sum of value x weight, sum of weights].
+class WeightedMean : public Metric {
+ public:
+  std::string name() const override { return "mean"; }
+  void update(MetricStats& s, const at::Tensor& value, const at::Tensor& weight) const override {
+    const at::Tensor v = at::stack({value.reshape({}).to(at::kDouble) * weight, weight});
+    s.sums = s.sums.defined() ? s.sums + v : v;
+  }
+  double compute(const MetricStats& s) const override {
+    const at::Tensor c = read_to_cpu(s.sums);
+    const double* p = c.contiguous().data_ptr<double>();
+    return p[0] / p[1];
+  }
+  void check(const at::Tensor&, const at::Tensor&) const override {}
+};
+
+const std::shared_ptr<const Metric>& weighted_mean() {
+  static const std::shared_ptr<const Metric> m = std::make_shared<WeightedMean>();
+  return m;
+}
+bool is_mean(const std::shared_ptr<const Metric>& m) { return m == weighted_mean(); }
+}  // namespace
 
 std::pair<std::string, std::string> MetricLog::split_name(const std::string& name) {
   const auto slash = name.find('/');
@@ -144,6 +170,30 @@ bool MetricLog::declared(const std::string& name) const {
   return false;
 }
 
+void MetricLog::declare_mean(const std::string& name) { declare(name, weighted_mean()); }
+
+void MetricLog::accumulate_tensor(const std::string& name, const at::Tensor& value, double weight) {
+  StatEntry* e = find_stat(name);
+  if (!e || !e->metric) {
+    declare_mean(name);
+    e = find_stat(name);
+  }
+  if (!is_mean(e->metric)) throw std::logic_error("'" + name + "' is a metric, not a mean: use update()");
+  MetricStats& s = e->stats;
+  const at::TensorOptions on = at::TensorOptions().dtype(at::kDouble).device(value.device());
+  // A host accumulator of this name (restored from a checkpoint written before
+  // means were kept on the device) becomes the start of the device sums.
+  for (auto it = accumulators_.begin(); it != accumulators_.end(); ++it) {
+    if (it->first != name) continue;
+    const at::Tensor host = at::tensor(std::vector<double>{it->second.sum, it->second.weight}, at::kDouble).to(value.device());
+    s.sums = s.sums.defined() ? s.sums.to(value.device()) + host : host;
+    accumulators_.erase(it);
+    break;
+  }
+  if (s.sums.defined() && s.sums.device() != value.device()) s.sums = s.sums.to(value.device());
+  e->metric->update(s, value.detach(), at::scalar_tensor(weight, on));
+}
+
 std::vector<std::string> MetricLog::declared_names(const std::string& split) const {
   std::vector<std::string> out;
   for (const auto& e : stats_) {
@@ -183,6 +233,7 @@ Value MetricLog::stats_state() const {
     Value s = Value::dict();
     s.set("sums", e.stats.sums.defined() ? Value(e.stats.sums) : Value());
     s.set("rows", e.stats.rows.defined() ? Value(e.stats.rows) : Value());
+    s.set("kind", e.metric && is_mean(e.metric) ? "mean" : "metric");
     d.set(e.name, std::move(s));
   }
   return d;
@@ -194,6 +245,8 @@ void MetricLog::load_stats_state(const Value& state) {
     const std::string name = state.keys()[i].to_string();
     const Value& v = state.values()[i];
     MetricStats& s = stats(name);
+    // Means describe themselves; a metric's object is declared by its owner.
+    if (const Value* kind = v.find("kind"); kind && kind->is_string() && kind->to_string() == "mean") declare_mean(name);
     auto tensor = [&](const char* key, int64_t dim) -> at::Tensor {
       const Value* t = v.find(key);
       if (!t || t->is_none()) return at::Tensor();

@@ -1,5 +1,7 @@
 #include "cairn/objectives.h"
 
+#include "cairn/host_sync.h"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -72,7 +74,8 @@ at::Tensor count_tensor(const at::Tensor& like, int64_t n) {
   return at::full({1}, static_cast<double>(n), f64(like));
 }
 
-double host(const at::Tensor& t, int64_t i) { return t[i].item<double>(); }
+//! Element i of a CPU float64 tensor (already read with read_to_cpu).
+double host(const at::Tensor& t, int64_t i) { return t.contiguous().data_ptr<double>()[i]; }
 
 }  // namespace
 
@@ -160,7 +163,7 @@ void Accuracy::update(MetricStats& s, const at::Tensor& output, const at::Tensor
 
 double Accuracy::compute(const MetricStats& s) const {
   if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
-  const at::Tensor c = s.sums.cpu();
+  const at::Tensor c = read_to_cpu(s.sums);
   return host(c, 0) / host(c, 1);
 }
 
@@ -215,7 +218,7 @@ void F1Score::update(MetricStats& s, const at::Tensor& output, const at::Tensor&
 
 double F1Score::compute(const MetricStats& s) const {
   if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
-  const at::Tensor v = s.sums.cpu();
+  const at::Tensor v = read_to_cpu(s.sums);
   const int64_t c = v.size(0) / 3;
   const double* p = v.data_ptr<double>();
   if (average_ == micro) {
@@ -256,7 +259,7 @@ void BinaryAuroc::update(MetricStats& s, const at::Tensor& output, const at::Ten
 
 double BinaryAuroc::compute(const MetricStats& s) const {
   if (!s.rows.defined()) return std::numeric_limits<double>::quiet_NaN();
-  const at::Tensor r = s.rows.cpu().contiguous();
+  const at::Tensor r = read_to_cpu(s.rows).contiguous();
   const int64_t n = r.size(0);
   const double* p = r.data_ptr<double>();
   std::vector<int64_t> order(static_cast<size_t>(n));
@@ -293,7 +296,7 @@ void ErrorMetric::update(MetricStats& s, const at::Tensor& output, const at::Ten
 
 double ErrorMetric::compute(const MetricStats& s) const {
   if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
-  const at::Tensor c = s.sums.cpu();
+  const at::Tensor c = read_to_cpu(s.sums);
   const double mean = host(c, 0) / host(c, 1);
   return kind_ == mae ? mean : std::sqrt(mean);
 }
@@ -311,7 +314,7 @@ void R2Score::update(MetricStats& s, const at::Tensor& output, const at::Tensor&
 
 double R2Score::compute(const MetricStats& s) const {
   if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
-  const at::Tensor v = s.sums.cpu();
+  const at::Tensor v = read_to_cpu(s.sums);
   const int64_t d = v.size(0) / 4;
   const double* p = v.data_ptr<double>();
   double sum = 0;
@@ -336,7 +339,7 @@ void Perplexity::update(MetricStats& s, const at::Tensor& output, const at::Tens
 
 double Perplexity::compute(const MetricStats& s) const {
   if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
-  const at::Tensor c = s.sums.cpu();
+  const at::Tensor c = read_to_cpu(s.sums);
   return std::exp(host(c, 0) / host(c, 1));
 }
 

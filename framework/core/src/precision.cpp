@@ -1,5 +1,7 @@
 #include "cairn/precision.h"
 
+#include "cairn/host_sync.h"
+
 #include "amp/autocast.h"
 
 #include <torch/torch.h>
@@ -87,7 +89,7 @@ void GradScaler::unscale_(torch::optim::Optimizer& optimizer) {
       g.mul_(at::scalar_tensor(inv, g.options().dtype(at::kFloat)));
     }
   }
-  found_inf_ = found.defined() && found.item<bool>();
+  found_inf_ = found.defined() && read_bool(found);
   unscaled_ = true;
 }
 

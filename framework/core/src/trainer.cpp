@@ -132,12 +132,11 @@ at::Tensor Trainer::measure(const std::string& split, const at::Tensor& output, 
   }
   auto loss = (*loss_)(output, batch.y);
   const double n = static_cast<double>(batch.size());
-  const double l = loss.item<double>();
+  // Kept on the device: read at log_every_n_steps points and when the split ends.
   if (per_step) {
-    loop_.state().batch_loss = l;
-    loop_.log_step(split + "/loss", l, n);
+    loop_.log_step_tensor(split + "/loss", loss.detach(), n);
   } else {
-    loop_.metrics().accumulate(split + "/loss", l, n);
+    loop_.metrics().accumulate_tensor(split + "/loss", loss.detach(), n);
   }
   const at::Tensor out = output.detach();
   for (const auto& m : metrics_) loop_.update_metric(split + "/" + m->name(), out, batch.y);
@@ -192,8 +191,10 @@ void Trainer::setup() {
       }
     }
   }
-  // Declared before a resume, so the checkpoint's running statistics find them.
+  // Declared before a resume, so the checkpoint's running statistics find
+  // them, and alike on every rank, which reduce them in the same order.
   for (const char* split : {"train", "valid", "test"}) {
+    loop_.declare_mean(std::string(split) + "/loss");
     for (const auto& m : metrics_) loop_.declare_metric(std::string(split) + "/" + m->name(), m);
   }
   set_up_ = true;
@@ -222,9 +223,22 @@ void Trainer::clip_gradients() {
   if (v <= 0) return;
   if (options_.gradient_clip_algorithm() == "value") {
     torch::nn::utils::clip_grad_value_(model_.module->parameters(), v);
-  } else {
-    torch::nn::utils::clip_grad_norm_(model_.module->parameters(), v);
+    return;
   }
+  // By the total 2-norm, as PyTorch's Python clip_grad_norm_: the factor
+  // min(1, max_norm / (norm + 1e-6)) stays a device tensor (LibTorch's C++
+  // version returns the norm as a double: a host read every step).
+  std::vector<at::Tensor> grads;
+  for (const auto& p : model_.module->parameters()) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  if (grads.empty()) return;
+  std::vector<at::Tensor> norms;
+  for (const auto& g : grads) norms.push_back(g.detach().norm(2));
+  const at::Tensor total = torch::stack(norms).norm(2);
+  const at::Tensor factor = (v / (total + 1e-6)).clamp_max(1.0);
+  torch::NoGradGuard no_grad;
+  for (auto& g : grads) g.mul_(factor.to(g.scalar_type()));
 }
 
 void Trainer::train_epoch(EpochSampler& sampler) {
@@ -281,8 +295,8 @@ void Trainer::train_epoch(EpochSampler& sampler) {
       }
       first_step_done_ = true;
     }
-    // The loss training_step returns is the batch loss that TerminateOnNaN and the progress bar read.
-    st.batch_loss = loss.detach().item<double>();
+    // The batch loss that TerminateOnNaN and the progress bar read, at log points.
+    loop_.note_step_loss(loss);
     if (accumulate > 1) loss = loss / static_cast<double>(accumulate);
     if (weight != 1.0) loss = loss * weight;
     if (scaler_) loss = scaler_->scale(loss);

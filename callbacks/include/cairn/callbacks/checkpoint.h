@@ -92,6 +92,7 @@ class Checkpoint : public Callback {
   Order order() const override { return Order::saver; }
 
   void on_fit_begin(Loop& loop) override;
+  bool needs_batch_loss(const Loop& loop) const override;
   void on_batch_end(Loop& loop) override;
   void on_epoch_end(Loop& loop) override;
   void on_fit_end(Loop& loop) override;

@@ -19,11 +19,16 @@
 
 namespace cairn {
 
+//! The batch loss is read from the device every log_every_n_steps steps (and
+//! on the steps a checkpoint is saved), so a NaN is seen at the next of those
+//! points, and in the epoch's mean train/loss at epoch end; no checkpoint of
+//! a NaN state is written in between.
 class TerminateOnNaN : public Callback {
  public:
   std::string key() const override { return "TerminateOnNaN"; }
   Order order() const override { return Order::monitor; }
   void on_batch_end(Loop& loop) override;
+  void on_epoch_end(Loop& loop) override;
 };
 
 struct TimerOptions {

@@ -43,6 +43,11 @@ class Callback : public Stateful {
   //! run, must see the same events everywhere (they see the same reduced metrics).
   virtual bool rank_zero_only() const { return false; }
 
+  //! Whether this callback needs state().batch_loss current at this
+  //! batch_end (the loss is otherwise read from the device only every
+  //! log_every_n_steps steps). The checkpoint callback asks on the steps it
+  //! saves, so TerminateOnNaN sees a NaN before it could be saved.
+  virtual bool needs_batch_loss(const Loop& loop) const { (void)loop; return false; }
   virtual void on_fit_begin(Loop&) {}
   virtual void on_epoch_begin(Loop&) {}
   virtual void on_batch_begin(Loop&) {}

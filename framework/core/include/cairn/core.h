@@ -10,6 +10,7 @@
 #include "cairn/data.h"
 #include "cairn/distributed.h"
 #include "cairn/events.h"
+#include "cairn/host_sync.h"
 #include "cairn/json.h"
 #include "cairn/loop.h"
 #include "cairn/metrics.h"

@@ -207,6 +207,24 @@ class Loop {
   //! run, training statistics are summed over the ranks at batch_end (so the
   //! checkpoint rank 0 writes holds everyone's), valid/test at their end.
   void update_metric(const std::string& name, const at::Tensor& output, const at::Tensor& target);
+  //! log_step() without a host read: `value` (a one-element tensor, on any
+  //! device) joins the epoch's weighted mean of `name` on the device, and is
+  //! read only at log_every_n_steps points (logged as `name + "_step"`; for
+  //! the loss metric it also sets state().batch_loss, which the progress bar
+  //! and TerminateOnNaN then see). In a distributed run it is read at once
+  //! and reduced with the other step values.
+  void log_step_tensor(const std::string& name, const at::Tensor& value, double weight = 1.0);
+  //! The loss of this training step, as a tensor: state().batch_loss is read
+  //! from it at log points when nothing logged the loss metric (the Trainer
+  //! passes what training_step returned).
+  void note_step_loss(const at::Tensor& loss);
+  //! Whether a training loss given to note_step_loss() or log_step_tensor()
+  //! was inf or NaN since the last call (one host read; TerminateOnNaN asks
+  //! at every epoch end, so a NaN between log points is still caught).
+  bool nonfinite_loss_since_check();
+  //! Declares `name` a weighted mean kept on the device, so all ranks reduce
+  //! it and a resume finds it: the Trainer declares `<split>/loss`.
+  void declare_mean(const std::string& name);
   //! The metric whose log_step() sets the batch loss ("train/loss").
   void set_loss_metric(std::string name) { loss_metric_ = std::move(name); }
   void set_log_every_n_steps(int64_t n) { log_every_n_steps_ = n; }
@@ -368,6 +386,13 @@ class Loop {
   };
   std::vector<StepValue> step_values_;  //!< this batch's log_step() values
   MetricLog step_stats_;  //!< distributed training: this batch's metric statistics, before the ranks' sum
+  struct StepTensor {
+    std::string name;
+    at::Tensor value;
+  };
+  std::vector<StepTensor> step_tensors_;  //!< this batch's log_step_tensor() values, read at log points only
+  at::Tensor loss_nonfinite_;  //!< on the device: a training loss since the last check was inf/NaN
+  void watch_loss(const at::Tensor& loss);
   std::shared_ptr<ProcessGroup> group_;
   int rank_ = 0, world_size_ = 1;
   bool agreed_stop_ = false;

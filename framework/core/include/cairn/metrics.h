@@ -73,6 +73,13 @@ class MetricLog : public Stateful {
   bool declared(const std::string& name) const;
   //! The declared names of `split`, in declaration order.
   std::vector<std::string> declared_names(const std::string& split) const;
+  //! Declares `name` a weighted mean kept on the device (a loss): see accumulate_tensor().
+  void declare_mean(const std::string& name);
+  //! Adds `value` (a one-element tensor, on any device) with `weight` to the
+  //! weighted mean `name`, without reading it to the host; flush() logs the
+  //! mean. (A host accumulator of the same name, from an older checkpoint,
+  //! is folded in first.)
+  void accumulate_tensor(const std::string& name, const at::Tensor& value, double weight);
   //! Adds one batch to the statistics of `name` (declared first). Throws
   //! std::logic_error for an undeclared name.
   void update(const std::string& name, const at::Tensor& output, const at::Tensor& target);
@@ -80,7 +87,8 @@ class MetricLog : public Stateful {
   MetricStats& stats(const std::string& name);
   //! Names of `split` whose statistics hold data.
   std::vector<std::string> stat_names(const std::string& split) const;
-  //! Every metric's statistics: name -> {sums, rows} (tensors or None). The
+  //! Every metric's statistics: name -> {sums, rows, kind} (tensors or None;
+  //! kind "mean" for declare_mean's, "metric" otherwise). The
   //! tensors are never changed in place (an update makes new ones), so the
   //! result stays valid as a snapshot.
   Value stats_state() const;
