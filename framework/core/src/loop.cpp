@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <csignal>
 #include <functional>
 #include <filesystem>
@@ -184,34 +185,33 @@ void Loop::log_step_tensor(const std::string& name, const at::Tensor& value, dou
     if (state_.stage != Stage::train) return metrics_.accumulate_tensor(name, value, weight);
     return log_step(name, read_double(value), weight);
   }
+  // A NaN loss makes the epoch's mean NaN: TerminateOnNaN sees it at epoch end.
   metrics_.accumulate_tensor(name, value, weight);
-  if (name == loss_metric_) watch_loss(value);
   step_tensors_.push_back({name, value.detach()});
 }
 
 void Loop::watch_loss(const at::Tensor& loss) {
-  const at::Tensor bad = loss.detach().isfinite().logical_not().any();
-  loss_nonfinite_ = loss_nonfinite_.defined() ? loss_nonfinite_.logical_or(bad) : bad;
+  // A sum: inf or NaN in any addend stays in it (one device op per step).
+  const at::Tensor l = loss.detach().sum().to(at::kDouble);
+  loss_nonfinite_ = loss_nonfinite_.defined() ? loss_nonfinite_ + l : l;
 }
 
 bool Loop::nonfinite_loss_since_check() {
   if (!loss_nonfinite_.defined()) return false;
-  const bool bad = read_bool(loss_nonfinite_);
+  const bool bad = !std::isfinite(read_double(loss_nonfinite_));
   loss_nonfinite_ = at::Tensor();
   return bad;
 }
 
 void Loop::note_step_loss(const at::Tensor& loss) {
-  watch_loss(loss);
   if (group_) return;  // distributed steps read their values at once
   for (const auto& v : step_tensors_) {
+    if (v.name == loss_metric_) return;  // its epoch mean turns NaN with it
+  }
+  for (const auto& v : step_values_) {
     if (v.name == loss_metric_) return;
   }
-  if (!step_values_.empty()) {
-    for (const auto& v : step_values_) {
-      if (v.name == loss_metric_) return;
-    }
-  }
+  watch_loss(loss);
   step_tensors_.push_back({"", loss.detach()});  // sets batch_loss only, logs nothing
 }
 
@@ -387,8 +387,9 @@ void Loop::reduce_stats(MetricLog& from, const std::vector<std::string>& names, 
   if (names.empty()) return;
   const auto k = static_cast<int64_t>(names.size());
   const int64_t w = world_size_;
-  // Per name and rank: the length of the sums, the number of rows and their width.
-  std::vector<at::Tensor> info{torch::zeros({k, w, 3}, torch::kDouble)};
+  // Per name and rank: the length of the sums, the number of rows and their
+  // width, and the host-side count.
+  std::vector<at::Tensor> info{torch::zeros({k, w, 4}, torch::kDouble)};
   for (int64_t i = 0; i < k; ++i) {
     const MetricStats& s = from.stats(names[static_cast<size_t>(i)]);
     if (s.sums.defined()) info[0][i][rank_][0] = static_cast<double>(s.sums.numel());
@@ -396,11 +397,13 @@ void Loop::reduce_stats(MetricLog& from, const std::vector<std::string>& names, 
       info[0][i][rank_][1] = static_cast<double>(s.rows.size(0));
       info[0][i][rank_][2] = static_cast<double>(s.rows.size(1));
     }
+    info[0][i][rank_][3] = s.count;
   }
   group_->allreduce_sum(info);
   const at::Tensor in = info[0].to(torch::kLong);
   const auto* p = in.data_ptr<int64_t>();
-  auto at3 = [&](int64_t i, int64_t r, int64_t c) { return p[(i * w + r) * 3 + c]; };
+  const auto* counts = info[0].data_ptr<double>();
+  auto at3 = [&](int64_t i, int64_t r, int64_t c) { return p[(i * w + r) * 4 + c]; };
   std::vector<int64_t> len(static_cast<size_t>(k), 0), cols(static_cast<size_t>(k), 0), rows_before(static_cast<size_t>(k), 0),
       rows_total(static_cast<size_t>(k), 0);
   int64_t sums_total = 0, rows_flat = 0;
@@ -447,12 +450,16 @@ void Loop::reduce_stats(MetricLog& from, const std::vector<std::string>& names, 
     at::Tensor sums = len[u] > 0 ? buf[0].narrow(0, s_at[u], len[u]).clone().to(dev) : at::Tensor();
     at::Tensor rows = rows_total[u] > 0 ? buf[0].narrow(0, r_at[u], rows_total[u] * cols[u]).reshape({rows_total[u], cols[u]}).clone().to(dev)
                                         : at::Tensor();
+    double count = 0;
+    for (int64_t r = 0; r < w; ++r) count += counts[(i * w + r) * 4 + 3];
     if (add) {
       if (sums.defined()) out.sums = out.sums.defined() ? out.sums + sums.to(out.sums.device()) : sums;
       if (rows.defined()) out.rows = out.rows.defined() ? at::cat({out.rows, rows.to(out.rows.device())}) : rows;
+      out.count += count;
     } else {
       out.sums = sums;
       out.rows = rows;
+      out.count = count;
     }
   }
 }
@@ -611,7 +618,7 @@ void Loop::mark_boundary() {
   b.stage = state_.stage;
   b.rng = capture_rng_states(generators_);
   b.accumulators = metrics_.accumulator_state();
-  b.stats = metrics_.stats_state();  // never changed in place: no copy needed
+  b.stats = metrics_.stats_snapshot();  // never changed in place: no copy needed
   b.values = values_.raw();
   b.metric_rows = metrics_.size();
   b.buffers.clear();
@@ -639,7 +646,7 @@ bool Loop::roll_back_to_boundary() {
   }
   restore_rng_states(b.rng, generators_);
   metrics_.load_accumulator_state(b.accumulators);
-  metrics_.load_stats_state(b.stats);
+  metrics_.restore_stats(b.stats);
   step_stats_.reset_accumulators("train");
   step_tensors_.clear();
   metrics_.truncate(b.metric_rows);

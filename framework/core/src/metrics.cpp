@@ -14,14 +14,17 @@ namespace {
 class WeightedMean : public Metric {
  public:
   std::string name() const override { return "mean"; }
+  //! `weight` is a one-element CPU float64 tensor (MetricLog::accumulate_tensor
+  //! does the same arithmetic with a plain double).
   void update(MetricStats& s, const at::Tensor& value, const at::Tensor& weight) const override {
-    const at::Tensor v = at::stack({value.reshape({}).to(at::kDouble) * weight, weight});
+    const double w = weight.contiguous().data_ptr<double>()[0];
+    const at::Tensor v = value.reshape({1}).to(at::kDouble) * w;
     s.sums = s.sums.defined() ? s.sums + v : v;
+    s.count += w;
   }
   double compute(const MetricStats& s) const override {
     const at::Tensor c = read_to_cpu(s.sums);
-    const double* p = c.contiguous().data_ptr<double>();
-    return p[0] / p[1];
+    return c.contiguous().data_ptr<double>()[0] / s.count;
   }
   void check(const at::Tensor&, const at::Tensor&) const override {}
 };
@@ -180,18 +183,21 @@ void MetricLog::accumulate_tensor(const std::string& name, const at::Tensor& val
   }
   if (!is_mean(e->metric)) throw std::logic_error("'" + name + "' is a metric, not a mean: use update()");
   MetricStats& s = e->stats;
-  const at::TensorOptions on = at::TensorOptions().dtype(at::kDouble).device(value.device());
   // A host accumulator of this name (restored from a checkpoint written before
   // means were kept on the device) becomes the start of the device sums.
   for (auto it = accumulators_.begin(); it != accumulators_.end(); ++it) {
     if (it->first != name) continue;
-    const at::Tensor host = at::tensor(std::vector<double>{it->second.sum, it->second.weight}, at::kDouble).to(value.device());
+    const at::Tensor host = at::tensor(std::vector<double>{it->second.sum}, at::kDouble).to(value.device());
     s.sums = s.sums.defined() ? s.sums.to(value.device()) + host : host;
+    s.count += it->second.weight;
     accumulators_.erase(it);
     break;
   }
   if (s.sums.defined() && s.sums.device() != value.device()) s.sums = s.sums.to(value.device());
-  e->metric->update(s, value.detach(), at::scalar_tensor(weight, on));
+  // WeightedMean::update's arithmetic without wrapping the weight in a tensor.
+  const at::Tensor v = value.detach().reshape({1}).to(at::kDouble) * weight;
+  s.sums = s.sums.defined() ? s.sums + v : v;
+  s.count += weight;
 }
 
 std::vector<std::string> MetricLog::declared_names(const std::string& split) const {
@@ -233,10 +239,23 @@ Value MetricLog::stats_state() const {
     Value s = Value::dict();
     s.set("sums", e.stats.sums.defined() ? Value(e.stats.sums) : Value());
     s.set("rows", e.stats.rows.defined() ? Value(e.stats.rows) : Value());
+    s.set("count", e.stats.count);
     s.set("kind", e.metric && is_mean(e.metric) ? "mean" : "metric");
     d.set(e.name, std::move(s));
   }
   return d;
+}
+
+std::vector<std::pair<std::string, MetricStats>> MetricLog::stats_snapshot() const {
+  std::vector<std::pair<std::string, MetricStats>> out;
+  out.reserve(stats_.size());
+  for (const auto& e : stats_) out.emplace_back(e.name, e.stats);
+  return out;
+}
+
+void MetricLog::restore_stats(const std::vector<std::pair<std::string, MetricStats>>& snapshot) {
+  for (auto& e : stats_) e.stats = MetricStats{};
+  for (const auto& kv : snapshot) stats(kv.first) = kv.second;
 }
 
 void MetricLog::load_stats_state(const Value& state) {
@@ -259,6 +278,8 @@ void MetricLog::load_stats_state(const Value& state) {
     };
     s.sums = tensor("sums", 1);
     s.rows = tensor("rows", 2);
+    const Value* count = v.find("count");
+    s.count = count && !count->is_none() ? count->to_double() : 0.0;
   }
 }
 

@@ -69,11 +69,6 @@ void add_sums(MetricStats& s, const at::Tensor& v) {
   s.sums = s.sums.defined() ? s.sums + v.to(at::kDouble) : v.to(at::kDouble).clone();
 }
 
-//! A count known on the host, as a 1-element tensor on `like`'s device (no sync).
-at::Tensor count_tensor(const at::Tensor& like, int64_t n) {
-  return at::full({1}, static_cast<double>(n), f64(like));
-}
-
 //! Element i of a CPU float64 tensor (already read with read_to_cpu).
 double host(const at::Tensor& t, int64_t i) { return t.contiguous().data_ptr<double>()[i]; }
 
@@ -158,13 +153,13 @@ void Accuracy::check(const at::Tensor& output, const at::Tensor& target) const {
 void Accuracy::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
   at::Tensor correct = is_integer(target) ? output.argmax(1).eq(target).sum()
                                           : output.gt(0).eq(target.gt(0.5)).sum();
-  add_sums(s, at::cat({correct.to(at::kDouble).reshape({1}), count_tensor(output, target.numel())}));
+  add_sums(s, correct.reshape({1}));
+  s.count += static_cast<double>(target.numel());
 }
 
 double Accuracy::compute(const MetricStats& s) const {
   if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
-  const at::Tensor c = read_to_cpu(s.sums);
-  return host(c, 0) / host(c, 1);
+  return host(read_to_cpu(s.sums), 0) / s.count;
 }
 
 void TopKAccuracy::check(const at::Tensor& output, const at::Tensor& target) const {
@@ -178,7 +173,8 @@ void TopKAccuracy::check(const at::Tensor& output, const at::Tensor& target) con
 void TopKAccuracy::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
   const at::Tensor top = std::get<1>(output.topk(k_, 1));  // [N, k, ...]
   const at::Tensor hit = top.eq(target.unsqueeze(1)).any(1);
-  add_sums(s, at::cat({hit.sum().to(at::kDouble).reshape({1}), count_tensor(output, target.numel())}));
+  add_sums(s, hit.sum().reshape({1}));
+  s.count += static_cast<double>(target.numel());
 }
 
 void F1Score::check(const at::Tensor& output, const at::Tensor& target) const {
@@ -291,13 +287,13 @@ void ErrorMetric::check(const at::Tensor& output, const at::Tensor& target) cons
 void ErrorMetric::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
   const at::Tensor e = output.to(at::kDouble) - target.to(at::kDouble);
   const at::Tensor total = kind_ == mae ? e.abs().sum() : e.square().sum();
-  add_sums(s, at::cat({total.reshape({1}), count_tensor(output, e.numel())}));
+  add_sums(s, total.reshape({1}));
+  s.count += static_cast<double>(e.numel());
 }
 
 double ErrorMetric::compute(const MetricStats& s) const {
   if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
-  const at::Tensor c = read_to_cpu(s.sums);
-  const double mean = host(c, 0) / host(c, 1);
+  const double mean = host(read_to_cpu(s.sums), 0) / s.count;
   return kind_ == mae ? mean : std::sqrt(mean);
 }
 

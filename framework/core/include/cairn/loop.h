@@ -356,7 +356,8 @@ class Loop {
     int64_t epoch = 0, global_step = 0, batch_in_epoch = 0;
     bool epoch_finished = false;
     Stage stage = Stage::idle;
-    Value rng, accumulators, stats, values;
+    Value rng, accumulators, values;
+    std::vector<std::pair<std::string, MetricStats>> stats;
     size_t metric_rows = 0;
     std::vector<at::Tensor> buffers;
   };

@@ -93,6 +93,10 @@ class MetricLog : public Stateful {
   //! result stays valid as a snapshot.
   Value stats_state() const;
   void load_stats_state(const Value& state);
+  //! The statistics as they are (tensor handles: updates never write in
+  //! place, so this is a snapshot), for the loop's roll-back point.
+  std::vector<std::pair<std::string, MetricStats>> stats_snapshot() const;
+  void restore_stats(const std::vector<std::pair<std::string, MetricStats>>& snapshot);
 
   //! Drops every point logged after the first `rows` (rolls the journal back).
   void truncate(size_t rows);

@@ -120,10 +120,12 @@ class RegressionLoss : public Loss {
 //! A metric's running statistics: `sums` add up over batches and ranks;
 //! `rows` (for metrics that need every example, as exact AUROC) are
 //! concatenated. Both are float64 on the model's device, undefined until the
-//! first update.
+//! first update. Counts the host knows without asking the device (batch
+//! sizes) go in `count`, which saves a device operation per update.
 struct MetricStats {
   at::Tensor sums;  //!< 1-D
   at::Tensor rows;  //!< 2-D [examples, columns]
+  double count = 0;  //!< a count known on the host (examples, weights): summed like `sums`, kept off the device
 };
 
 class Metric {
