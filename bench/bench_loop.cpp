@@ -2,7 +2,8 @@
 // hand-written LibTorch loop doing the same work (same data order, model,
 // optimizer, batch size, threads, per-step loss/accuracy, a validation pass per
 // epoch), measured alternately in one process; Python PyTorch's same loop too
-// when /usr/bin/python3 has torch.
+// when CAIRN_PYTHON has torch, and Lightning's (bench/lightning_loop.py) when
+// it has lightning.
 //
 //   ./build/bench_loop [--epochs N] [--repeats R]
 #include <cairn/cairn.h>
@@ -121,6 +122,21 @@ int main(int argc, char** argv) {
       std::printf("%-44s %10s %8.3f\n", "cairn vs Python PyTorch", "", c / py);
     } else {
       std::printf("Python PyTorch: not measured (" CAIRN_PYTHON " with torch not found)\n");
+    }
+  }
+  // Lightning on the same job, where installed (pip install lightning).
+  const std::string lcmd = std::string(CAIRN_PYTHON) + " " + std::string(CAIRN_BENCH_DIR) + "/lightning_loop.py " +
+                           std::to_string(epochs) + " " + std::to_string(repeats) + " 2>/dev/null";
+  if (std::FILE* p = ::popen(lcmd.c_str(), "r")) {
+    char buf[256] = {0};
+    double li = 0;
+    if (std::fgets(buf, sizeof buf, p)) li = std::atof(buf);
+    ::pclose(p);
+    if (li > 0) {
+      std::printf("%-44s %10.1f %8.3f\n", "Lightning, same job (its default callbacks)", li, li / h);
+      std::printf("%-44s %10s %8.3f\n", "cairn vs Lightning", "", c / li);
+    } else {
+      std::printf("Lightning: not measured (not installed for " CAIRN_PYTHON ")\n");
     }
   }
   std::fclose(devnull);

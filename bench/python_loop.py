@@ -64,5 +64,6 @@ def run():
     return steps / (time.perf_counter() - t0)
 
 
-rates = sorted(run() for _ in range(repeats))
-print(rates[len(rates) // 2])
+if __name__ == "__main__":
+    rates = sorted(run() for _ in range(repeats))
+    print(rates[len(rates) // 2])
