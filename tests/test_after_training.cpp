@@ -183,6 +183,21 @@ TEST_CASE("predict --input: examples from a file (.pt or .csv, labels optional);
   auto d = predict(dir / "narrow.pt", dir / "d.csv");
   CHECK(d.exit_code == 2);
   CHECK_MESSAGE(d.output.find("'x' holds examples shaped [4] but the model was trained on examples shaped [5]") != std::string::npos, d.output);
+  // Columns in another order: the same count, other features: refused, naming both orders.
+  {
+    std::string swapped;
+    std::istringstream in(test::read_file(test_csv));
+    while (std::getline(in, line)) {
+      const auto a = line.find(','), b = line.find(',', a + 1);
+      swapped += line.substr(a + 1, b - a - 1) + "," + line.substr(0, a) + line.substr(b) + "\n";
+    }
+    test::write_file(dir / "swapped.csv", swapped);
+    auto s = predict(dir / "swapped.csv", dir / "s.csv");
+    CHECK(s.exit_code == 2);
+    CHECK_MESSAGE(s.output.find("has the feature columns monthly, tenure, tickets, age, discount; the model was trained on "
+                                "tenure, monthly, tickets, age, discount") != std::string::npos,
+                  s.output);
+  }
   cairn::Value wrong = cairn::Value::dict();
   wrong.set("inputs", torch::zeros({7, 5}));
   cairn::write_checkpoint(dir / "wrong.pt", wrong);

@@ -53,6 +53,17 @@ TEST_CASE("GradScaler: PyTorch's semantics step by step; the same scales and wei
   CHECK(scales == std::vector<double>{1024, 1024, 512, 512, 512, 256, 256, 256, 512, 512});
   CHECK(scaler.skipped_steps() == 2);
   CHECK(params[0][0].item<float>() == doctest::Approx(-0.1));  // 1024 / 1024 * lr 0.1
+  // A growth that would overflow float32 keeps the scale (as torch._amp_update_scale_).
+  cairn::GradScalerOptions big;
+  big.init_scale = 3e38;
+  big.growth_interval = 1;
+  cairn::GradScaler near_max(big);
+  auto q = torch::zeros({1}, torch::requires_grad());
+  torch::optim::SGD qopt({q}, torch::optim::SGDOptions(0.1));
+  q.mutable_grad() = torch::ones({1});
+  CHECK(near_max.step(qopt));
+  near_max.update();
+  CHECK(near_max.get_scale() == static_cast<double>(3e38f));
   const cairn::Value s = scaler.state_dict();
   CHECK(s.at("scale").to_double() == 512);
   CHECK(s.at("_growth_tracker").to_int() == 1);
@@ -122,6 +133,10 @@ TEST_CASE("EMA and SWA: the averages follow their formulas; validation measures 
   const cairn::Value c = loop.make_checkpoint();
   CHECK(torch::equal(c.at("ema_state_dict").at("weight").to_tensor(), ema->average()[0]));
   CHECK(c.at("evaluate_with").to_string() == "ema_state_dict");
+  // A weights-only file keeps the weights its score was measured with.
+  const cairn::Value slim = cairn::run_checkpoint::weights_only(c);
+  CHECK(slim.at("evaluate_with").to_string() == "ema_state_dict");
+  CHECK(slim.at("ema_state_dict").equals(c.at("ema_state_dict")));
 
   // SWA: the running mean of epoch-end weights, from the start epoch on.
   cairn::Loop l2;

@@ -142,8 +142,11 @@ TEST_CASE("multi-label accuracy and F1, and binary AUROC with tied scores, equal
   // Two logits per example order examples as their difference does.
   const at::Tensor two = torch::stack({torch::zeros_like(score), score}, 1);
   CHECK(close(feed(cairn::BinaryAuroc(), two, label), wins / pairs));
-  // One class only: nothing to rank, NaN (not 0.5, not a crash).
+  // One class only: nothing to rank, NaN (not 0.5, not a crash); a NaN score likewise.
   CHECK(std::isnan(feed(cairn::BinaryAuroc(), score, torch::zeros_like(label))));
+  at::Tensor nan_score = score.clone();
+  nan_score[5] = std::nan("");
+  CHECK(std::isnan(feed(cairn::BinaryAuroc(), nan_score, label)));
 }
 
 TEST_CASE("regression metrics: MAE, RMSE and R² (per output, averaged) equal their references") {
@@ -334,6 +337,36 @@ TEST_CASE("YAML regression and binary experiments log their metrics and resume m
   // The regression learned something: R² well above 0 on the test split.
   const cairn::Value reg = cairn::read_checkpoint(dir / "regression_ref/checkpoints/last.ckpt");
   CHECK(reg.at("metrics").at("test/r2").at("value").to_tensor()[-1].item<double>() > 0.3);
+}
+
+TEST_CASE("a metric removed from the config: its saved running statistics are dropped with a resume warning") {
+  test::TempDir dir("objectives_removed");
+  write_regression(dir / "reg.pt");
+  const std::string run = dir / "run";
+  test::write_file(dir / "a.yaml", regression_config(run, dir / "reg.pt"));
+  std::string fewer = regression_config(run, dir / "reg.pt");
+  fewer.replace(fewer.find("metrics: [mae, rmse, r2]"), 24, "metrics: [mae, rmse]");
+  fewer.replace(fewer.find("monitor: valid/r2, mode: max"), 28, "monitor: valid/mae, mode: min");
+  test::write_file(dir / "b.yaml", fewer);
+  cairn::register_builtin_callbacks();
+  {
+    auto spec = cairn::parse_experiment(dir / "a.yaml");
+    auto t = cairn::build_trainer(spec);
+    t->loop().on(cairn::Event::batch_end, [](cairn::Loop& l) {
+      if (l.state().global_step == 5) l.state().request_interrupt(SIGTERM, "test stop");
+    });
+    REQUIRE(t->fit().interrupted);
+  }
+  auto spec = cairn::parse_experiment(dir / "b.yaml");
+  auto t = cairn::build_trainer(spec);
+  t->resume_from(run + "/checkpoints");
+  t->loop().set_allow_unclaimed_state(true);  // the r2-monitoring checkpoint callback is gone too
+  const cairn::FitResult r = t->fit();
+  CHECK_FALSE(r.interrupted);
+  bool warned = false;
+  for (const auto& w : t->loop().resume_warnings()) warned = warned || w.find("metric 'train/r2'") != std::string::npos;
+  CHECK(warned);
+  CHECK(t->loop().metrics().count("train/r2") == 0);
 }
 
 TEST_CASE("YAML: unknown loss or metric names suggest the closest; shapes that do not fit name the key, the loss and both shapes") {

@@ -491,10 +491,13 @@ TensorDataset read_prediction_input(const std::string& path, const DataModule& d
   if (!fs::is_regular_file(path, ec)) throw UsageError("--input " + path + ": no such file");
   TensorDataset ds;
   if (ext == ".csv") {
-    std::vector<std::string> labels;
-    if (const auto* csv = dynamic_cast<const CsvData*>(&data)) labels = csv->options().labels;
+    std::vector<std::string> labels, features;
+    if (const auto* csv = dynamic_cast<const CsvData*>(&data)) {
+      labels = csv->options().labels;
+      features = csv->feature_columns();
+    }
     try {
-      ds = read_csv_examples(path, labels, !loss.class_targets());
+      ds = read_csv_examples(path, labels, !loss.class_targets(), features);
     } catch (const DataError& e) {
       throw UsageError(std::string("--input: ") + e.what());
     }

@@ -242,9 +242,31 @@ TensorDataset read_csv(const std::string& path, const std::vector<std::string>& 
 }
 }  // namespace
 
-TensorDataset read_csv_examples(const std::string& path, const std::vector<std::string>& labels, bool float_targets) {
+namespace {
+std::vector<std::string> without(const std::vector<std::string>& names, const std::vector<std::string>& labels) {
+  std::vector<std::string> out;
+  for (const auto& n : names) {
+    if (std::find(labels.begin(), labels.end(), n) == labels.end()) out.push_back(n);
+  }
+  return out;
+}
+std::string joined(const std::vector<std::string>& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+}  // namespace
+
+TensorDataset read_csv_examples(const std::string& path, const std::vector<std::string>& labels, bool float_targets,
+                                const std::vector<std::string>& features) {
   std::vector<std::string> header;
-  return read_csv(path, labels, float_targets, header, /*labels_optional=*/true);
+  TensorDataset ds = read_csv(path, labels, float_targets, header, /*labels_optional=*/true);
+  const std::vector<std::string> mine = without(header, labels);
+  if (!features.empty() && mine != features) {
+    throw DataError("the CSV file " + path + " has the feature columns " + joined(mine) +
+                    "; the model was trained on " + joined(features) + " (in this order)");
+  }
+  return ds;
 }
 
 CsvData::CsvData(CsvOptions options) : options_(std::move(options)) {
@@ -263,6 +285,7 @@ void CsvData::setup() {
   TensorDataset full = read_csv(options_.path, options_.labels, f, header);
   if (!options_.valid_path.empty()) valid = read_csv(options_.valid_path, options_.labels, f, header);
   if (!options_.test_path.empty()) test = read_csv(options_.test_path, options_.labels, f, header);
+  features_ = without(header, options_.labels);
   finish_classification(*this, std::move(full), options_.num_classes, options_.valid_fraction, options_.seed,
                         [&](const std::string& what) { return DataError("data file " + options_.path + ": " + what); }, f);
   loaded_ = true;

@@ -246,6 +246,20 @@ Value MetricLog::stats_state() const {
   return d;
 }
 
+std::vector<std::string> MetricLog::drop_undeclared_stats() {
+  std::vector<std::string> dropped;
+  std::vector<StatEntry> keep;
+  for (auto& e : stats_) {
+    if (e.metric) {
+      keep.push_back(std::move(e));
+    } else if (e.stats.sums.defined() || e.stats.rows.defined()) {
+      dropped.push_back(e.name);
+    }
+  }
+  stats_ = std::move(keep);
+  return dropped;
+}
+
 std::vector<std::pair<std::string, MetricStats>> MetricLog::stats_snapshot() const {
   std::vector<std::pair<std::string, MetricStats>> out;
   out.reserve(stats_.size());

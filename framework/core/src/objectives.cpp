@@ -258,6 +258,9 @@ double BinaryAuroc::compute(const MetricStats& s) const {
   const at::Tensor r = read_to_cpu(s.rows).contiguous();
   const int64_t n = r.size(0);
   const double* p = r.data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(p[2 * i])) return std::numeric_limits<double>::quiet_NaN();  // no order to rank (and std::sort needs one)
+  }
   std::vector<int64_t> order(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
   std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[2 * a] < p[2 * b]; });

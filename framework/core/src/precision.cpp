@@ -106,12 +106,14 @@ bool GradScaler::step(torch::optim::Optimizer& optimizer) {
 
 void GradScaler::update() {
   if (!unscaled_) return;  // nothing was measured this step
-  // torch._amp_update_scale_: in float32.
+  // torch._amp_update_scale_: the float32 scale times the (double) factor,
+  // stored as float32; a growth that would overflow keeps the old scale.
   if (found_inf_) {
-    scale_ = scale_ * static_cast<float>(o_.backoff_factor);
+    scale_ = static_cast<float>(static_cast<double>(scale_) * o_.backoff_factor);
     growth_tracker_ = 0;
   } else if (++growth_tracker_ == o_.growth_interval) {
-    scale_ = scale_ * static_cast<float>(o_.growth_factor);
+    const float grown = static_cast<float>(static_cast<double>(scale_) * o_.growth_factor);
+    if (std::isfinite(grown)) scale_ = grown;
     growth_tracker_ = 0;
   }
   unscaled_ = false;

@@ -64,6 +64,13 @@ Value weights_only(const Value& checkpoint) {
                           "hyper_parameters", "values"}) {
     slim.set(key, checkpoint.at(key));
   }
+  // The weights its scores were measured with (an EMA's), when not the model's own.
+  if (const Value* with = checkpoint.find("evaluate_with"); with && with->is_string()) {
+    if (const Value* w = checkpoint.find(with->to_string())) {
+      slim.set("evaluate_with", *with);
+      slim.set(with->to_string(), *w);
+    }
+  }
   slim.set("weights_only", true);
   return slim;
 }
@@ -230,6 +237,10 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
   // Older checkpoints have no running statistics: nothing was measured that way.
   const Value* stats = loop.find("metric_states");
   metrics_.load_stats_state(stats ? *stats : Value::dict());
+  // A metric the config no longer has (a change --allow-config-change let through).
+  for (const auto& name : metrics_.drop_undeclared_stats()) {
+    add_resume_warning("dropped the running statistics of metric '" + name + "', which this run does not measure");
+  }
   resume_points_.clear();
   for (const auto& r : loop.at("resumes").items()) {
     const auto v = r.to_int_list();

@@ -308,9 +308,10 @@ void Trainer::train_epoch(EpochSampler& sampler) {
     st.accumulating = !cycle_end;
     loop_.after_backward();
     if (cycle_end) {
-      // 16-mixed: gradients unscaled before clipping; a step with inf/NaN
-      // gradients is skipped, and then the schedule does not advance either.
-      if (scaler_ && options_.gradient_clip_val() > 0) scaler_->unscale_(*optimizer_);
+      // 16-mixed: gradients unscaled before clipping and before callbacks see
+      // them (as Lightning); a step with inf/NaN gradients is skipped, and
+      // then the schedule does not advance either.
+      if (scaler_) scaler_->unscale_(*optimizer_);
       clip_gradients();
       loop_.before_optimizer_step();
       bool stepped = true;

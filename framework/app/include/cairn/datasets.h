@@ -116,15 +116,20 @@ class CsvData : public DataModule {
   void setup() override;
   std::string name() const override { return "csv"; }
   const CsvOptions& options() const { return options_; }
+  //! The feature columns' names, in order (after setup()).
+  const std::vector<std::string>& feature_columns() const { return features_; }
 
  private:
   CsvOptions options_;
+  std::vector<std::string> features_;
   bool loaded_ = false;
 };
 
 //! Examples to predict from a CSV file: every column but `labels` is a
-//! feature; the label columns may be missing (then y is undefined). Throws
-//! DataError naming file:line and the column.
-TensorDataset read_csv_examples(const std::string& path, const std::vector<std::string>& labels, bool float_targets);
+//! feature; the label columns may be missing (then y is undefined). With
+//! `features` given, the file's feature columns must be those, in that order.
+//! Throws DataError naming file:line and the column.
+TensorDataset read_csv_examples(const std::string& path, const std::vector<std::string>& labels, bool float_targets,
+                                const std::vector<std::string>& features = {});
 
 }  // namespace cairn

@@ -93,6 +93,9 @@ class MetricLog : public Stateful {
   //! result stays valid as a snapshot.
   Value stats_state() const;
   void load_stats_state(const Value& state);
+  //! Drops statistics that no declared Metric owns (a metric removed from the
+  //! config); returns their names.
+  std::vector<std::string> drop_undeclared_stats();
   //! The statistics as they are (tensor handles: updates never write in
   //! place, so this is a snapshot), for the loop's roll-back point.
   std::vector<std::pair<std::string, MetricStats>> stats_snapshot() const;

@@ -1,7 +1,7 @@
-// The autocast switches, whose C++ names differ between LibTorch 1.x (a
-// function pair per device) and 2.x (functions taking the device type):
+// The autocast switches, whose C++ names differ between LibTorch up to 2.3 (a
+// function pair per device) and 2.4 on (functions taking the device type):
 // autocast_torch1.cpp or autocast_torch2.cpp implements them, chosen by CMake
-// from CAIRN_TORCH_MAJOR (no #if), as c10d/group_torch<N>.cpp.
+// from CAIRN_TORCH_VERSION (no #if), as c10d/group_torch<N>.cpp.
 #pragma once
 
 #include <c10/core/DeviceType.h>

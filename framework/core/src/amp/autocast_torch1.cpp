@@ -1,4 +1,4 @@
-// Autocast switches of LibTorch 1.x: one function pair per device.
+// Autocast switches of LibTorch 1.13 to 2.3: one function pair per device.
 // (CMake compiles this file or autocast_torch2.cpp, as for c10d.)
 #include "autocast.h"
 
@@ -30,7 +30,7 @@ void set_dtype(c10::DeviceType device, at::ScalarType t) {
   }
 }
 
-// 1.13's CPU autocast casts to bfloat16 only.
+// CPU autocast to bfloat16 only (1.13 has no float16 there; 2.0-2.3 are kept to the same).
 bool supported(c10::DeviceType device, at::ScalarType t) {
   if (device == c10::DeviceType::CUDA) return t == at::kHalf || t == at::kBFloat16;
   return device == c10::DeviceType::CPU && t == at::kBFloat16;

@@ -1,4 +1,4 @@
-// Autocast switches of LibTorch 2.x: one function pair taking the device type.
+// Autocast switches of LibTorch 2.4 and later: functions taking the device type.
 // (CMake compiles this file or autocast_torch1.cpp, as for c10d.)
 #include "autocast.h"
 
