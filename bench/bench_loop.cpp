@@ -109,35 +109,29 @@ int main(int argc, char** argv) {
   std::printf("%-44s %10.1f %8.3f\n", "hand-written LibTorch loop (baseline)", h, 1.0);
   std::printf("%-44s %10.1f %8.3f   target >= 0.97\n", "cairn Trainer + checkpoint/ES/CSV/progress", c, c / h);
 
-  // The same loop in Python PyTorch, where installed.
-  const std::string cmd = std::string(CAIRN_PYTHON) + " " + std::string(CAIRN_BENCH_DIR) + "/python_loop.py " +
-                          std::to_string(epochs) + " " + std::to_string(repeats) + " 2>/dev/null";
-  if (std::FILE* p = ::popen(cmd.c_str(), "r")) {
-    char buf[256] = {0};
-    double py = 0;
-    if (std::fgets(buf, sizeof buf, p)) py = std::atof(buf);
-    ::pclose(p);
-    if (py > 0) {
-      std::printf("%-44s %10.1f %8.3f\n", "Python PyTorch, same loop", py, py / h);
-      std::printf("%-44s %10s %8.3f\n", "cairn vs Python PyTorch", "", c / py);
-    } else {
-      std::printf("Python PyTorch: not measured (" CAIRN_PYTHON " with torch not found)\n");
+  // The same job in Python: PyTorch's loop, and Lightning's where it is installed.
+  auto python_rate = [&](const char* script) {
+    const std::string cmd = std::string(CAIRN_PYTHON) + " " + std::string(CAIRN_BENCH_DIR) + "/" + script + " " +
+                            std::to_string(epochs) + " " + std::to_string(repeats) + " 2>/dev/null";
+    double rate = 0;
+    if (std::FILE* p = ::popen(cmd.c_str(), "r")) {
+      char buf[256] = {0};
+      if (std::fgets(buf, sizeof buf, p)) rate = std::atof(buf);
+      ::pclose(p);
     }
+    return rate;
+  };
+  if (const double py = python_rate("python_loop.py"); py > 0) {
+    std::printf("%-44s %10.1f %8.3f\n", "Python PyTorch, same loop", py, py / h);
+    std::printf("%-44s %10s %8.3f\n", "cairn vs Python PyTorch", "", c / py);
+  } else {
+    std::printf("Python PyTorch: not measured (" CAIRN_PYTHON " with torch not found)\n");
   }
-  // Lightning on the same job, where installed (pip install lightning).
-  const std::string lcmd = std::string(CAIRN_PYTHON) + " " + std::string(CAIRN_BENCH_DIR) + "/lightning_loop.py " +
-                           std::to_string(epochs) + " " + std::to_string(repeats) + " 2>/dev/null";
-  if (std::FILE* p = ::popen(lcmd.c_str(), "r")) {
-    char buf[256] = {0};
-    double li = 0;
-    if (std::fgets(buf, sizeof buf, p)) li = std::atof(buf);
-    ::pclose(p);
-    if (li > 0) {
-      std::printf("%-44s %10.1f %8.3f\n", "Lightning, same job (its default callbacks)", li, li / h);
-      std::printf("%-44s %10s %8.3f\n", "cairn vs Lightning", "", c / li);
-    } else {
-      std::printf("Lightning: not measured (not installed for " CAIRN_PYTHON ")\n");
-    }
+  if (const double li = python_rate("lightning_loop.py"); li > 0) {
+    std::printf("%-44s %10.1f %8.3f\n", "Lightning, same job (its default callbacks)", li, li / h);
+    std::printf("%-44s %10s %8.3f\n", "cairn vs Lightning", "", c / li);
+  } else {
+    std::printf("Lightning: not measured (not installed for " CAIRN_PYTHON ")\n");
   }
   std::fclose(devnull);
   if (std::system("rm -rf bench_tmp/loop_run") != 0) std::fprintf(stderr, "cleanup failed\n");

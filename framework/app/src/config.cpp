@@ -464,14 +464,7 @@ void ConfigNode::finish() {
   for (auto it = node_.begin(); it != node_.end(); ++it) {
     const std::string key = it->first.Scalar();
     if (std::find(read_.begin(), read_.end(), key) != read_.end()) continue;
-    std::string best;
-    size_t best_d = 1000;
-    for (const auto& k : known) {
-      const size_t d = edit_distance(k, key);
-      if (d < best_d) { best_d = d; best = k; }
-    }
-    std::string msg = "unknown key '" + key + "'";
-    if (!best.empty() && best_d <= std::max<size_t>(2, key.size() / 3)) msg += "; did you mean '" + best + "'?";
+    std::string msg = "unknown key '" + key + "'" + did_you_mean(key, known);
     if (!known.empty()) {
       std::string list;
       for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
