@@ -268,6 +268,10 @@ bool ConfigNode::get_bool(const std::string& key, std::optional<bool> def) {
   return v;
 }
 
+std::optional<bool> ConfigNode::get_optional_bool(const std::string& key) {
+  return read_optional<bool>(key, [&] { return get_bool(key, std::nullopt); });
+}
+
 std::string ConfigNode::get_string(const std::string& key, std::optional<std::string> def) {
   std::string v = read<std::string>(key, def, "a string", [](const YAML::Node& n) {
     if (!n.IsScalar()) throw YAML::TypedBadConversion<std::string>(n.Mark());

@@ -53,6 +53,7 @@ std::string unsafe_reason(const std::string& key) {
   if (key == "seed") return "the seed fixes the sample order and the validation split";
   if (starts_with(key, "data.") || key == "data") return "the data and the saved position in its sample order";
   if (starts_with(key, "model.") || key == "model") return "the model the checkpoint's weights belong to";
+  if (key == "optimizer.fused") return "fused steps round differently from the per-parameter step the run took so far";
   if (starts_with(key, "optimizer.") || key == "optimizer") return "the checkpoint's optimizer state and options would override it";
   if (starts_with(key, "scheduler.") || key == "scheduler") return "the learning-rate schedule the run follows";
   if (starts_with(key, "loss.") || key == "loss") return "what the steps minimise";
@@ -100,6 +101,9 @@ std::vector<ConfigChange> diff_configs(const Value& saved, const Value& current)
   }
   if (saved.is_dict() && !has_prefix("metrics")) a["metrics[0].name"] = "accuracy";
   if (saved.is_dict() && has_prefix("trainer.") && !a.count("trainer.precision")) a["trainer.precision"] = "32";
+  // Runs saved before the step modes existed took the per-parameter step.
+  const std::string saved_optimizer = get(a, "optimizer.name");
+  if ((saved_optimizer == "adam" || saved_optimizer == "adamw") && !a.count("optimizer.fused")) a["optimizer.fused"] = "false";
   std::vector<std::string> keys;
   for (const auto& kv : a) keys.push_back(kv.first);
   for (const auto& kv : b) {
@@ -126,6 +130,8 @@ std::vector<ConfigChange> diff_configs(const Value& saved, const Value& current)
     // extend a run whose schedule was derived from max_epochs); the resumed
     // run prints the learning rate it continues at.
     if (k == "scheduler.total_steps") c.why.clear();
+    // foreach runs the per-parameter arithmetic on lists: the same results bit for bit.
+    if (k == "optimizer.foreach") c.why.clear();
     c.safe = c.why.empty();
     if (k == "trainer.max_epochs") {
       const std::string sched = get(b, "scheduler.name");

@@ -4,6 +4,7 @@
 #include "cairn/datasets.h"
 #include "cairn/models.h"
 #include "cairn/objectives.h"
+#include "cairn/optimizers.h"
 #include "cairn/schedulers.h"
 
 #include <torch/torch.h>
@@ -118,6 +119,23 @@ void register_data(Registry& r) {
 
 using OptimPtr = std::shared_ptr<torch::optim::Optimizer>;
 
+//! `foreach` and `fused`, as PyTorch's arguments: foreach unset (null) means
+//! foreach on CUDA and the per-parameter loop elsewhere (cairn/optimizers.h).
+StepMode step_mode(ConfigNode& c, bool fused_offered) {
+  const std::optional<bool> foreach = c.get_optional_bool("foreach");
+  const bool fused = fused_offered && c.get_bool("fused", false);
+  if (fused) {
+    if (foreach.value_or(false)) c.fail("fused", "fused and foreach cannot both be true (fused already runs one kernel)");
+    if (!fused_adam_available(c10::Device(c10::kCPU)) && !fused_adam_available(c10::Device(c10::kCUDA))) {
+      c.fail("fused", std::string("fused Adam needs LibTorch 2.4 or newer; this is ") + TORCH_VERSION +
+                          " (use foreach: true, which gives the same results as the default bit for bit)");
+    }
+    return StepMode::fused;
+  }
+  if (!foreach) return StepMode::automatic;
+  return *foreach ? StepMode::foreach : StepMode::for_loop;
+}
+
 void register_optimizers(Registry& r) {
   r.add_optimizer("sgd", [](ConfigNode& c) {
     const double lr = c.get_double("lr", 0.01, 0.0, 1e308, true);
@@ -128,10 +146,12 @@ void register_optimizers(Registry& r) {
     if (nesterov && (momentum <= 0 || dampening != 0)) {
       c.fail("nesterov", "nesterov needs momentum > 0 and dampening 0");
     }
+    const StepMode mode = step_mode(c, false);
     return [=](BuildContext& ctx) -> OptimPtr {
-      return std::make_shared<torch::optim::SGD>(
+      return std::make_shared<cairn::SGD>(
           ctx.model.module->parameters(),
-          torch::optim::SGDOptions(lr).momentum(momentum).dampening(dampening).weight_decay(wd).nesterov(nesterov));
+          torch::optim::SGDOptions(lr).momentum(momentum).dampening(dampening).weight_decay(wd).nesterov(nesterov),
+          mode);
     };
   });
   auto adam_like = [](bool decoupled) {
@@ -142,15 +162,16 @@ void register_optimizers(Registry& r) {
       const bool amsgrad = c.get_bool("amsgrad", false);
       const auto bl = c.get_double_list("betas", std::vector<double>{0.9, 0.999}, 2, 0.0, 0.999999);
       const std::tuple<double, double> b{bl[0], bl[1]};
+      const StepMode mode = step_mode(c, true);
       return [=](BuildContext& ctx) -> OptimPtr {
         if (decoupled) {
-          return std::make_shared<torch::optim::AdamW>(
+          return std::make_shared<cairn::AdamW>(
               ctx.model.module->parameters(),
-              torch::optim::AdamWOptions(lr).betas(b).eps(eps).weight_decay(wd).amsgrad(amsgrad));
+              torch::optim::AdamWOptions(lr).betas(b).eps(eps).weight_decay(wd).amsgrad(amsgrad), mode);
         }
-        return std::make_shared<torch::optim::Adam>(
+        return std::make_shared<cairn::Adam>(
             ctx.model.module->parameters(),
-            torch::optim::AdamOptions(lr).betas(b).eps(eps).weight_decay(wd).amsgrad(amsgrad));
+            torch::optim::AdamOptions(lr).betas(b).eps(eps).weight_decay(wd).amsgrad(amsgrad), mode);
       };
     };
   };

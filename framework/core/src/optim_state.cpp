@@ -1,5 +1,7 @@
 #include "cairn/optim_state.h"
 
+#include "optim/state_key.h"
+
 #include <torch/optim.h>
 
 #include <sstream>
@@ -11,19 +13,7 @@ namespace cairn {
 namespace {
 namespace optim = torch::optim;
 
-// LibTorch keys optimizer state by the parameter's TensorImpl: a string in
-// 1.13, a pointer in 2.x. Build whichever the installed version uses.
-template <class Map>
-typename Map::key_type state_key(const Map&, const at::Tensor& p) {
-  using K = typename Map::key_type;
-  if constexpr (std::is_same_v<K, std::string>) {
-    std::ostringstream os;
-    os << p.unsafeGetTensorImpl();
-    return os.str();
-  } else {
-    return reinterpret_cast<K>(p.unsafeGetTensorImpl());
-  }
-}
+using detail::state_key;
 
 Value step_value(int64_t step) {
   // PyTorch keeps `step` as a float tensor; float64 stays exact up to 2^53.

@@ -3,6 +3,7 @@
 #include "cairn/checkpoint_file.h"
 
 #include "cairn/distributed.h"
+#include "cairn/optimizers.h"
 #include "cairn/schedulers.h"
 
 #include <torch/torch.h>
@@ -151,7 +152,7 @@ void Trainer::test_step(const Batch& batch) { measure("test", forward(batch.x), 
 
 void Trainer::configure_optimizers() {
   if (!optimizer_) {
-    optimizer_ = std::make_shared<torch::optim::Adam>(model_.module->parameters(), torch::optim::AdamOptions(1e-3));
+    optimizer_ = std::make_shared<cairn::Adam>(model_.module->parameters(), torch::optim::AdamOptions(1e-3));
   }
 }
 
@@ -177,6 +178,8 @@ void Trainer::setup() {
     if (group_->rank() > 0) torch::manual_seed(data().seed * 1000003ULL + static_cast<uint64_t>(group_->rank()));
   }
   configure_optimizers();
+  // A fused step this LibTorch cannot run on this device: said now, not at the first step.
+  if (auto* m = dynamic_cast<MultiTensorOptimizer*>(optimizer_.get())) m->check_device(device_);
   if (group_ && !sync_) {
     sync_ = std::make_unique<GradientSync>(group_, model_.module->parameters(),
                                            static_cast<int64_t>(options_.bucket_cap_mb() * (1 << 20)));

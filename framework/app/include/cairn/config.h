@@ -68,6 +68,7 @@ class ConfigNode {
                     bool min_exclusive = false);
   std::optional<double> get_optional_double(const std::string& key, double min = -1e308, double max = 1e308);
   bool get_bool(const std::string& key, std::optional<bool> def);
+  std::optional<bool> get_optional_bool(const std::string& key);
   std::string get_string(const std::string& key, std::optional<std::string> def);
   std::optional<std::string> get_optional_string(const std::string& key);
   //! A file path. A relative path written in the config file is resolved from

@@ -17,6 +17,7 @@
 #include "cairn/model.h"
 #include "cairn/objectives.h"
 #include "cairn/optim_state.h"
+#include "cairn/optimizers.h"
 #include "cairn/rng.h"
 #include "cairn/run_checkpoint.h"
 #include "cairn/run_lock.h"
