@@ -111,3 +111,68 @@ TEST_CASE("cairn fit --nproc 2 on CUDA: Gloo ranks sharing one GPU, and NCCL wit
     CHECK(test::max_difference(b.at("state_dict"), c.at("state_dict")) == 0.0);
   }
 }
+
+namespace {
+std::string placement_config(const std::string& run, const std::string& data_extra, const std::string& optimizer) {
+  return "name: cuda_placement\nseed: 9\nrun: {dir: " + run + "}\n"
+         "data: {name: synthetic, train_size: 600, valid_size: 100, test_size: 100, num_classes: 4, noise: 1.0, "
+         "batch_size: 32" + data_extra + "}\n"
+         "model: {name: mlp, hidden: [64], dropout: 0.2}\noptimizer: " + optimizer + "\n"
+         "trainer: {max_epochs: 3, threads: 1, device: cuda, enable_progress_bar: false}\n"
+         "callbacks:\n  - {name: checkpoint, monitor: valid/acc, mode: max, every_n_train_steps: 7}\n";
+}
+}  // namespace
+
+TEST_CASE("data on the GPU, or pinned and prefetched from the CPU: the same run bit for bit; auto says where" *
+          doctest::skip(!torch::cuda::is_available())) {
+  test::TempDir dir("cuda_placement");
+  const std::string adam = "{name: adam, lr: 0.01}";
+  std::map<std::string, cairn::Value> last;
+  for (const std::string mode : {"auto", "cuda", "cpu"}) {
+    const std::string run = dir / mode;
+    test::write_file(run + ".yaml", placement_config(run, ", device: " + mode, adam));
+    const auto r = test::cairn_cli({"fit", "--config", run + ".yaml"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+    if (mode == "auto") CHECK_MESSAGE(r.output.find("cairn: data on cuda:0") != std::string::npos, r.output);
+    last[mode] = test::comparable(cairn::read_checkpoint(run + "/checkpoints/last.ckpt"));
+  }
+  CHECK_MESSAGE(last["auto"].first_difference(last["cuda"]) == "", last["auto"].first_difference(last["cuda"]));
+  CHECK_MESSAGE(last["cpu"].first_difference(last["cuda"]) == "", last["cpu"].first_difference(last["cuda"]));
+  // SIGKILL-free stop and resume with data on the device: killed by SIGTERM after a checkpoint.
+  const std::string cut = dir / "cut";
+  test::write_file(cut + ".yaml", placement_config(cut, ", device: cuda", adam));
+  const pid_t p = test::spawn({CAIRN_CLI, "fit", "--config", cut + ".yaml"}, cut + ".log");
+  for (int i = 0; i < 600 && !test::fs::exists(cut + "/checkpoints/last.ckpt"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::kill(p, SIGKILL);
+  test::wait_exit(p);
+  const auto r = test::cairn_cli({"fit", "--config", cut + ".yaml"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  const cairn::Value c = test::comparable(cairn::read_checkpoint(cut + "/checkpoints/last.ckpt"));
+  CHECK_MESSAGE(last["cuda"].first_difference(c) == "", last["cuda"].first_difference(c));
+}
+
+TEST_CASE("on CUDA the default Adam steps with foreach; foreach and fused against the per-parameter step" *
+          doctest::skip(!torch::cuda::is_available())) {
+  test::TempDir dir("cuda_optim");
+  std::map<std::string, cairn::Value> last;
+  for (const std::string mode : {"foreach: false", "foreach: true", "fused: true"}) {
+    const std::string run = dir / std::to_string(last.size());
+    test::write_file(run + ".yaml", placement_config(run, "", "{name: adamw, lr: 0.01, " + mode + "}"));
+    const auto r = test::cairn_cli({"fit", "--config", run + ".yaml"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+    last[mode] = cairn::read_checkpoint(run + "/checkpoints/last.ckpt");
+  }
+  const double each = test::max_difference(last["foreach: false"].at("state_dict"), last["foreach: true"].at("state_dict"));
+  const double fused = test::max_difference(last["foreach: false"].at("state_dict"), last["fused: true"].at("state_dict"));
+  MESSAGE("CUDA, 3 epochs of AdamW: max weight difference from the per-parameter step: foreach " << each << ", fused "
+                                                                                                 << fused);
+  CHECK(each < 1e-5);
+  CHECK(fused < 1e-4);
+  torch::manual_seed(1);
+  auto net = cairn::make_mlp({{16}, {8}, 4, 0.0});
+  net->to(torch::kCUDA);
+  cairn::Adam adam(net->parameters());
+  CHECK(adam.mode_on(net->parameters()[0].device()) == cairn::StepMode::foreach);
+}

@@ -42,6 +42,12 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
 
   attempt([&] {
     ConfigNode data = top.get_map("data", true);
+    // Where the data lives while training, for every kind of data set
+    // (TrainerOptions::data_device, prefetch).
+    spec.trainer.data_device(data.get_choice("device", std::string("auto"), {"auto", "cpu", "cuda"}));
+    const std::optional<bool> prefetch = data.get_optional_bool("prefetch");
+    spec.trainer.prefetch(prefetch ? (*prefetch ? "true" : "false") : "auto");
+    spec.data_node = {data};
     spec.data = registry.data.parse(data);
   });
 
@@ -308,6 +314,12 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   ctx.model = spec.model(ctx);
   if (spec.init_from) load_weights(*ctx.model.module, *spec.init_from, true);
   ctx.model.module->to(resolve_device(spec.trainer.device()));
+  // data.device that cannot be honoured: said at the key, with the data's sizes.
+  if (!spec.data_node.empty()) {
+    const std::string problem =
+        data_device_problem(*ctx.data, resolve_device(spec.trainer.device()), spec.trainer.data_device());
+    if (!problem.empty()) spec.data_node.front().fail("device", problem);
+  }
   std::vector<std::shared_ptr<Metric>> metrics;
   for (size_t i = 0; i < spec.metrics.size(); ++i) {
     metrics.push_back(spec.metrics[i](ctx));

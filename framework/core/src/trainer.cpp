@@ -6,6 +6,8 @@
 #include "cairn/optimizers.h"
 #include "cairn/schedulers.h"
 
+#include "prefetch.h"
+
 #include <torch/torch.h>
 
 #include <dlfcn.h>
@@ -51,6 +53,45 @@ void set_threads(int64_t threads) {
   if (auto fn = reinterpret_cast<SetFn>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
     fn(static_cast<int>(threads));
   }
+}
+
+std::string format_bytes(int64_t bytes) {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(1);
+  const double b = static_cast<double>(bytes);
+  if (b >= 1024.0 * 1024 * 1024) {
+    os << b / (1024.0 * 1024 * 1024) << " GB";
+  } else if (b >= 1024.0 * 1024) {
+    os << b / (1024.0 * 1024) << " MB";
+  } else if (b >= 1024.0) {
+    os << b / 1024.0 << " KB";
+  } else {
+    os << bytes << " bytes";
+  }
+  return os.str();
+}
+
+std::optional<std::pair<int64_t, int64_t>> cuda_memory(const torch::Device& device) {
+  if (!device.is_cuda() || !torch::cuda::is_available()) return std::nullopt;
+  // The CUDA runtime that LibTorch's CUDA library loaded, asked directly: the
+  // core library is built without CUDA headers (one build serves both).
+  using GetInfo = int (*)(size_t*, size_t*);
+  using GetDevice = int (*)(int*);
+  using SetDevice = int (*)(int);
+  auto info = reinterpret_cast<GetInfo>(::dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
+  auto get = reinterpret_cast<GetDevice>(::dlsym(RTLD_DEFAULT, "cudaGetDevice"));
+  auto set = reinterpret_cast<SetDevice>(::dlsym(RTLD_DEFAULT, "cudaSetDevice"));
+  if (!info || !get || !set) return std::nullopt;
+  int previous = 0;
+  if (get(&previous) != 0) return std::nullopt;
+  const int want = device.has_index() ? device.index() : 0;
+  if (want != previous && set(want) != 0) return std::nullopt;
+  size_t free = 0, total = 0;
+  const int rc = info(&free, &total);
+  if (want != previous) set(previous);
+  if (rc != 0) return std::nullopt;
+  return std::make_pair(static_cast<int64_t>(free), static_cast<int64_t>(total));
 }
 
 Trainer::Trainer(TrainerOptions options) : options_(std::move(options)) {
@@ -121,7 +162,111 @@ at::Tensor Trainer::forward(const at::Tensor& x) { return model_.forward(x); }
 
 Batch Trainer::to_device(const Batch& b) {
   if (device_.is_cpu()) return b;
-  return Batch{b.x.to(device_, /*non_blocking=*/true), b.y.to(device_, /*non_blocking=*/true)};
+  // From pinned memory the copy does not wait for the device (from pageable
+  // memory it would: a host sync per batch).
+  auto move = [&](const at::Tensor& t) {
+    if (!t.defined() || t.device() == device_) return t;
+    if (pin_batches_ && t.is_cpu() && !t.is_pinned()) return t.pin_memory().to(device_, /*non_blocking=*/true);
+    return t.to(device_, /*non_blocking=*/true);
+  };
+  return Batch{move(b.x), move(b.y)};
+}
+
+Batch Trainer::training_batch(const at::Tensor& indices) {
+  const TensorDataset& train = data().train;
+  if (!pin_batches_) return to_device(train.gather(indices));
+  // Gathered straight into pinned host memory (no second host copy).
+  auto gather = [&](const at::Tensor& src) {
+    if (!src.defined()) return src;
+    std::vector<int64_t> shape(src.sizes().begin(), src.sizes().end());
+    shape[0] = indices.size(0);
+    at::Tensor out = at::empty(shape, src.options().pinned_memory(true));
+    at::index_select_out(out, src, 0, indices);
+    return out;
+  };
+  return to_device(Batch{gather(train.x), gather(train.y)});
+}
+
+at::Tensor Trainer::device_order(EpochSampler& sampler, int64_t epoch) {
+  if (device_order_epoch_ != epoch || !device_order_.defined()) {
+    const std::vector<int64_t>& order = sampler.order(epoch);
+    // One blocking copy per epoch; the steps slice it on the device.
+    device_order_ = torch::from_blob(const_cast<int64_t*>(order.data()), {static_cast<int64_t>(order.size())}, torch::kLong)
+                        .to(device_);
+    device_order_epoch_ = epoch;
+  }
+  return device_order_;
+}
+
+namespace {
+int64_t bytes_of(const TensorDataset& t) {
+  return (t.x.defined() ? static_cast<int64_t>(t.x.nbytes()) : 0) + (t.y.defined() ? static_cast<int64_t>(t.y.nbytes()) : 0);
+}
+int64_t bytes_of(const DataModule& d) { return bytes_of(d.train) + bytes_of(d.valid) + bytes_of(d.test); }
+std::string sizes_of(const DataModule& d) {
+  return format_bytes(bytes_of(d)) + " (train " + format_bytes(bytes_of(d.train)) + ", valid " + format_bytes(bytes_of(d.valid)) +
+         ", test " + format_bytes(bytes_of(d.test)) + ")";
+}
+}  // namespace
+
+std::string data_device_problem(const DataModule& d, const torch::Device& model_device, const std::string& want) {
+  if (want != "auto" && want != "cpu" && want != "cuda") return "expected auto, cpu or cuda, got '" + want + "'";
+  if (want != "cuda") return "";
+  if (!model_device.is_cuda()) {
+    return "cuda asked for, but " +
+           (torch::cuda::is_available() ? "the model is on " + model_device.str() + " (trainer.device)"
+                                        : std::string("this LibTorch build or machine has no CUDA")) +
+           "; the data sets are " + sizes_of(d) + "; use data.device: auto or cpu";
+  }
+  const auto mem = cuda_memory(model_device);
+  if (mem && bytes_of(d) > mem->first) {
+    return "cuda: the data sets, " + sizes_of(d) + ", do not fit in the " + format_bytes(mem->first) + " free on " +
+           model_device.str() + " (of " + format_bytes(mem->second) +
+           "); use data.device: auto, which keeps them on the CPU and prefetches batches from pinned memory";
+  }
+  return "";
+}
+
+void Trainer::place_data() {
+  DataModule& d = data();
+  const std::string& want = options_.data_device();
+  const std::string& pf = options_.prefetch();
+  if (pf != "auto" && pf != "true" && pf != "false") {
+    throw std::invalid_argument("data.prefetch must be auto, true or false, got '" + pf + "'");
+  }
+  if (const std::string problem = data_device_problem(d, device_, want); !problem.empty()) {
+    throw std::invalid_argument("data.device: " + problem);
+  }
+  const int64_t bytes = bytes_of(d);
+  const std::string sizes = sizes_of(d);
+  const bool rank_zero = !group_ || group_->rank() == 0;
+  bool move = want == "cuda";
+  if (want == "auto" && device_.is_cuda()) {
+    const auto mem = cuda_memory(device_);
+    move = mem && bytes <= mem->first / 2;
+    if (rank_zero) {
+      if (move) {
+        std::cout << "cairn: data on " << device_ << ": " << sizes << " of " << format_bytes(mem->first)
+                  << " free (data.device: auto)\n";
+      } else {
+        std::cout << "cairn: data kept on the CPU ("
+                  << (mem ? sizes + " is more than half of the " + format_bytes(mem->first) + " free on " + device_.str()
+                          : "the free memory of " + device_.str() + " is unknown")
+                  << "); batches are copied from pinned memory, the next one prefetched (data.device: auto)\n";
+      }
+    }
+  }
+  if (move) {
+    for (TensorDataset* t : {&d.train, &d.valid, &d.test}) {
+      if (t->x.defined()) t->x = t->x.to(device_);
+      if (t->y.defined()) t->y = t->y.to(device_);
+    }
+  }
+  data_on_device_ = device_.is_cuda() && d.train.x.defined() && d.train.x.device() == device_;
+  pin_batches_ = device_.is_cuda() && !data_on_device_;
+  prefetch_ = pf == "true" || (pf == "auto" && pin_batches_);
+  device_order_ = at::Tensor();
+  device_order_epoch_ = -1;
 }
 
 at::Tensor Trainer::measure(const std::string& split, const at::Tensor& output, const Batch& batch, bool per_step) {
@@ -177,6 +322,7 @@ void Trainer::setup() {
     group_->broadcast_module(*model_.module);
     if (group_->rank() > 0) torch::manual_seed(data().seed * 1000003ULL + static_cast<uint64_t>(group_->rank()));
   }
+  place_data();
   configure_optimizers();
   // A fused step this LibTorch cannot run on this device: said now, not at the first step.
   if (auto* m = dynamic_cast<MultiTensorOptimizer*>(optimizer_.get())) m->check_device(device_);
@@ -250,17 +396,33 @@ void Trainer::train_epoch(EpochSampler& sampler) {
   const int64_t accumulate = std::max<int64_t>(1, options_.accumulate_grad_batches());
   model_.module->train();
   const int64_t world = loop_.world_size(), rank = loop_.rank();
-  for (int64_t k = st.batch_in_epoch; k < n; ++k) {
-    at::Tensor indices = sampler.batch_indices(st.epoch, k);
+  // This rank's rows of batch k (on the device when the data is there) and its loss weight.
+  auto rows = [&](int64_t k, double& weight) {
+    at::Tensor indices;
+    if (data_on_device_) {
+      const at::Tensor order = device_order(sampler, st.epoch);
+      const int64_t begin = k * sampler.batch_size();
+      indices = order.slice(0, begin, std::min<int64_t>(order.size(0), begin + sampler.batch_size()));
+    } else {
+      indices = sampler.batch_indices(st.epoch, k);
+    }
     // Distributed: the global batch split into near-equal contiguous slices;
     // each rank's loss is weighted so the averaged gradient is the global batch's mean.
-    double weight = 1.0;
+    weight = 1.0;
     if (world > 1) {
       const int64_t m = indices.size(0), base = m / world, extra = m % world;
       const int64_t begin = rank * base + std::min(rank, extra), len = base + (rank < extra ? 1 : 0);
       indices = indices.slice(0, begin, begin + len);
       weight = static_cast<double>(len * world) / static_cast<double>(m);
     }
+    return indices;
+  };
+  // The next batch is made on a helper thread while this one's step runs.
+  std::unique_ptr<detail::Prefetcher> prefetcher;
+  if (prefetch_) prefetcher = std::make_unique<detail::Prefetcher>([this](const at::Tensor& i) { return training_batch(i); });
+  for (int64_t k = st.batch_in_epoch; k < n; ++k) {
+    double weight = 1.0;
+    const at::Tensor indices = rows(k, weight);
     const bool cycle_end = (k + 1) % accumulate == 0 || k + 1 == n;
     if (indices.size(0) == 0) {
       // The epoch's last global batch has fewer examples than ranks: this one
@@ -275,7 +437,12 @@ void Trainer::train_epoch(EpochSampler& sampler) {
       }
       zero.backward();
     } else {
-    Batch batch = to_device(data().train.gather(indices));
+    Batch batch = prefetcher ? prefetcher->take(k, indices) : training_batch(indices);
+    if (prefetcher && k + 1 < n) {
+      double next_weight = 1.0;
+      at::Tensor next = rows(k + 1, next_weight);
+      if (next.size(0) > 0) prefetcher->start(k + 1, std::move(next));
+    }
     st.batch_size = batch.size();
     loop_.batch_begin();
     if (k % accumulate == 0) optimizer_->zero_grad();

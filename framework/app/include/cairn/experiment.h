@@ -38,8 +38,8 @@ struct ExperimentSpec {
   Builder<std::shared_ptr<Loss>> loss;
   bool float_targets = false;  //!< a loss other than cross_entropy/nll (no default metric)
   std::vector<Builder<std::shared_ptr<Metric>>> metrics;
-  //! Where the loss and each metric were configured (for shape errors at build).
-  std::vector<ConfigNode> loss_node, metric_nodes;
+  //! Where the loss, each metric and the data were configured (for errors found at build).
+  std::vector<ConfigNode> loss_node, metric_nodes, data_node;
   //! The resolved config (defaults filled in), as written to <run dir>/config.yaml.
   const YAML::Node& resolved() const { return doc.resolved; }
 };

@@ -25,6 +25,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,18 @@ struct TrainerOptions {
   //! N). global_step counts optimizer steps; saves and stops happen only at
   //! the end of a cycle, so resume stays exact.
   TORCH_ARG(int64_t, accumulate_grad_batches) = 1;
+  //! Where the data sets live while training (`data.device` in YAML):
+  //! "auto": on the model's CUDA device when train+valid+test fit in half of
+  //! its free memory (said in one line), else on the CPU; "cuda": on the
+  //! model's CUDA device, or std::invalid_argument naming the sizes; "cpu".
+  //! Batches of data on the model's device are gathered there (the epoch's
+  //! order goes to the device once per epoch): no copy and no host wait per step.
+  TORCH_ARG(std::string, data_device) = "auto";
+  //! Prepare the next training batch on a helper thread while the step runs
+  //! (`data.prefetch`): "auto" (when batches are copied to another device:
+  //! gathered into pinned memory, copied without blocking), "true", "false".
+  //! The batches and their order are the same either way.
+  TORCH_ARG(std::string, prefetch) = "auto";
 
   // --- more than one process (when the environment names a job: RANK,
   // WORLD_SIZE, MASTER_ADDR, MASTER_PORT as set by `cairn fit --nproc`,
@@ -197,6 +210,13 @@ class Trainer {
   void clip_gradients();
   //! This rank's contiguous share [begin, end) of `n` items.
   std::pair<int64_t, int64_t> shard(int64_t n) const;
+  //! Moves the data sets to the model's device when options().data_device()
+  //! asks (or auto chooses) and decides whether batches are prefetched.
+  void place_data();
+  //! The training rows of batch `k`: the gathered, device-ready batch.
+  Batch training_batch(const at::Tensor& indices);
+  //! The epoch's order as indices on the device (for data kept there).
+  at::Tensor device_order(EpochSampler& sampler, int64_t epoch);
 
   TrainerOptions options_;
   Loop loop_;
@@ -217,6 +237,11 @@ class Trainer {
   std::shared_ptr<ProcessGroup> group_;
   std::unique_ptr<GradientSync> sync_;
   bool first_step_done_ = false;  //!< the run's first training step ran (its failure is explained with shapes)
+  bool data_on_device_ = false;   //!< the data sets were moved to a CUDA device_ (place_data)
+  bool pin_batches_ = false;      //!< batches are gathered into pinned host memory, copied without blocking
+  bool prefetch_ = false;         //!< the next training batch is prepared on a helper thread
+  at::Tensor device_order_;       //!< device_order()'s cache, for epoch device_order_epoch_
+  int64_t device_order_epoch_ = -1;
 };
 
 //! Resolves "auto" / "cpu" / "cuda" / "cuda:N" to a device; throws
@@ -227,5 +252,13 @@ torch::Device resolve_device(const std::string& spec);
 std::string short_error(const std::string& what);
 //! Sets intra-op threads for LibTorch and, where present, OpenBLAS.
 void set_threads(int64_t threads);
+//! Free and total bytes of a CUDA device's memory (cudaMemGetInfo), or
+//! nullopt where there is no CUDA runtime to ask.
+std::optional<std::pair<int64_t, int64_t>> cuda_memory(const torch::Device& device);
+//! Why `d` cannot be placed as data.device `want` ("auto", "cpu", "cuda")
+//! says with the model on `model_device` (naming the sizes), or "".
+std::string data_device_problem(const DataModule& d, const torch::Device& model_device, const std::string& want);
+//! "47.0 MB", "1.25 GB": sizes in messages.
+std::string format_bytes(int64_t bytes);
 
 }  // namespace cairn

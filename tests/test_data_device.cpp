@@ -1,0 +1,137 @@
+// Where the data lives and how batches reach the model (TrainerOptions
+// data_device and prefetch; YAML data.device and data.prefetch): prefetched
+// batches on a helper thread give the same run bit for bit, also across a
+// stop and resume mid-epoch; data.device that cannot be honoured is exit 2
+// naming the key and the sizes. (The CUDA side, data gathered on the device
+// and pinned copies, is in test_cuda.cpp.)
+#include "support.h"
+
+#include <cairn/callbacks.h>
+
+#include "../framework/core/src/prefetch.h"
+
+#include <torch/cuda.h>
+
+#include <atomic>
+
+namespace {
+
+std::string config(const std::string& run, const std::string& data_extra) {
+  return "name: placement\nseed: 5\nrun: {dir: " + run + "}\n"
+         "data: {name: synthetic, train_size: 200, valid_size: 40, test_size: 40, num_classes: 4, batch_size: 16" +
+         data_extra + "}\n"
+         "model: {name: mlp, hidden: [24], dropout: 0.3}\n"
+         "optimizer: {name: adam, lr: 0.01}\n"
+         "trainer: {max_epochs: 3, threads: 1, enable_progress_bar: false}\n"
+         "callbacks:\n  - {name: checkpoint, monitor: valid/acc, mode: max, every_n_train_steps: 5}\n";
+}
+
+//! Fits `path` in-process, stopped (as SIGTERM would) at global step `stop`
+//! (0: never) and resumed; the final checkpoint, comparable across runs.
+cairn::Value fit(const std::string& path, int64_t stop, int* stops = nullptr) {
+  cairn::register_builtin_callbacks();
+  for (int round = 0; round < 2; ++round) {
+    auto spec = cairn::parse_experiment(path);
+    auto t = cairn::build_trainer(spec);
+    t->resume_from(spec.run_dir + "/checkpoints");
+    if (round == 0 && stop > 0) {
+      t->loop().on(cairn::Event::batch_end, [stop](cairn::Loop& l) {
+        if (l.state().global_step == stop) l.state().request_interrupt(SIGTERM, "test stop");
+      });
+    }
+    if (!t->fit().interrupted) return test::comparable(cairn::read_checkpoint(spec.run_dir + "/checkpoints/last.ckpt"));
+    if (stops) ++*stops;
+  }
+  FAIL("the run did not finish");
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("prefetching batches on a helper thread gives the same run bit for bit, also stopped and resumed mid-epoch") {
+  test::TempDir dir("prefetch");
+  test::write_file(dir / "plain.yaml", config(dir / "plain", ", prefetch: false"));
+  test::write_file(dir / "pre.yaml", config(dir / "pre", ", prefetch: true"));
+  test::write_file(dir / "cut.yaml", config(dir / "cut", ", prefetch: true"));
+  const cairn::Value plain = fit(dir / "plain.yaml", 0);
+  const cairn::Value pre = fit(dir / "pre.yaml", 0);
+  int stops = 0;
+  const cairn::Value cut = fit(dir / "cut.yaml", 17, &stops);  // batch 5 of epoch 2 (13 batches an epoch)
+  CHECK(stops == 1);
+  CHECK_MESSAGE(plain.first_difference(pre) == "", plain.first_difference(pre));
+  CHECK_MESSAGE(plain.first_difference(cut) == "", plain.first_difference(cut));
+  CHECK(test::read_file(dir / "plain/metrics.csv") == test::read_file(dir / "pre/metrics.csv"));
+  // The run trained (the comparison is not of untouched weights).
+  CHECK(plain.at("global_step").to_int() == 39);
+}
+
+TEST_CASE("Prefetcher: batches come back for the index asked, in order; an error on the helper thread reaches the step") {
+  std::atomic<int> made{0};
+  cairn::detail::Prefetcher p([&](const at::Tensor& idx) {
+    ++made;
+    if (idx[0].item<int64_t>() == 30) throw std::runtime_error("cannot read row 30");
+    return cairn::Batch{idx.to(torch::kFloat) * 2, idx};
+  });
+  for (int64_t k = 0; k < 3; ++k) {
+    const at::Tensor idx = torch::arange(k * 10, k * 10 + 4);
+    const cairn::Batch b = p.take(k, idx);
+    CHECK(torch::equal(b.y, idx));
+    p.start(k + 1, torch::arange((k + 1) * 10, (k + 1) * 10 + 4));
+  }
+  // Batch 3 (row 30) failed on the helper thread: take() rethrows it.
+  CHECK_THROWS_WITH_AS(p.take(3, torch::arange(30, 34)), "cannot read row 30", std::runtime_error);
+  // A batch that was not started (or another one was) is made on the spot.
+  p.start(5, torch::arange(50, 52));
+  const cairn::Batch other = p.take(4, torch::arange(40, 42));
+  CHECK(torch::equal(other.y, torch::arange(40, 42)));
+  CHECK(made.load() == 6);
+}
+
+TEST_CASE("data.device and data.prefetch: values that cannot work are exit 2 naming the key and the data's sizes") {
+  test::TempDir dir("data_device");
+  const std::string cfg = dir / "c.yaml";
+  test::write_file(cfg, config(dir / "run", ", device: gpu"));
+  auto r = test::cairn_cli({"fit", "--config", cfg});
+  CHECK(r.exit_code == 2);
+  CHECK_MESSAGE(r.output.find("c.yaml:4:") != std::string::npos, r.output);
+  CHECK(r.output.find("data.device") != std::string::npos);
+  CHECK(r.output.find("auto, cpu, cuda") != std::string::npos);
+
+  test::write_file(cfg, config(dir / "run", ", prefetch: sometimes"));
+  r = test::cairn_cli({"fit", "--config", cfg});
+  CHECK(r.exit_code == 2);
+  CHECK(r.output.find("data.prefetch") != std::string::npos);
+
+  if (!torch::cuda::is_available()) {
+    // The data set's sizes are named: 200x16 float features + int64 labels, and so on.
+    test::write_file(cfg, config(dir / "run", ", device: cuda"));
+    r = test::cairn_cli({"fit", "--config", cfg});
+    CHECK(r.exit_code == 2);
+    CHECK_MESSAGE(r.output.find("c.yaml:4:") != std::string::npos, r.output);
+    CHECK(r.output.find("data.device: cuda asked for, but this LibTorch build or machine has no CUDA") != std::string::npos);
+    CHECK(r.output.find("(train 14.1 KB, valid 2.8 KB, test 2.8 KB)") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir / "run/checkpoints"));
+    // The C++ route says the same from fit().
+    cairn::SyntheticOptions so;
+    so.train_size = 64;
+    cairn::Trainer t(cairn::TrainerOptions().max_epochs(1).device("cpu").data_device("cuda"));
+    t.set_model(cairn::Model::wrap(cairn::make_mlp({{so.features}, {8}, so.num_classes, 0.0})));
+    t.set_data(std::make_shared<cairn::SyntheticData>(so));
+    CHECK_THROWS_WITH_AS(t.fit(), doctest::Contains("data.device: cuda asked for"), std::invalid_argument);
+  } else {
+    MESSAGE("CUDA is present: the no-CUDA refusal is not reachable here (test_cuda covers data on the device)");
+  }
+  // Explicit cpu on the CPU trains as before.
+  test::write_file(cfg, config(dir / "run2", ", device: cpu"));
+  r = test::cairn_cli({"fit", "--config", cfg});
+  CHECK_MESSAGE(r.exit_code == 0, r.output);
+}
+
+TEST_CASE("format_bytes names sizes in messages") {
+  CHECK(cairn::format_bytes(512) == "512 bytes");
+  CHECK(cairn::format_bytes(14400) == "14.1 KB");
+  CHECK(cairn::format_bytes(int64_t{3} << 20) == "3.0 MB");
+  CHECK(cairn::format_bytes((int64_t{5} << 30) + (int64_t{1} << 29)) == "5.5 GB");
+  // No CUDA runtime to ask on the CPU.
+  CHECK_FALSE(cairn::cuda_memory(torch::Device(torch::kCPU)).has_value());
+}
