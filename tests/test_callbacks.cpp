@@ -294,6 +294,44 @@ TEST_CASE("TerminateOnNaN stops with a reason, and no NaN checkpoint replaces a 
   for (const auto& w : c.at("state_dict").values()) CHECK(torch::isfinite(w.to_tensor()).all().item<bool>());
 }
 
+namespace {
+//! A loss that turns NaN on the device at step `bad_step` without any host
+//! read (nothing sets batch_loss): only the device-side sums know.
+struct DeviceNanAt : cairn::Trainer {
+  int64_t bad_step;
+  DeviceNanAt(cairn::TrainerOptions o, int64_t s) : cairn::Trainer(std::move(o)), bad_step(s) {}
+  at::Tensor training_step(const cairn::Batch& b) override {
+    at::Tensor loss = cairn::Trainer::training_step(b);
+    if (loop().state().global_step + 1 == bad_step) loss = loss * std::nan("");
+    return loss;
+  }
+};
+}  // namespace
+
+TEST_CASE("a loss that went NaN between log points: a stop by signal does not save the NaN state over the last good file") {
+  test::TempDir dir("nan_unread");
+  // Log points every 50 steps, checkpoints every 4: NaN at step 5, SIGTERM's stop at step 7.
+  DeviceNanAt t(cairn::TrainerOptions().max_epochs(3), 5);
+  t.set_model(model()).set_data(data());
+  t.loop().set_run_dir(dir.str());
+  t.add_callback(std::make_shared<cairn::TerminateOnNaN>());
+  t.add_callback(std::make_shared<cairn::Checkpoint>(cairn::CheckpointOptions().every_n_train_steps(4)));
+  t.loop().on(Event::batch_end, [](cairn::Loop& l) {
+    if (l.state().global_step == 7) l.state().request_interrupt(SIGTERM, "test stop");
+  });
+  const auto r = t.fit();
+  CHECK(r.interrupted);
+  CHECK(t.loop().state().invalid_state);
+  CHECK(t.loop().state().global_step == 7);
+  // The weights in memory are NaN; the file on disk is step 4's, finite.
+  bool nan_in_memory = false;
+  for (const auto& p : t.model().module->parameters()) nan_in_memory = nan_in_memory || !torch::isfinite(p).all().item<bool>();
+  CHECK(nan_in_memory);
+  const cairn::Value c = cairn::read_checkpoint(dir / "checkpoints/last.ckpt");
+  CHECK(c.at("global_step").to_int() == 4);
+  for (const auto& w : c.at("state_dict").values()) CHECK(torch::isfinite(w.to_tensor()).all().item<bool>());
+}
+
 TEST_CASE("max_time stops and saves a resumable checkpoint") {
   test::TempDir dir("timer");
   test::write_file(dir / "c.yaml", test::small_config(dir / "run", "  - {name: timer, max_time: 0.3}\n", 40, 3000));

@@ -203,8 +203,10 @@ bool Checkpoint::needs_batch_loss(const Loop& loop) const {
   const auto& st = loop.state();
   if (options_.every_n_train_steps() > 0 && st.global_step % options_.every_n_train_steps() == 0) return true;
   if (options_.train_time_interval() > 0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count() >=
-           options_.train_time_interval();
+    time_decided_step_ = st.global_step;
+    time_decided_due_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count() >=
+                        options_.train_time_interval();
+    if (time_decided_due_) return true;
   }
   return due_;
 }
@@ -214,9 +216,18 @@ void Checkpoint::on_batch_end_due(Loop& loop) {
   bool due = stepped && options_.every_n_train_steps() > 0 &&
              loop.state().global_step % options_.every_n_train_steps() == 0;
   if (!due && options_.train_time_interval() > 0) {
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count();
+    // The decision needs_batch_loss() made for this step (its loss was read
+    // for it); when it was not asked, the loss was read anyway (a log point).
+    bool elapsed_due = false;
+    if (time_decided_step_ == loop.state().global_step) {
+      elapsed_due = time_decided_due_;
+      time_decided_step_ = -1;  // used once (mid-accumulation batches repeat the step number)
+    } else {
+      elapsed_due = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save_time_).count() >=
+                    options_.train_time_interval();
+    }
     // Clocks differ between processes: rank 0's decides, so that all ranks save together.
-    due = loop.rank_zero_decides(elapsed >= options_.train_time_interval());
+    due = loop.rank_zero_decides(elapsed_due);
   }
   // Mid gradient-accumulation the state is not a resume point: save at the cycle's end.
   due_ = due_ || due;

@@ -5,6 +5,7 @@
 #include <torch/optim/optimizer.h>
 
 #include <cmath>
+#include <iostream>
 #include <sstream>
 
 namespace cairn {
@@ -29,6 +30,18 @@ void TerminateOnNaN::on_epoch_end(Loop& loop) {
       << loop.log_every_n_steps() << " steps and at epoch end)";
   st.invalid_state = true;
   st.request_stop(why.str());
+}
+
+void TerminateOnNaN::check_unread(Loop& loop) {
+  auto& st = loop.state();
+  if (st.invalid_state || !loop.unread_loss_nonfinite()) return;
+  std::ostringstream why;
+  why << "terminate on NaN: a training loss before step " << st.global_step + 1
+      << " was NaN or infinite (found when the run ended; losses are read every " << loop.log_every_n_steps()
+      << " steps and at epoch end)";
+  st.invalid_state = true;
+  if (st.stop.reason.empty()) st.stop.reason = why.str();
+  std::cerr << "cairn: " << why.str() << "\n";
 }
 
 Timer::Timer(TimerOptions options) : options_(options) {

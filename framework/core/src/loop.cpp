@@ -203,6 +203,21 @@ bool Loop::nonfinite_loss_since_check() {
   return bad;
 }
 
+bool Loop::unread_loss_nonfinite() {
+  at::Tensor total;
+  auto add = [&](const at::Tensor& t) {
+    const at::Tensor d = t.detach().sum().to(at::kDouble);
+    total = total.defined() ? total + d.to(total.device()) : d;
+  };
+  if (loss_nonfinite_.defined()) add(loss_nonfinite_);
+  for (const auto& name : metrics_.stat_names("train")) {
+    if (name != loss_metric_) continue;
+    const MetricStats& s = metrics_.stats(name);
+    if (s.sums.defined()) add(s.sums);
+  }
+  return total.defined() && !std::isfinite(read_double(total));
+}
+
 void Loop::note_step_loss(const at::Tensor& loss) {
   if (group_) return;  // distributed steps read their values at once
   for (const auto& v : step_tensors_) {

@@ -153,6 +153,10 @@ class Checkpoint : public Callback {
   Book book_;                                    //!< what is kept: top-k files, the best, the newest
   int64_t last_saved_step_ = -1;                 //!< global step of the last save
   bool due_ = false;                             //!< a step save came due mid-accumulation
+  //! needs_batch_loss()'s train_time_interval decision, for the step it was
+  //! made at: the save then happens exactly on steps whose loss was read.
+  mutable int64_t time_decided_step_ = -1;
+  mutable bool time_decided_due_ = false;
   bool warned_invalid_ = false;                  //!< the invalid-state warning was printed
   bool last_saved_epoch_end_ = false;            //!< whether that save was at an epoch's end
   std::chrono::steady_clock::time_point last_save_time_;

@@ -29,6 +29,14 @@ class TerminateOnNaN : public Callback {
   Order order() const override { return Order::monitor; }
   void on_batch_end(Loop& loop) override;
   void on_epoch_end(Loop& loop) override;
+  //! A run stopped by a signal, a Timer or an exception saves at its end:
+  //! the losses not yet read are checked first (one host read), so a state
+  //! that went NaN between log points is not saved over the last good one.
+  void on_fit_end(Loop& loop) override { check_unread(loop); }
+  void on_exception(Loop& loop) override { check_unread(loop); }
+
+ private:
+  void check_unread(Loop& loop);
 };
 
 struct TimerOptions {

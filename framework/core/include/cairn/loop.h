@@ -222,6 +222,12 @@ class Loop {
   //! was inf or NaN since the last call (one host read; TerminateOnNaN asks
   //! at every epoch end, so a NaN between log points is still caught).
   bool nonfinite_loss_since_check();
+  //! Whether a training loss not yet read on the host was inf or NaN: this
+  //! epoch's running sum of the loss metric and the losses note_step_loss()
+  //! watched (one host read; nothing is reset). For decisions outside the
+  //! step path: TerminateOnNaN asks at fit_end and on an exception, so a
+  //! state that went NaN between log points is never saved.
+  bool unread_loss_nonfinite();
   //! Declares `name` a weighted mean kept on the device, so all ranks reduce
   //! it and a resume finds it: the Trainer declares `<split>/loss`.
   void declare_mean(const std::string& name);
