@@ -3,7 +3,7 @@ default (a checkpoint, a logger, a progress bar sent to /dev/null), plus
 early stopping as cairn's side has; prints the median steps/s, or nothing
 when Lightning is not installed.
 
-usage: lightning_loop.py EPOCHS REPEATS     (data and model as python_loop.py)
+usage: lightning_loop.py EPOCHS REPEATS [DEVICE [STEPS]]   (as python_loop.py)
 """
 import os
 import sys
@@ -12,13 +12,14 @@ import time
 import warnings
 
 epochs, repeats = int(sys.argv[1]), int(sys.argv[2])
+args = sys.argv[3:]
 try:
     import lightning as L
 except ImportError:
     sys.exit(0)
 import torch
 
-sys.argv = [sys.argv[0], "0", "0"]  # python_loop.py's data only (its loop runs as a script)
+sys.argv = [sys.argv[0], "0", "0"] + args  # python_loop.py's data only (its loop runs as a script)
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
 warnings.filterwarnings("ignore")
@@ -57,7 +58,7 @@ def run():
     train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.xt, data.yt), batch_size=64, shuffle=True)
     valid = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.xv, data.yv), batch_size=64)
     with tempfile.TemporaryDirectory() as d, open(os.devnull, "w") as null:
-        trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, default_root_dir=d, log_every_n_steps=50,
+        trainer = L.Trainer(max_epochs=epochs, accelerator="gpu" if data.device == "cuda" else "cpu", devices=1, default_root_dir=d, log_every_n_steps=50,
                             callbacks=[L.pytorch.callbacks.EarlyStopping("valid/loss", patience=100),
                                        L.pytorch.callbacks.ModelCheckpoint(monitor="valid/acc", mode="max")],
                             enable_model_summary=False)

@@ -1,6 +1,8 @@
 """The bench_loop workload in Python PyTorch; prints the median steps/s.
 
-usage: python_loop.py EPOCHS REPEATS
+usage: python_loop.py EPOCHS REPEATS [DEVICE [STEPS]]
+    DEVICE cpu (default) or cuda; STEPS > 0 limits an epoch to that many
+    training batches (a smoke run)
 """
 import gzip
 import sys
@@ -10,6 +12,8 @@ import numpy as np
 import torch
 
 epochs, repeats = int(sys.argv[1]), int(sys.argv[2])
+device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
+limit = int(sys.argv[4]) * 64 if len(sys.argv) > 4 and int(sys.argv[4]) > 0 else None
 torch.set_num_threads(1)
 root = "/usr/share/datasets/fashion-mnist/"
 
@@ -30,13 +34,15 @@ g = torch.Generator().manual_seed(0)
 perm = torch.randperm(len(x), generator=g)
 train_idx, valid_idx = perm[:-n_valid].sort().values, perm[-n_valid:].sort().values
 xt, yt, xv, yv = x[train_idx], y[train_idx], x[valid_idx], y[valid_idx]
+if limit:
+    xt, yt = xt[:limit], yt[:limit]
 
 
 def run():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Flatten(), torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Dropout(0.1),
-        torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(128, 10))
+        torch.nn.Linear(256, 128), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(128, 10)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     steps = 0
     t0 = time.perf_counter()
@@ -46,7 +52,7 @@ def run():
         loss_sum = acc_sum = 0.0
         for k in range(0, len(xt), 64):
             idx_ = order[k:k + 64]
-            bx, by = xt.index_select(0, idx_), yt.index_select(0, idx_)
+            bx, by = xt.index_select(0, idx_).to(device), yt.index_select(0, idx_).to(device)
             opt.zero_grad()
             logits = model(bx)
             loss = torch.nn.functional.cross_entropy(logits, by)
@@ -58,9 +64,10 @@ def run():
         model.eval()
         with torch.no_grad():
             for k in range(0, len(xv), 64):
-                logits = model(xv[k:k + 64])
-                torch.nn.functional.cross_entropy(logits, yv[k:k + 64]).item()
-                logits.argmax(1).eq(yv[k:k + 64]).sum().item()
+                bx, by = xv[k:k + 64].to(device), yv[k:k + 64].to(device)
+                logits = model(bx)
+                torch.nn.functional.cross_entropy(logits, by).item()
+                logits.argmax(1).eq(by).sum().item()
     return steps / (time.perf_counter() - t0)
 
 

@@ -33,6 +33,9 @@ echo "== test suite against LibTorch 2.x (PyPI's torch wheel, CUDA build, on thi
 bash scripts/check-build.sh torch2
 (cd build-torch2 && ctest --output-on-failure -j "$(nproc)" "$@")
 
+echo "== bench_loop smoke (20 steps an epoch: it runs, every leg; figures come from full runs, see the README)"
+(cd build-torch2 && ./bench_loop --epochs 1 --repeats 1 --steps 20)
+
 echo "== fuzzing (${CAIRN_FUZZ_SECONDS:-45} s per target)"
 bash scripts/fuzz.sh "${CAIRN_FUZZ_SECONDS:-45}"
 

@@ -281,7 +281,7 @@ TEST_CASE("YAML: foreach and fused keys: errors name the key; a foreach change a
     CHECK(error("{name: adamw, fused: true}") == "(accepted)");
   } else {
     const std::string e = error("{name: adamw, fused: true}");
-    CHECK_MESSAGE(e.find("c.yaml:5:") != std::string::npos, e);
+    CHECK_MESSAGE(e.find("c.yaml:6:") != std::string::npos, e);
     CHECK(e.find("optimizer.fused: fused Adam needs LibTorch 2.4 or newer") != std::string::npos);
   }
 }

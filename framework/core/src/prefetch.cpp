@@ -1,5 +1,7 @@
 #include "prefetch.h"
 
+#include <ATen/Parallel.h>
+
 namespace cairn::detail {
 
 Prefetcher::Prefetcher(Make make) : make_(std::move(make)), thread_([this] { run(); }) {}
@@ -38,6 +40,9 @@ Batch Prefetcher::take(int64_t k, const at::Tensor& indices) {
 }
 
 void Prefetcher::run() {
+  // A new thread starts with OpenMP's default team size: take the one
+  // set_threads() chose (as LibTorch's own worker threads do).
+  at::init_num_threads();
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     cv_.wait(lock, [&] { return stop_ || pending_; });

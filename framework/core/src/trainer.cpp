@@ -264,7 +264,9 @@ void Trainer::place_data() {
   }
   data_on_device_ = device_.is_cuda() && d.train.x.defined() && d.train.x.device() == device_;
   pin_batches_ = device_.is_cuda() && !data_on_device_;
-  prefetch_ = pf == "true" || (pf == "auto" && pin_batches_);
+  // auto: wherever a batch is gathered on the host (a device-resident data
+  // set is gathered by one kernel, nothing to overlap).
+  prefetch_ = pf == "true" || (pf == "auto" && !data_on_device_);
   device_order_ = at::Tensor();
   device_order_epoch_ = -1;
 }

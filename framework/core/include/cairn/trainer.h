@@ -77,9 +77,10 @@ struct TrainerOptions {
   //! order goes to the device once per epoch): no copy and no host wait per step.
   TORCH_ARG(std::string, data_device) = "auto";
   //! Prepare the next training batch on a helper thread while the step runs
-  //! (`data.prefetch`): "auto" (when batches are copied to another device:
-  //! gathered into pinned memory, copied without blocking), "true", "false".
-  //! The batches and their order are the same either way.
+  //! (`data.prefetch`): "auto" (whenever batches are gathered on the host:
+  //! always on the CPU; for a CUDA model, data that stays on the CPU, whose
+  //! batches are gathered into pinned memory and copied without blocking),
+  //! "true", "false". The batches and their order are the same either way.
   TORCH_ARG(std::string, prefetch) = "auto";
 
   // --- more than one process (when the environment names a job: RANK,
