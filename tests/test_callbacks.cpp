@@ -332,6 +332,26 @@ TEST_CASE("a loss that went NaN between log points: a stop by signal does not sa
   for (const auto& w : c.at("state_dict").values()) CHECK(torch::isfinite(w.to_tensor()).all().item<bool>());
 }
 
+TEST_CASE("a NaN epoch that early stopping ends first is still invalid: its epoch-end checkpoint is not saved") {
+  test::TempDir dir("nan_es");
+  // 8 steps an epoch; NaN at step 11 (epoch 2), read only at epoch end (log every 50).
+  DeviceNanAt t(cairn::TrainerOptions().max_epochs(4), 11);
+  t.set_model(model()).set_data(data());
+  t.loop().set_run_dir(dir.str());
+  // Registered first, early stopping asks to stop at epoch 2's end (its
+  // valid/loss is NaN) before TerminateOnNaN's epoch-end check runs.
+  t.add_callback(std::make_shared<cairn::EarlyStopping>(cairn::EarlyStoppingOptions().monitor("valid/loss").patience(0)));
+  t.add_callback(std::make_shared<cairn::TerminateOnNaN>());
+  t.add_callback(std::make_shared<cairn::Checkpoint>(cairn::CheckpointOptions().every_n_epochs(1)));
+  const auto r = t.fit();
+  CHECK(r.stop_reason.find("valid/loss") != std::string::npos);  // early stopping's reason stands
+  CHECK(t.loop().state().invalid_state);
+  CHECK(t.loop().state().global_step == 16);
+  const cairn::Value c = cairn::read_checkpoint(dir / "checkpoints/last.ckpt");
+  CHECK(c.at("global_step").to_int() == 8);
+  for (const auto& w : c.at("state_dict").values()) CHECK(torch::isfinite(w.to_tensor()).all().item<bool>());
+}
+
 TEST_CASE("max_time stops and saves a resumable checkpoint") {
   test::TempDir dir("timer");
   test::write_file(dir / "c.yaml", test::small_config(dir / "run", "  - {name: timer, max_time: 0.3}\n", 40, 3000));

@@ -115,7 +115,7 @@ TEST_CASE("cairn fit --nproc 2 on CUDA: Gloo ranks sharing one GPU, and NCCL wit
 namespace {
 std::string placement_config(const std::string& run, const std::string& data_extra, const std::string& optimizer) {
   return "name: cuda_placement\nseed: 9\nrun: {dir: " + run + "}\n"
-         "data: {name: synthetic, train_size: 600, valid_size: 100, test_size: 100, num_classes: 4, noise: 1.0, "
+         "data: {name: synthetic, train_size: 6000, valid_size: 500, test_size: 500, num_classes: 4, noise: 1.0, "
          "batch_size: 32" + data_extra + "}\n"
          "model: {name: mlp, hidden: [64], dropout: 0.2}\noptimizer: " + optimizer + "\n"
          "trainer: {max_epochs: 3, threads: 1, device: cuda, enable_progress_bar: false}\n"
@@ -138,17 +138,18 @@ TEST_CASE("data on the GPU, or pinned and prefetched from the CPU: the same run 
   }
   CHECK_MESSAGE(last["auto"].first_difference(last["cuda"]) == "", last["auto"].first_difference(last["cuda"]));
   CHECK_MESSAGE(last["cpu"].first_difference(last["cuda"]) == "", last["cpu"].first_difference(last["cuda"]));
-  // SIGKILL-free stop and resume with data on the device: killed by SIGTERM after a checkpoint.
+  // Data on the device, killed with SIGKILL after its first checkpoint, resumed: the same end.
   const std::string cut = dir / "cut";
   test::write_file(cut + ".yaml", placement_config(cut, ", device: cuda", adam));
   const pid_t p = test::spawn({CAIRN_CLI, "fit", "--config", cut + ".yaml"}, cut + ".log");
-  for (int i = 0; i < 600 && !test::fs::exists(cut + "/checkpoints/last.ckpt"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  for (int i = 0; i < 12000 && !test::fs::exists(cut + "/checkpoints/last.ckpt"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   ::kill(p, SIGKILL);
-  test::wait_exit(p);
+  CHECK_MESSAGE(test::wait_exit(p) == 128 + SIGKILL, test::read_file(cut + ".log"));
   const auto r = test::cairn_cli({"fit", "--config", cut + ".yaml"});
   REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  CHECK_MESSAGE(r.output.find("resumed from") != std::string::npos, r.output);
   const cairn::Value c = test::comparable(cairn::read_checkpoint(cut + "/checkpoints/last.ckpt"));
   CHECK_MESSAGE(last["cuda"].first_difference(c) == "", last["cuda"].first_difference(c));
 }

@@ -13,6 +13,8 @@
 #include <torch/cuda.h>
 
 #include <atomic>
+#include <set>
+#include <thread>
 
 namespace {
 
@@ -63,6 +65,46 @@ TEST_CASE("prefetching batches on a helper thread gives the same run bit for bit
   CHECK(test::read_file(dir / "plain/metrics.csv") == test::read_file(dir / "pre/metrics.csv"));
   // The run trained (the comparison is not of untouched weights).
   CHECK(plain.at("global_step").to_int() == 39);
+}
+
+namespace {
+//! Augments on the device side, as a user might: noise from the global
+//! generator, which dropout also draws from. Records the threads it ran on.
+struct NoisyTrainer : cairn::Trainer {
+  using cairn::Trainer::Trainer;
+  std::set<std::thread::id> threads;
+  cairn::Batch to_device(const cairn::Batch& b) override {
+    threads.insert(std::this_thread::get_id());
+    cairn::Batch out = cairn::Trainer::to_device(b);
+    if (out.x.defined() && loop().state().stage == cairn::Stage::train) out.x = out.x + 0.1 * torch::randn_like(out.x);
+    return out;
+  }
+};
+
+std::vector<at::Tensor> noisy_fit(const std::string& prefetch, std::set<std::thread::id>& threads) {
+  torch::manual_seed(3);
+  NoisyTrainer t(cairn::TrainerOptions().max_epochs(2).prefetch(prefetch).run_test(false));
+  cairn::SyntheticOptions so;
+  so.train_size = 160;
+  so.batch_size = 16;
+  t.set_model(cairn::Model::wrap(cairn::make_mlp({{so.features}, {16}, so.num_classes, 0.3})));
+  t.set_data(std::make_shared<cairn::SyntheticData>(so));
+  t.fit();
+  threads = t.threads;
+  std::vector<at::Tensor> w;
+  for (const auto& p : t.model().module->parameters()) w.push_back(p.detach().clone());
+  return w;
+}
+}  // namespace
+
+TEST_CASE("with prefetching, a subclass's to_device still runs on the training thread, in step order: random draws stay exact") {
+  std::set<std::thread::id> with, without;
+  const auto a = noisy_fit("true", with);
+  const auto b = noisy_fit("false", without);
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) CHECK(torch::equal(a[i], b[i]));
+  CHECK(with.size() == 1);
+  CHECK(with == std::set<std::thread::id>{std::this_thread::get_id()});
 }
 
 TEST_CASE("Prefetcher: batches come back for the index asked, in order; an error on the helper thread reaches the step") {

@@ -1,6 +1,7 @@
 #include "cairn/callbacks/guards.h"
 
 #include "cairn/loop.h"
+#include "cairn/trainer.h"
 
 #include <torch/optim/optimizer.h>
 
@@ -24,17 +25,32 @@ void TerminateOnNaN::on_epoch_end(Loop& loop) {
   const bool seen = loop.nonfinite_loss_since_check();
   const auto mean = loop.metrics().last("train/loss");
   const bool bad_mean = mean && !std::isfinite(*mean);
-  if ((!seen && !bad_mean) || st.stop.requested) return;
+  if (!seen && !bad_mean) return;
   std::ostringstream why;
   why << "terminate on NaN: a training loss of epoch " << st.epoch + 1 << " was NaN or infinite (it is read every "
       << loop.log_every_n_steps() << " steps and at epoch end)";
+  // Invalid even when another callback already asked to stop (early
+  // stopping at this epoch's validation): its epoch-end save must not happen.
   st.invalid_state = true;
   st.request_stop(why.str());
 }
 
 void TerminateOnNaN::check_unread(Loop& loop) {
   auto& st = loop.state();
-  if (st.invalid_state || !loop.unread_loss_nonfinite()) return;
+  if (st.invalid_state) return;
+  bool bad = false;
+  try {
+    bad = loop.unread_loss_nonfinite();
+  } catch (const std::exception& e) {
+    // The device cannot be read (a failed kernel leaves CUDA in an error
+    // state): its state cannot be checked, so it is not saved either. The
+    // original exception stays the one fit() reports.
+    st.invalid_state = true;
+    std::cerr << "cairn: warning: the training losses could not be read to check them (" << short_error(e.what())
+              << "); the state is not saved\n";
+    return;
+  }
+  if (!bad) return;
   std::ostringstream why;
   why << "terminate on NaN: a training loss before step " << st.global_step + 1
       << " was NaN or infinite (found when the run ended; losses are read every " << loop.log_every_n_steps()

@@ -1,8 +1,9 @@
 // The list ("foreach") and fused steps of Adam, AdamW and SGD. Each performs
 // LibTorch's per-parameter arithmetic (torch/csrc/api/src/optim/*.cpp) in the
-// same order, operation by operation, so foreach and for_loop agree bit for
-// bit: on the CPU a `_foreach_` op runs the very kernel of the single-tensor
-// op for each list item; on CUDA it runs the same math in one launch.
+// same order, operation by operation. On the CPU a `_foreach_` op runs the
+// very kernel of the single-tensor op for each list item, so foreach and
+// for_loop agree bit for bit; on CUDA a list op is one launch of its own
+// kernel, which may round differently (a scalar division, for one).
 #include "cairn/optimizers.h"
 
 #include "optim/state_key.h"
@@ -14,6 +15,7 @@
 #include <cmath>
 #include <map>
 #include <stdexcept>
+#include <tuple>
 
 namespace cairn {
 
@@ -55,10 +57,13 @@ namespace optim = torch::optim;
 struct AdamBucket {
   std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs;
 };
+//! Step count, then (for the fused kernels, which take one device and dtype
+//! per call) the device and dtype.
+using BucketKey = std::tuple<int64_t, std::string, int>;
 
 template <class State, class Options, class StateMap>
-std::map<int64_t, AdamBucket> adam_buckets(optim::OptimizerParamGroup& group, StateMap& state, const Options& o) {
-  std::map<int64_t, AdamBucket> buckets;
+std::map<BucketKey, AdamBucket> adam_buckets(optim::OptimizerParamGroup& group, StateMap& state, const Options& o) {
+  std::map<BucketKey, AdamBucket> buckets;
   for (auto& p : group.params()) {
     if (!p.grad().defined()) continue;
     TORCH_CHECK(!p.grad().is_sparse(), "Adam does not support sparse gradients");
@@ -74,7 +79,7 @@ std::map<int64_t, AdamBucket> adam_buckets(optim::OptimizerParamGroup& group, St
     }
     auto& s = static_cast<State&>(*it->second);
     s.step(s.step() + 1);
-    AdamBucket& b = buckets[s.step()];
+    AdamBucket& b = buckets[BucketKey{s.step(), p.device().str(), static_cast<int>(p.scalar_type())}];
     b.params.push_back(p);
     b.grads.push_back(p.grad());
     b.exp_avgs.push_back(s.exp_avg());
@@ -90,7 +95,7 @@ void adam_step(std::vector<optim::OptimizerParamGroup>& groups, StateMap& state,
     auto& o = static_cast<Options&>(group.options());
     const double beta1 = std::get<0>(o.betas()), beta2 = std::get<1>(o.betas());
     for (auto& kv : adam_buckets<State>(group, state, o)) {
-      const int64_t step = kv.first;
+      const int64_t step = std::get<0>(kv.first);
       AdamBucket& b = kv.second;
       if (mode == StepMode::fused) {
         // PyTorch's fused path: one float32 step tensor per parameter, already counted.

@@ -174,17 +174,17 @@ Batch Trainer::to_device(const Batch& b) {
 
 Batch Trainer::training_batch(const at::Tensor& indices) {
   const TensorDataset& train = data().train;
-  if (!pin_batches_) return to_device(train.gather(indices));
+  if (!pin_batches_) return train.gather(indices);
   // Gathered straight into pinned host memory (no second host copy).
   auto gather = [&](const at::Tensor& src) {
-    if (!src.defined()) return src;
+    if (!src.defined() || !src.is_cpu()) return src.defined() ? src.index_select(0, indices.to(src.device())) : src;
     std::vector<int64_t> shape(src.sizes().begin(), src.sizes().end());
     shape[0] = indices.size(0);
     at::Tensor out = at::empty(shape, src.options().pinned_memory(true));
     at::index_select_out(out, src, 0, indices);
     return out;
   };
-  return to_device(Batch{gather(train.x), gather(train.y)});
+  return Batch{gather(train.x), gather(train.y)};
 }
 
 at::Tensor Trainer::device_order(EpochSampler& sampler, int64_t epoch) {
@@ -257,9 +257,16 @@ void Trainer::place_data() {
     }
   }
   if (move) {
-    for (TensorDataset* t : {&d.train, &d.valid, &d.test}) {
-      if (t->x.defined()) t->x = t->x.to(device_);
-      if (t->y.defined()) t->y = t->y.to(device_);
+    try {
+      for (TensorDataset* t : {&d.train, &d.valid, &d.test}) {
+        if (t->x.defined()) t->x = t->x.to(device_);
+        if (t->y.defined()) t->y = t->y.to(device_);
+      }
+    } catch (const c10::Error& e) {
+      // Where the free memory could not be asked beforehand.
+      if (std::string(e.what()).find("out of memory") == std::string::npos) throw;
+      throw std::invalid_argument("data.device: " + want + ": the data sets, " + sizes + ", do not fit on " +
+                                  device_.str() + " (out of memory); use data.device: cpu");
     }
   }
   data_on_device_ = device_.is_cuda() && d.train.x.defined() && d.train.x.device() == device_;
@@ -309,6 +316,9 @@ void Trainer::setup() {
   const DistEnv env = DistEnv::from_environment();
   // In a job, LOCAL_RANK picks this process's GPU (see device_for_rank).
   device_ = device_for_rank(resolve_device(options_.device()), env);
+  // "cuda" without an index is device 0 (CUDA_VISIBLE_DEVICES' first): with
+  // the index, tensors' devices compare equal to it.
+  if (device_.is_cuda() && !device_.has_index()) device_ = torch::Device(torch::kCUDA, 0);
   if (!group_ && env.distributed()) {
     group_ = ProcessGroup::join(env, std::chrono::milliseconds(static_cast<int64_t>(options_.dist_timeout() * 1000)),
                                 options_.dist_backend(), device_);
@@ -439,7 +449,9 @@ void Trainer::train_epoch(EpochSampler& sampler) {
       }
       zero.backward();
     } else {
-    Batch batch = prefetcher ? prefetcher->take(k, indices) : training_batch(indices);
+    // Gathered on the helper thread; moved to the device here (to_device may
+    // be a user's override: it runs on this thread, in step order).
+    Batch batch = to_device(prefetcher ? prefetcher->take(k, indices) : training_batch(indices));
     if (prefetcher && k + 1 < n) {
       double next_weight = 1.0;
       at::Tensor next = rows(k + 1, next_weight);

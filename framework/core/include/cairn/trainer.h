@@ -80,7 +80,8 @@ struct TrainerOptions {
   //! (`data.prefetch`): "auto" (whenever batches are gathered on the host:
   //! always on the CPU; for a CUDA model, data that stays on the CPU, whose
   //! batches are gathered into pinned memory and copied without blocking),
-  //! "true", "false". The batches and their order are the same either way.
+  //! "true", "false". The helper thread only gathers rows; to_device() runs
+  //! on the training thread. The batches and their order are the same either way.
   TORCH_ARG(std::string, prefetch) = "auto";
 
   // --- more than one process (when the environment names a job: RANK,
@@ -184,7 +185,10 @@ class Trainer {
   //! Creates the optimizer (and scheduler) unless set_optimizer() was called.
   //! The default is Adam(lr=1e-3) over the model's parameters.
   virtual void configure_optimizers();
-  //! Moves a batch to device().
+  //! Moves a batch to device() (from pinned memory without blocking when the
+  //! data stays on the CPU for a CUDA model). Called on the training thread,
+  //! in step order, also when the next batch's rows are gathered ahead on the
+  //! helper thread (data.prefetch): an override may draw random numbers.
   virtual Batch to_device(const Batch& batch);
 
   //! What the default steps share: the loss of `output` against batch.y,
@@ -214,7 +218,8 @@ class Trainer {
   //! Moves the data sets to the model's device when options().data_device()
   //! asks (or auto chooses) and decides whether batches are prefetched.
   void place_data();
-  //! The training rows of batch `k`: the gathered, device-ready batch.
+  //! The training rows `indices` gathered (into pinned memory when batches
+  //! are copied to a CUDA device); to_device() then moves them.
   Batch training_batch(const at::Tensor& indices);
   //! The epoch's order as indices on the device (for data kept there).
   at::Tensor device_order(EpochSampler& sampler, int64_t epoch);

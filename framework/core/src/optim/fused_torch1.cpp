@@ -1,6 +1,8 @@
-// LibTorch before 2.4: no fused Adam on the CPU and no fused AdamW at all, so
-// fused steps are refused (MultiTensorOptimizer::check_device says so before
-// training starts). CMake compiles this file or fused_torch2.cpp by version.
+// LibTorch before 2.4: no fused Adam kernel on the CPU (1.13 has a CUDA one
+// for Adam only; 2.0-2.3 CUDA ones whose signatures moved between versions).
+// cairn uses fused kernels from 2.4 on and refuses them before
+// (MultiTensorOptimizer::check_device says so before training starts).
+// CMake compiles this file or fused_torch2.cpp by version.
 #include "cairn/optimizers.h"
 
 #include <stdexcept>
