@@ -71,3 +71,22 @@ TEST_CASE("best trackers follow min and max with min_delta") {
   CHECK(!copy.improves(0.59));
   CHECK_THROWS_AS(cairn::parse_mode("maximum"), std::invalid_argument);
 }
+
+TEST_CASE("a mid-epoch checkpoint from before metrics were statistics: its host accuracy mean joins the new statistics (one value)") {
+  // The old format's train/acc: batch accuracies times batch sizes (3 correct of 4), on the host.
+  cairn::MetricLog log;
+  log.declare("train/acc", std::make_shared<cairn::Accuracy>());
+  cairn::Value old = cairn::Value::dict();
+  old.set("train/acc", cairn::Value(std::vector<double>{3.0, 4.0}));
+  log.load_accumulator_state(old);
+  // The resumed epoch goes on with 2 more examples, one correct.
+  const at::Tensor logits = torch::tensor({{2.0, 0.0}, {2.0, 0.0}});
+  log.update("train/acc", logits, torch::tensor({0, 1}, torch::kLong));
+  log.flush("train", 0, 3);
+  REQUIRE(log.series("train/acc").size() == 1);
+  CHECK(*log.last("train/acc") == doctest::Approx(4.0 / 6.0).epsilon(1e-15));
+  // A host mean no metric can take keeps its old behaviour: logged as a mean.
+  log.accumulate("train/other", 0.5, 2);
+  log.flush("train", 1, 6);
+  CHECK(*log.last("train/other") == 0.5);
+}

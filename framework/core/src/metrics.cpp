@@ -120,6 +120,10 @@ void MetricLog::flush(const std::string& split, int64_t epoch, int64_t step) {
   std::vector<std::pair<std::string, Accumulator>> keep;
   for (auto& kv : accumulators_) {
     if (split_name(kv.first).first == split) {
+      // A checkpoint written before metrics were statistics carries the
+      // epoch's first part as a host mean: one value, not two rows.
+      StatEntry* e = find_stat(kv.first);
+      if (e && e->metric && e->metric->fold_host_mean(e->stats, kv.second.sum, kv.second.weight)) continue;
       if (kv.second.weight > 0) log(kv.first, kv.second.sum / kv.second.weight, epoch, step);
     } else {
       keep.push_back(kv);

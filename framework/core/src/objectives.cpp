@@ -157,6 +157,13 @@ void Accuracy::update(MetricStats& s, const at::Tensor& output, const at::Tensor
   s.count += static_cast<double>(target.numel());
 }
 
+bool Accuracy::fold_host_mean(MetricStats& s, double sum, double weight) const {
+  const at::Tensor correct = at::tensor(std::vector<double>{sum}, at::kDouble);
+  s.sums = s.sums.defined() ? s.sums + correct.to(s.sums.device()) : correct;
+  s.count += weight;
+  return true;
+}
+
 double Accuracy::compute(const MetricStats& s) const {
   if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
   return host(read_to_cpu(s.sums), 0) / s.count;

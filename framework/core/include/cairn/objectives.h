@@ -139,6 +139,13 @@ class Metric {
   virtual double compute(const MetricStats& stats) const = 0;
   //! Throws ShapeMismatch when `output` and `target` cannot be measured.
   virtual void check(const at::Tensor& output, const at::Tensor& target) const = 0;
+  //! Takes a running mean kept on the host by checkpoints written before
+  //! metrics were statistics (sum of batch value x batch size, total size)
+  //! into `stats`, when this metric can; returns whether it did.
+  virtual bool fold_host_mean(MetricStats& stats, double sum, double weight) const {
+    (void)stats, (void)sum, (void)weight;
+    return false;
+  }
 };
 
 //! Fraction of correct predictions (see the table above). Logged as "acc".
@@ -148,6 +155,9 @@ class Accuracy : public Metric {
   void update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const override;
   double compute(const MetricStats& s) const override;
   void check(const at::Tensor& output, const at::Tensor& target) const override;
+  //! The old host mean of batch accuracies weighted by batch size is the
+  //! count of correct predictions over the examples: exactly these statistics.
+  bool fold_host_mean(MetricStats& stats, double sum, double weight) const override;
 };
 
 //! A target among the k largest outputs. Logged as "top{k}_acc".
