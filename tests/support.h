@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
@@ -235,6 +236,31 @@ inline cairn::Value comparable(cairn::Value c) {
     }
   }
   return c;
+}
+
+//! Fits the YAML experiment `first` in-process, stopped (as SIGTERM would)
+//! at global step `stop` (0: never), then resumed with config `second` (""
+//! for `first` again); returns the final checkpoint, comparable across runs.
+//! `on_stop` sees the run directory's last.ckpt each time the run stopped.
+inline cairn::Value fit_stop_resume(const std::string& first, const std::string& second, int64_t stop,
+                                    const std::function<void(const cairn::Value&)>& on_stop = {}) {
+  cairn::register_builtin_callbacks();
+  const std::string rounds[2] = {first, second.empty() ? first : second};
+  for (int round = 0; round < 2; ++round) {
+    auto spec = cairn::parse_experiment(rounds[round]);
+    auto t = cairn::build_trainer(spec);
+    t->resume_from(spec.run_dir + "/checkpoints");
+    if (round == 0 && stop > 0) {
+      t->loop().on(cairn::Event::batch_end, [stop](cairn::Loop& l) {
+        if (l.state().global_step == stop) l.state().request_interrupt(SIGTERM, "test stop");
+      });
+    }
+    const std::string last = spec.run_dir + "/checkpoints/last.ckpt";
+    if (!t->fit().interrupted) return comparable(cairn::read_checkpoint(last));
+    if (on_stop) on_stop(cairn::read_checkpoint(last));
+  }
+  FAIL("the run did not finish");
+  return {};
 }
 
 //! A process's live children (a launcher's workers), from /proc, by pid.

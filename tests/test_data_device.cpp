@@ -31,21 +31,9 @@ std::string config(const std::string& run, const std::string& data_extra) {
 //! Fits `path` in-process, stopped (as SIGTERM would) at global step `stop`
 //! (0: never) and resumed; the final checkpoint, comparable across runs.
 cairn::Value fit(const std::string& path, int64_t stop, int* stops = nullptr) {
-  cairn::register_builtin_callbacks();
-  for (int round = 0; round < 2; ++round) {
-    auto spec = cairn::parse_experiment(path);
-    auto t = cairn::build_trainer(spec);
-    t->resume_from(spec.run_dir + "/checkpoints");
-    if (round == 0 && stop > 0) {
-      t->loop().on(cairn::Event::batch_end, [stop](cairn::Loop& l) {
-        if (l.state().global_step == stop) l.state().request_interrupt(SIGTERM, "test stop");
-      });
-    }
-    if (!t->fit().interrupted) return test::comparable(cairn::read_checkpoint(spec.run_dir + "/checkpoints/last.ckpt"));
+  return test::fit_stop_resume(path, "", stop, [stops](const cairn::Value&) {
     if (stops) ++*stops;
-  }
-  FAIL("the run did not finish");
-  return {};
+  });
 }
 
 }  // namespace

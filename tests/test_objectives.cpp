@@ -282,24 +282,10 @@ std::string binary_config(const std::string& run) {
 
 //! Fits `yaml` in-process, interrupted (as SIGTERM would) at global step `stop` (0: never), then resumed.
 cairn::Value fit(const std::string& yaml_path, int64_t stop) {
-  cairn::register_builtin_callbacks();
-  for (int round = 0; round < 2; ++round) {
-    auto spec = cairn::parse_experiment(yaml_path);
-    auto t = cairn::build_trainer(spec);
-    t->resume_from(spec.run_dir + "/checkpoints");
-    if (round == 0 && stop > 0) {
-      t->loop().on(cairn::Event::batch_end, [stop](cairn::Loop& l) {
-        if (l.state().global_step == stop) l.state().request_interrupt(SIGTERM, "test stop");
-      });
-    }
-    const cairn::FitResult r = t->fit();
-    if (!r.interrupted) return test::comparable(cairn::read_checkpoint(spec.run_dir + "/checkpoints/last.ckpt"));
+  return test::fit_stop_resume(yaml_path, "", stop, [](const cairn::Value& mid) {
     // Stopped mid-epoch: the checkpoint carries the epoch's running statistics.
-    const cairn::Value mid = cairn::read_checkpoint(spec.run_dir + "/checkpoints/last.ckpt");
     CHECK(mid.at("loop").at("metric_states").size() > 0);
-  }
-  FAIL("the run did not finish");
-  return {};
+  });
 }
 }  // namespace
 

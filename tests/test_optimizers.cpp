@@ -211,20 +211,7 @@ std::string optim_config(const std::string& run, const std::string& optimizer) {
 //! Fits config `first` in-process, stops it (as SIGTERM would) at global step
 //! `stop` (0: never), then resumes it with config `second`; the final checkpoint.
 cairn::Value fit_then_resume(const std::string& first, const std::string& second, int64_t stop) {
-  cairn::register_builtin_callbacks();
-  for (const std::string& path : {first, second}) {
-    auto spec = cairn::parse_experiment(path);
-    auto t = cairn::build_trainer(spec);
-    t->resume_from(spec.run_dir + "/checkpoints");
-    if (path == first && stop > 0) {
-      t->loop().on(cairn::Event::batch_end, [stop](cairn::Loop& l) {
-        if (l.state().global_step == stop) l.state().request_interrupt(SIGTERM, "test stop");
-      });
-    }
-    if (!t->fit().interrupted) return test::comparable(cairn::read_checkpoint(spec.run_dir + "/checkpoints/last.ckpt"));
-  }
-  FAIL("the run did not finish");
-  return {};
+  return test::fit_stop_resume(first, second, stop);
 }
 }  // namespace
 

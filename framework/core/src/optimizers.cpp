@@ -153,32 +153,36 @@ at::Tensor with_closure(const optim::Optimizer::LossClosure& closure, Body body)
   body();
   return loss;
 }
+
+//! Adam's and AdamW's step(): LibTorch's own (`base`) for the per-parameter
+//! mode, else the list or fused arithmetic.
+template <class State, class Options, class StateMap, class BaseStep>
+at::Tensor adam_like_step(const MultiTensorOptimizer& self, std::vector<optim::OptimizerParamGroup>& groups,
+                          StateMap& state, bool decoupled, optim::Optimizer::LossClosure closure, BaseStep base) {
+  const c10::Device device = params_device(groups);
+  const StepMode mode = self.mode_on(device);
+  if (mode == StepMode::for_loop) return base(std::move(closure));
+  if (mode == StepMode::fused) self.check_device(device);
+  return with_closure(closure, [&] { adam_step<State, Options>(groups, state, decoupled, mode); });
+}
 }  // namespace
 
 Adam::Adam(std::vector<at::Tensor> params, torch::optim::AdamOptions options, StepMode mode)
     : torch::optim::Adam(std::move(params), options), MultiTensorOptimizer(mode) {}
 
 at::Tensor Adam::step(LossClosure closure) {
-  const c10::Device device = params_device(param_groups_);
-  const StepMode mode = mode_on(device);
-  if (mode == StepMode::for_loop) return torch::optim::Adam::step(std::move(closure));
-  if (mode == StepMode::fused) check_device(device);
-  return with_closure(closure, [&] {
-    adam_step<torch::optim::AdamParamState, torch::optim::AdamOptions>(param_groups_, state_, false, mode);
-  });
+  return adam_like_step<torch::optim::AdamParamState, torch::optim::AdamOptions>(
+      *this, param_groups_, state_, /*decoupled=*/false, std::move(closure),
+      [this](LossClosure c) { return torch::optim::Adam::step(std::move(c)); });
 }
 
 AdamW::AdamW(std::vector<at::Tensor> params, torch::optim::AdamWOptions options, StepMode mode)
     : torch::optim::AdamW(std::move(params), options), MultiTensorOptimizer(mode) {}
 
 at::Tensor AdamW::step(LossClosure closure) {
-  const c10::Device device = params_device(param_groups_);
-  const StepMode mode = mode_on(device);
-  if (mode == StepMode::for_loop) return torch::optim::AdamW::step(std::move(closure));
-  if (mode == StepMode::fused) check_device(device);
-  return with_closure(closure, [&] {
-    adam_step<torch::optim::AdamWParamState, torch::optim::AdamWOptions>(param_groups_, state_, true, mode);
-  });
+  return adam_like_step<torch::optim::AdamWParamState, torch::optim::AdamWOptions>(
+      *this, param_groups_, state_, /*decoupled=*/true, std::move(closure),
+      [this](LossClosure c) { return torch::optim::AdamW::step(std::move(c)); });
 }
 
 SGD::SGD(std::vector<at::Tensor> params, torch::optim::SGDOptions options, StepMode mode)
