@@ -5,7 +5,7 @@
 // loop too when CAIRN_PYTHON has torch, and Lightning's
 // (bench/lightning_loop.py) when it has lightning. Each of cairn's speed
 // levers is measured on its own (prefetch, foreach, fused; on CUDA also the
-// data kept on the CPU), so its share shows.
+// data kept on the CPU and CUDA graphs), so its share shows.
 //
 //   ./build/bench_loop [--epochs N] [--repeats R] [--device cpu|cuda] [--steps S]
 //
@@ -91,6 +91,7 @@ struct Leg {
   std::string label;
   std::string data_device = "auto", prefetch = "auto";
   cairn::StepMode step = cairn::StepMode::automatic;
+  bool cuda_graphs = false;
 };
 
 // cairn's Trainer with what `cairn fit` attaches by default plus early stopping.
@@ -104,7 +105,8 @@ double with_cairn(const cairn::DataModule& src, int64_t epochs, const std::strin
                        .run_test(false)
                        .device(device)
                        .data_device(leg.data_device)
-                       .prefetch(leg.prefetch));
+                       .prefetch(leg.prefetch)
+                       .cuda_graphs(leg.cuda_graphs));
   auto model = make_model();
   t.set_model(cairn::Model::wrap(model)).set_data(std::make_shared<SameData>(src));
   t.set_optimizer(std::make_shared<cairn::Adam>(model->parameters(), torch::optim::AdamOptions(1e-3), leg.step));
@@ -157,6 +159,13 @@ int main(int argc, char** argv) {
   }
   if (cairn::fused_adam_available(dev)) {
     legs.push_back({"  fused optimizer step", "auto", "auto", cairn::StepMode::fused});
+  }
+  if (cuda) {
+    // The step captured once and replayed (trainer.cuda_graphs), alone and with the fused step.
+    legs.push_back({"  CUDA graphs (trainer.cuda_graphs)", "auto", "auto", cairn::StepMode::automatic, true});
+    if (cairn::fused_adam_available(dev)) {
+      legs.push_back({"  CUDA graphs + fused optimizer step", "auto", "auto", cairn::StepMode::fused, true});
+    }
   }
   std::vector<double> hand;
   std::vector<std::vector<double>> rates(legs.size());

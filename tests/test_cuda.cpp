@@ -177,3 +177,104 @@ TEST_CASE("on CUDA the default Adam steps with foreach; foreach and fused agains
   cairn::Adam adam(net->parameters());
   CHECK(adam.mode_on(net->parameters()[0].device()) == cairn::StepMode::foreach);
 }
+
+namespace {
+std::string graphs_config(const std::string& run, const std::string& graphs) {
+  return "name: cuda_graphs\nseed: 9\nrun: {dir: " + run + "}\n"
+         "data: {name: synthetic, train_size: 6000, valid_size: 500, test_size: 500, num_classes: 4, noise: 1.0, "
+         "batch_size: 32}\n"
+         "model: {name: mlp, hidden: [64], dropout: 0.2}\noptimizer: {name: adam, lr: 0.01}\n"
+         "trainer: {max_epochs: 3, threads: 1, device: cuda, enable_progress_bar: false, cuda_graphs: " + graphs + "}\n"
+         "callbacks:\n  - {name: checkpoint, monitor: valid/acc, mode: max, every_n_train_steps: 7}\n";
+}
+}  // namespace
+
+TEST_CASE("trainer.cuda_graphs: the captured step equals the uncaptured run bit for bit (dropout too), also after SIGKILL "
+          "and resume" * doctest::skip(!torch::cuda::is_available())) {
+  // 6000 examples in batches of 32: 187 captured replays and a last batch of
+  // 16 run uncaptured each epoch; checkpoints every 7 steps.
+  test::TempDir dir("cuda_graphs");
+  std::map<std::string, cairn::Value> last;
+  for (const std::string graphs : {"false", "true"}) {
+    const std::string run = dir / graphs;
+    test::write_file(run + ".yaml", graphs_config(run, graphs));
+    const auto r = test::cairn_cli({"fit", "--config", run + ".yaml"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+    CHECK_MESSAGE(r.output.find("warning: trainer.cuda_graphs") == std::string::npos, r.output);
+    if (graphs == "true") CHECK_MESSAGE(r.output.find("training step captured") != std::string::npos, r.output);
+    last[graphs] = test::comparable(cairn::read_checkpoint(run + "/checkpoints/last.ckpt"));
+  }
+  CHECK_MESSAGE(last["false"].first_difference(last["true"]) == "", last["false"].first_difference(last["true"]));
+  CHECK(test::read_file(dir / "false/metrics.csv") == test::read_file(dir / "true/metrics.csv"));
+  // Killed with SIGKILL after its first checkpoint, resumed (captured again): the same end.
+  const std::string cut = dir / "cut";
+  test::write_file(cut + ".yaml", graphs_config(cut, "true"));
+  const pid_t p = test::spawn({CAIRN_CLI, "fit", "--config", cut + ".yaml"}, cut + ".log");
+  for (int i = 0; i < 12000 && !test::fs::exists(cut + "/checkpoints/last.ckpt"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ::kill(p, SIGKILL);
+  CHECK_MESSAGE(test::wait_exit(p) == 128 + SIGKILL, test::read_file(cut + ".log"));
+  const auto r = test::cairn_cli({"fit", "--config", cut + ".yaml"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  CHECK_MESSAGE(r.output.find("resumed from") != std::string::npos, r.output);
+  const cairn::Value c = test::comparable(cairn::read_checkpoint(cut + "/checkpoints/last.ckpt"));
+  CHECK_MESSAGE(last["false"].first_difference(c) == "", last["false"].first_difference(c));
+}
+
+namespace {
+//! A step that reads its loss on the host every time: it cannot be captured.
+struct ReadingTrainer : cairn::Trainer {
+  using cairn::Trainer::Trainer;
+  bool read = false;
+  double total = 0;
+  at::Tensor training_step(const cairn::Batch& b) override {
+    at::Tensor loss = cairn::Trainer::training_step(b);
+    if (read) total += loss.item<double>();
+    return loss;
+  }
+};
+
+struct GraphRun {
+  std::vector<at::Tensor> state;  //!< parameters and buffers (BatchNorm's running statistics)
+  std::string err;
+};
+
+GraphRun graph_run(bool graphs, bool read) {
+  torch::manual_seed(4);
+  ReadingTrainer t(cairn::TrainerOptions().max_epochs(2).device("cuda").cuda_graphs(graphs).run_test(false));
+  t.read = read;
+  torch::nn::Sequential net(torch::nn::Linear(16, 32), torch::nn::BatchNorm1d(32), torch::nn::ReLU(),
+                            torch::nn::Dropout(0.3), torch::nn::Linear(32, 4));
+  t.set_model(cairn::Model::wrap(net));
+  t.set_data(test::synthetic(1000, 16));
+  std::ostringstream err;
+  std::streambuf* old = std::cerr.rdbuf(err.rdbuf());
+  try {
+    t.fit();
+  } catch (...) {
+    std::cerr.rdbuf(old);
+    throw;
+  }
+  std::cerr.rdbuf(old);
+  GraphRun out{{}, err.str()};
+  for (const auto& p : net->parameters()) out.state.push_back(p.detach().cpu());
+  for (const auto& b : net->buffers()) out.state.push_back(b.detach().cpu());
+  return out;
+}
+}  // namespace
+
+TEST_CASE("trainer.cuda_graphs: BatchNorm buffers replay exactly; a step that reads the device trains uncaptured, warned "
+          "once" * doctest::skip(!torch::cuda::is_available())) {
+  const GraphRun off = graph_run(false, false);
+  const GraphRun on = graph_run(true, false);
+  CHECK_MESSAGE(on.err.find("trainer.cuda_graphs") == std::string::npos, on.err);
+  REQUIRE(off.state.size() == on.state.size());
+  for (size_t i = 0; i < off.state.size(); ++i) CHECK(torch::equal(off.state[i], on.state[i]));
+  const GraphRun reading = graph_run(true, true);
+  const std::string warning = "cairn: warning: trainer.cuda_graphs: the training step waits for the device";
+  const size_t at = reading.err.find(warning);
+  CHECK_MESSAGE(at != std::string::npos, reading.err);
+  CHECK(reading.err.find("trainer.cuda_graphs", at + warning.size()) == std::string::npos);  // once
+  for (size_t i = 0; i < off.state.size(); ++i) CHECK(torch::equal(off.state[i], reading.state[i]));
+}

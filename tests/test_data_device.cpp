@@ -2,8 +2,9 @@
 // data_device and prefetch; YAML data.device and data.prefetch): prefetched
 // batches on a helper thread give the same run bit for bit, also across a
 // stop and resume mid-epoch; data.device that cannot be honoured is exit 2
-// naming the key and the sizes. (The CUDA side, data gathered on the device
-// and pinned copies, is in test_cuda.cpp.)
+// naming the key and the sizes; trainer.cuda_graphs where it cannot capture
+// trains as without, saying why. (The CUDA side, data gathered on the device,
+// pinned copies and captured steps, is in test_cuda.cpp.)
 #include "support.h"
 
 #include <cairn/callbacks.h>
@@ -155,6 +156,49 @@ TEST_CASE("data.device and data.prefetch: values that cannot work are exit 2 nam
   test::write_file(cfg, config(dir / "run2", ", device: cpu"));
   r = test::cairn_cli({"fit", "--config", cfg});
   CHECK_MESSAGE(r.exit_code == 0, r.output);
+}
+
+TEST_CASE("trainer.cuda_graphs where it cannot capture: one warning saying why, and the same run as without") {
+  // On the CPU (and on 1.13) the step is never captured: the run must say
+  // so once and train exactly as with cuda_graphs off. Switching the key at
+  // a resume is a safe change (a captured step equals the uncaptured one).
+  test::TempDir dir("graphs_cpu");
+  auto with_graphs = [](std::string text, const std::string& value) {
+    const std::string key = "enable_progress_bar: false";
+    return text.replace(text.find(key), key.size(), key + ", cuda_graphs: " + value);
+  };
+  test::write_file(dir / "off.yaml", with_graphs(config(dir / "off", ""), "false"));
+  test::write_file(dir / "on.yaml", with_graphs(config(dir / "on", ""), "true"));
+  auto off = test::cairn_cli({"fit", "--config", dir / "off.yaml", "--set", "trainer.device=cpu"});
+  REQUIRE_MESSAGE(off.exit_code == 0, off.output);
+  CHECK(off.output.find("cuda_graphs") == std::string::npos);
+  auto on = test::cairn_cli({"fit", "--config", dir / "on.yaml", "--set", "trainer.device=cpu"});
+  REQUIRE_MESSAGE(on.exit_code == 0, on.output);
+  const std::string warning = "cairn: warning: trainer.cuda_graphs: ";
+  const size_t at = on.output.find(warning);
+  REQUIRE_MESSAGE(at != std::string::npos, on.output);
+  CHECK(on.output.find(warning, at + 1) == std::string::npos);  // once
+  const std::string why = on.output.substr(at, on.output.find('\n', at) - at);
+  CHECK_MESSAGE((why.find("the model is on cpu and CUDA graphs need a CUDA device; training uncaptured") !=
+                     std::string::npos ||
+                 why.find("this LibTorch cannot capture CUDA graphs") != std::string::npos),
+                why);
+  const cairn::Value a = test::comparable(cairn::read_checkpoint(dir / "off/checkpoints/last.ckpt"));
+  const cairn::Value b = test::comparable(cairn::read_checkpoint(dir / "on/checkpoints/last.ckpt"));
+  CHECK_MESSAGE(a.first_difference(b) == "", a.first_difference(b));
+  CHECK(test::read_file(dir / "off/metrics.csv") == test::read_file(dir / "on/metrics.csv"));
+  // A safe change at a resume: noted, not refused.
+  auto more = test::cairn_cli({"fit", "--config", dir / "off.yaml", "--set", "trainer.device=cpu", "--set",
+                               "trainer.max_epochs=4", "--set", "trainer.cuda_graphs=true"});
+  CHECK_MESSAGE(more.exit_code == 0, more.output);
+  CHECK_MESSAGE(more.output.find("config change on resume: trainer.cuda_graphs: false -> true") != std::string::npos,
+                more.output);
+  // Not a boolean: exit 2 at the key.
+  test::write_file(dir / "bad.yaml", with_graphs(config(dir / "bad", ""), "sometimes"));
+  auto bad = test::cairn_cli({"fit", "--config", dir / "bad.yaml"});
+  CHECK(bad.exit_code == 2);
+  CHECK_MESSAGE(bad.output.find("bad.yaml:7:") != std::string::npos, bad.output);
+  CHECK(bad.output.find("trainer.cuda_graphs") != std::string::npos);
 }
 
 TEST_CASE("format_bytes names sizes in messages") {

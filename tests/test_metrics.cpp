@@ -90,3 +90,40 @@ TEST_CASE("a mid-epoch checkpoint from before metrics were statistics: its host 
   log.flush("train", 1, 6);
   CHECK(*log.last("train/other") == 0.5);
 }
+
+TEST_CASE("Loop::record_step_logs: a captured step's logs are recorded, then applied to the tensors as they are then; host values are refused") {
+  // trainer.cuda_graphs records what the step logs and applies it after each
+  // replay, which rewrites the same tensors: each application must see the
+  // values of that moment, as an uncaptured step would have logged them.
+  cairn::Loop loop;
+  loop.state().stage = cairn::Stage::train;
+  loop.declare_mean("train/loss");
+  loop.declare_metric("train/acc", std::make_shared<cairn::Accuracy>());
+  at::Tensor loss = torch::tensor({0.25});
+  at::Tensor logits = torch::tensor({{2.0, 0.0}, {0.0, 2.0}});
+  const at::Tensor y = torch::tensor({0, 0}, torch::kLong);
+  std::vector<std::function<void()>> recorded;
+  loop.record_step_logs(&recorded);
+  CHECK(loop.recording_step_logs());
+  loop.log_step_tensor("train/loss", loss, 2.0);
+  loop.update_metric("train/acc", logits, y);
+  loop.note_step_loss(loss);
+  CHECK_THROWS_WITH_AS(loop.log_step("train/other", 1.0), doctest::Contains("host value inside a captured training step"),
+                       std::logic_error);
+  CHECK_THROWS_AS(loop.log("other", 1.0), std::logic_error);
+  loop.record_step_logs(nullptr);
+  CHECK_FALSE(loop.recording_step_logs());
+  REQUIRE(recorded.size() == 3);
+  CHECK_FALSE(loop.metrics().stats("train/loss").sums.defined());  // nothing applied yet
+  CHECK_FALSE(loop.metrics().stats("train/acc").sums.defined());
+  // Two replays: new values in the same tensors, then the records applied.
+  loss.fill_(1.5);
+  logits.copy_(torch::tensor({{2.0, 0.0}, {2.0, 0.0}}));  // both right
+  for (const auto& apply : recorded) apply();
+  loss.fill_(0.5);
+  logits.copy_(torch::tensor({{0.0, 2.0}, {0.0, 2.0}}));  // both wrong
+  for (const auto& apply : recorded) apply();
+  loop.metrics().flush("train", 0, 2);
+  CHECK(*loop.metrics().last("train/loss") == doctest::Approx((1.5 * 2 + 0.5 * 2) / 4.0).epsilon(1e-15));
+  CHECK(*loop.metrics().last("train/acc") == doctest::Approx(2.0 / 4.0).epsilon(1e-15));
+}

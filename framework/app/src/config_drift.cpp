@@ -104,6 +104,7 @@ std::vector<ConfigChange> diff_configs(const Value& saved, const Value& current)
   }
   if (saved.is_dict() && !has_prefix("metrics")) a["metrics[0].name"] = "accuracy";
   if (saved.is_dict() && has_prefix("trainer.") && !a.count("trainer.precision")) a["trainer.precision"] = "32";
+  if (saved.is_dict() && has_prefix("trainer.") && !a.count("trainer.cuda_graphs")) a["trainer.cuda_graphs"] = "false";
   // Runs saved before the step modes existed took the per-parameter step.
   const std::string saved_optimizer = get(a, "optimizer.name");
   if ((saved_optimizer == "adam" || saved_optimizer == "adamw") && !a.count("optimizer.fused")) a["optimizer.fused"] = "false";

@@ -156,6 +156,10 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
     spec.trainer.gradient_clip_algorithm(
         trainer.get_choice("gradient_clip_algorithm", std::string("norm"), {"norm", "value"}));
     spec.trainer.accumulate_grad_batches(trainer.get_int("accumulate_grad_batches", 1, 1));
+    // Off until proven on the user's model: the step is checked against an
+    // uncaptured one at capture, and where it cannot be captured the run
+    // trains uncaptured with a warning (TrainerOptions::cuda_graphs).
+    spec.trainer.cuda_graphs(trainer.get_bool("cuda_graphs", false));
     enable_checkpointing = trainer.get_bool("enable_checkpointing", true);
     enable_progress = trainer.get_bool("enable_progress_bar", true);
     trainer.finish();

@@ -167,11 +167,19 @@ void Loop::check_signals() {
   }
 }
 
+void Loop::refuse_host_value_while_recording(const std::string& name) const {
+  if (!recording_) return;
+  throw std::logic_error("'" + name + "' is logged as a host value inside a captured training step (trainer.cuda_graphs): "
+                         "a replay would log the captured number again; log it with log_step_tensor()");
+}
+
 void Loop::log(const std::string& name, double value) {
+  refuse_host_value_while_recording(name);
   metrics_.log(name, value, state_.epoch, state_.global_step);
 }
 
 void Loop::log_step(const std::string& name, double value, double weight) {
+  refuse_host_value_while_recording(name);
   if (name == loss_metric_ && state_.stage == Stage::train) state_.batch_loss = value;
   // Distributed training batches are averaged over the ranks at batch_end first.
   if (!group_ || state_.stage != Stage::train) metrics_.accumulate(name, value, weight);
@@ -179,6 +187,10 @@ void Loop::log_step(const std::string& name, double value, double weight) {
 }
 
 void Loop::log_step_tensor(const std::string& name, const at::Tensor& value, double weight) {
+  if (recording_) {
+    recording_->push_back([this, name, value, weight] { log_step_tensor(name, value, weight); });
+    return;
+  }
   if (group_ || state_.stage != Stage::train) {
     // Ranks average step values on the host at batch_end anyway; valid/test
     // values are means of the pass only.
@@ -219,6 +231,10 @@ bool Loop::unread_loss_nonfinite() {
 }
 
 void Loop::note_step_loss(const at::Tensor& loss) {
+  if (recording_) {
+    recording_->push_back([this, loss] { note_step_loss(loss); });
+    return;
+  }
   if (group_) return;  // distributed steps read their values at once
   for (const auto& v : step_tensors_) {
     if (v.name == loss_metric_) return;  // its epoch mean turns NaN with it
@@ -241,6 +257,10 @@ void Loop::declare_metric(const std::string& name, std::shared_ptr<const Metric>
 }
 
 void Loop::update_metric(const std::string& name, const at::Tensor& output, const at::Tensor& target) {
+  if (recording_) {
+    recording_->push_back([this, name, output, target] { update_metric(name, output, target); });
+    return;
+  }
   // Distributed training: this batch's statistics are kept apart and summed
   // over the ranks at batch_end, so every rank (and rank 0's checkpoint) holds the job's.
   if (group_ && state_.stage == Stage::train) {

@@ -6,6 +6,7 @@
 #include "cairn/optimizers.h"
 #include "cairn/schedulers.h"
 
+#include "graph/graphed_step.h"
 #include "prefetch.h"
 
 #include <torch/torch.h>
@@ -377,6 +378,7 @@ void Trainer::setup() {
   st.global_batch_size = global;
   st.train_samples = data().train.size();
   st.batches_per_epoch = (data().train.size() + global - 1) / global;
+  setup_cuda_graphs();
 }
 
 void Trainer::clip_gradients() {
@@ -459,35 +461,38 @@ void Trainer::train_epoch(EpochSampler& sampler) {
     }
     st.batch_size = batch.size();
     loop_.batch_begin();
-    if (k % accumulate == 0) optimizer_->zero_grad();
-    at::Tensor loss;
-    std::optional<AutocastGuard> autocast;  // the forward pass and the loss; backward runs outside
-    autocast.emplace(precision_, device_.type());
-    if (first_step_done_) {
-      loss = training_step(batch);
-    } else {
-      // The run's first step: a model that cannot take the data fails here.
-      // Say so in one line with the shapes, not with a raw TorchScript trace.
-      try {
+    // trainer.cuda_graphs: forward, loss and backward as one replay.
+    if (!graphed_step(batch)) {
+      if (k % accumulate == 0) optimizer_->zero_grad();
+      at::Tensor loss;
+      std::optional<AutocastGuard> autocast;  // the forward pass and the loss; backward runs outside
+      autocast.emplace(precision_, device_.type());
+      if (first_step_done_) {
         loss = training_step(batch);
-      } catch (const std::exception& e) {
-        std::ostringstream os;
-        os << "the first training step failed on a batch of inputs shaped " << batch.x.sizes();
-        if (batch.y.defined()) os << " (targets " << batch.y.sizes() << ")";
-        os << ": " << short_error(e.what()) << "; does the model take this data?";
-        throw std::runtime_error(os.str());
+      } else {
+        // The run's first step: a model that cannot take the data fails here.
+        // Say so in one line with the shapes, not with a raw TorchScript trace.
+        try {
+          loss = training_step(batch);
+        } catch (const std::exception& e) {
+          std::ostringstream os;
+          os << "the first training step failed on a batch of inputs shaped " << batch.x.sizes();
+          if (batch.y.defined()) os << " (targets " << batch.y.sizes() << ")";
+          os << ": " << short_error(e.what()) << "; does the model take this data?";
+          throw std::runtime_error(os.str());
+        }
+        first_step_done_ = true;
       }
-      first_step_done_ = true;
+      // The batch loss that TerminateOnNaN and the progress bar read, at log points.
+      loop_.note_step_loss(loss);
+      if (accumulate > 1) loss = loss / static_cast<double>(accumulate);
+      if (weight != 1.0) loss = loss * weight;
+      if (scaler_) loss = scaler_->scale(loss);
+      // Only the cycle's last backward communicates (as DDP's no_sync).
+      if (sync_ && cycle_end) sync_->prepare_for_backward();
+      autocast.reset();
+      loss.backward();
     }
-    // The batch loss that TerminateOnNaN and the progress bar read, at log points.
-    loop_.note_step_loss(loss);
-    if (accumulate > 1) loss = loss / static_cast<double>(accumulate);
-    if (weight != 1.0) loss = loss * weight;
-    if (scaler_) loss = scaler_->scale(loss);
-    // Only the cycle's last backward communicates (as DDP's no_sync).
-    if (sync_ && cycle_end) sync_->prepare_for_backward();
-    autocast.reset();
-    loss.backward();
     }
     st.accumulating = !cycle_end;
     loop_.after_backward();

@@ -218,6 +218,13 @@ class Loop {
   //! from it at log points when nothing logged the loss metric (the Trainer
   //! passes what training_step returned).
   void note_step_loss(const at::Tensor& loss);
+  //! While `sink` is set, log_step_tensor(), update_metric() and
+  //! note_step_loss() are recorded into it instead of applied, and log_step()
+  //! and log() throw std::logic_error (a host value). The Trainer records what
+  //! a captured training step logs (trainer.cuda_graphs) and applies it after
+  //! every replay, to the step's outputs as they then are. nullptr: apply again.
+  void record_step_logs(std::vector<std::function<void()>>* sink) { recording_ = sink; }
+  bool recording_step_logs() const { return recording_ != nullptr; }
   //! Whether a training loss given to note_step_loss() or log_step_tensor()
   //! was inf or NaN since the last call (one host read; TerminateOnNaN asks
   //! at every epoch end, so a NaN between log points is still caught).
@@ -398,6 +405,8 @@ class Loop {
     at::Tensor value;
   };
   std::vector<StepTensor> step_tensors_;  //!< this batch's log_step_tensor() values, read at log points only
+  std::vector<std::function<void()>>* recording_ = nullptr;  //!< record_step_logs()'s sink
+  void refuse_host_value_while_recording(const std::string& name) const;
   at::Tensor loss_nonfinite_;  //!< on the device: a training loss since the last check was inf/NaN
   void watch_loss(const at::Tensor& loss);
   std::shared_ptr<ProcessGroup> group_;

@@ -34,6 +34,9 @@ namespace cairn {
 class Scheduler;
 class ProcessGroup;
 class GradientSync;
+namespace detail {
+struct GraphedStep;
+}
 
 /// Trainer options. `Trainer(TrainerOptions().max_epochs(10).threads(1))`
 struct TrainerOptions {
@@ -83,6 +86,21 @@ struct TrainerOptions {
   //! "true", "false". The helper thread only gathers rows; to_device() runs
   //! on the training thread. The batches and their order are the same either way.
   TORCH_ARG(std::string, prefetch) = "auto";
+  //! Capture the training step's forward pass, loss and backward pass in a
+  //! CUDA graph and replay it for every batch of the captured shape
+  //! (`trainer.cuda_graphs`): one launch instead of one per op. The optimizer
+  //! step, gradient clipping, metrics and callbacks run uncaptured after each
+  //! replay, so step counts, learning rates and checkpoints are as without.
+  //! The first full batch after the run's first step is run uncaptured, then
+  //! captured and replayed from the same state: the replay must equal it bit
+  //! for bit (loss, gradients, buffers), else the run trains uncaptured. A
+  //! step that waits for the device (a host read), fails to capture, or a run
+  //! that cannot be captured (no CUDA, precision other than 32, gradient
+  //! accumulation, several processes) trains uncaptured, with one warning
+  //! that says why. Batches of another shape (the epoch's last) run
+  //! uncaptured. training_step() must not change host state a replay cannot
+  //! repeat; what it logs through the Loop is applied after every replay.
+  TORCH_ARG(bool, cuda_graphs) = false;
 
   // --- more than one process (when the environment names a job: RANK,
   // WORLD_SIZE, MASTER_ADDR, MASTER_PORT as set by `cairn fit --nproc`,
@@ -223,6 +241,13 @@ class Trainer {
   Batch training_batch(const at::Tensor& indices);
   //! The epoch's order as indices on the device (for data kept there).
   at::Tensor device_order(EpochSampler& sampler, int64_t epoch);
+  //! trainer.cuda_graphs (trainer_graphs.cpp): decides at setup whether the
+  //! step can be captured (else warns why not), ...
+  void setup_cuda_graphs();
+  //! ... and runs this batch's forward, loss and backward as a replay (or
+  //! captures it first); false: the caller runs the step uncaptured.
+  bool graphed_step(const Batch& batch);
+  bool capture_step(const Batch& batch);
 
   TrainerOptions options_;
   Loop loop_;
@@ -248,6 +273,7 @@ class Trainer {
   bool prefetch_ = false;         //!< the next training batch is prepared on a helper thread
   at::Tensor device_order_;       //!< device_order()'s cache, for epoch device_order_epoch_
   int64_t device_order_epoch_ = -1;
+  std::unique_ptr<detail::GraphedStep> graphed_;  //!< trainer.cuda_graphs' captured step, when it may be used
 };
 
 //! Resolves "auto" / "cpu" / "cuda" / "cuda:N" to a device; throws

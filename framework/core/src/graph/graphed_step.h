@@ -1,0 +1,30 @@
+// The Trainer's captured training step (trainer.cuda_graphs): what a replay
+// reads and writes, and what is applied after it. (Trainer internals; the
+// logic is in trainer_graphs.cpp.)
+#pragma once
+
+#include "cuda_graph.h"
+
+#include <ATen/Tensor.h>
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+namespace cairn::detail {
+
+struct GraphedStep {
+  std::unique_ptr<CudaGraph> graph;
+  bool captured = false;
+  bool given_up = false;       //!< warned once; the run trains uncaptured
+  bool warned_shape = false;   //!< said once that a batch of another shape runs uncaptured
+  bool warned_moved = false;   //!< said once that parameters moved and the step was captured again
+  at::Tensor static_x, static_y;  //!< the replay's inputs: each batch is copied into them
+  at::Tensor static_loss;         //!< the replay's loss (detached)
+  std::vector<at::Tensor> params;  //!< the model's parameters, in order
+  std::vector<at::Tensor> grads;   //!< their gradients, rewritten by every replay
+  std::vector<const void*> storage;  //!< parameters' and buffers' data at capture: moved means capture again
+  std::vector<std::function<void()>> logs;  //!< what the step logs through the Loop, applied after each replay
+};
+
+}  // namespace cairn::detail
