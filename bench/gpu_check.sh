@@ -4,7 +4,8 @@
 # build cairn against that LibTorch with CUDA and NCCL, run the whole test
 # suite (test_cuda included: CUDA RNG, training on the GPU, 2-process jobs on
 # Gloo sharing a GPU and on NCCL, data on the device against pinned prefetched
-# batches, foreach and fused Adam on CUDA, Python 2.x reading checkpoints),
+# batches, foreach and fused Adam on CUDA, captured steps (trainer.cuda_graphs)
+# against uncaptured ones, Python 2.x reading checkpoints),
 # then the GPU benchmarks (bench_gpu, bench_checkpoint, bench_loop --device
 # cuda). Every log goes to one folder, $OUT (or ./gpu_out); the README's GPU
 # figures come from it, with the date and PyTorch version it records in env.txt.
@@ -47,6 +48,6 @@ cd - >/dev/null
 timeout 150 /tmp/b/bench_gpu --dir /tmp/cairn_gpu_bench 2>&1 | tee "$OUT/bench_gpu.txt" | tail -16
 timeout 100 /tmp/b/bench_checkpoint --dir /tmp/bench_ckpt --repeats 3 --steps 0 2>&1 | tee "$OUT/bench_checkpoint.txt" | tail -6
 # The loop on the GPU job of issue "a training loop at GPU speed": cairn (data
-# on the device, foreach Adam) and each lever switched off, against the
+# on the device, foreach Adam), each lever switched off, and CUDA graphs, against the
 # hand-written LibTorch and Python loops and Lightning, seconds per epoch.
 timeout 240 /tmp/b/bench_loop --device cuda --epochs 2 --repeats 3 2>&1 | tee "$OUT/bench_loop_cuda.txt" | tail -16
