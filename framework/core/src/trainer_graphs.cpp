@@ -18,6 +18,14 @@
 // uncaptured from a saved state (random generator, buffers), then the
 // capture replays from the same state, and the loss, every gradient and
 // every buffer must be equal bit for bit, else the run trains uncaptured.
+// CUDA's sync debug mode (process-wide) is on during that uncaptured run: a
+// host read in the step throws there instead of breaking the capture; no
+// other cairn thread waits for the device meanwhile (the prefetcher only
+// gathers rows, the checkpoint writer works on host copies).
+// What training_step must not do: depend on host values that change between
+// steps (global_step, an annealing factor: the capture freezes them), change
+// host state, or log through MetricLog directly (the Loop's log_step_tensor
+// and update_metric are recorded; log_step and log are refused).
 #include "cairn/trainer.h"
 
 #include "graph/graphed_step.h"
@@ -31,10 +39,19 @@
 namespace cairn {
 
 namespace {
-std::vector<const void*> storage_of(torch::nn::Module& m) {
-  std::vector<const void*> out;
-  for (const auto& p : m.parameters()) out.push_back(p.data_ptr());
-  for (const auto& b : m.buffers()) out.push_back(b.data_ptr());
+//! What a captured graph is bound to: where each parameter and buffer lives,
+//! which parameters take gradients, which modules are in training mode. A
+//! change (a parameter replaced or frozen, a submodule put in eval mode) means
+//! the graph would train something else: capture again.
+std::vector<uintptr_t> binding_of(torch::nn::Module& m) {
+  std::vector<uintptr_t> out;
+  for (const auto& p : m.parameters()) {
+    out.push_back(reinterpret_cast<uintptr_t>(p.data_ptr()));
+    out.push_back(p.requires_grad() ? 1 : 0);
+  }
+  for (const auto& b : m.buffers()) out.push_back(reinterpret_cast<uintptr_t>(b.data_ptr()));
+  out.push_back(m.is_training() ? 1 : 0);
+  for (const auto& sub : m.modules(/*include_self=*/false)) out.push_back(sub->is_training() ? 1 : 0);
   return out;
 }
 
@@ -110,16 +127,18 @@ bool Trainer::graphed_step(const Batch& batch) {
       }
       return false;
     }
-    if (storage_of(model) != g.storage) {
-      // The parameters or buffers were given new memory (a user's code
-      // replaced them): the graph would train the old tensors. Capture again.
-      if (!g.warned_moved) {
-        std::cerr << "cairn: warning: trainer.cuda_graphs: the model's parameters or buffers moved to new memory; "
-                     "capturing the step again\n";
-        g.warned_moved = true;
+    if (binding_of(model) != g.binding) {
+      // Parameters or buffers replaced, frozen or unfrozen, a submodule's
+      // mode changed (a callback's doing): the graph would train what it
+      // captured. Capture again.
+      if (!g.warned_moved && loop_.is_rank_zero()) {
+        std::cerr << "cairn: warning: trainer.cuda_graphs: the model's parameters, buffers or modes changed since the "
+                     "capture; capturing the step again\n";
       }
+      const bool warned_shape = g.warned_shape;
       g = detail::GraphedStep{};
       g.warned_moved = true;
+      g.warned_shape = warned_shape;
       return capture_step(batch);
     }
     g.static_x.copy_(batch.x, /*non_blocking=*/true);
@@ -152,6 +171,7 @@ bool Trainer::capture_step(const Batch& batch) {
   auto clear_grads = [&] {
     for (auto& p : params) p.mutable_grad() = at::Tensor();
   };
+  const std::vector<uintptr_t> binding = binding_of(model);
   const at::Tensor rng0 = rng_state();
   const std::vector<at::Tensor> buffers0 = clone_all(buffers);
   // Back to the state before this step: the step is then run (again) by the caller or by a replay.
@@ -167,10 +187,8 @@ bool Trainer::capture_step(const Batch& batch) {
     loop_.record_step_logs(nullptr);
     restore();
     clear_grads();
-    const bool warned_moved = g.warned_moved;
     g = detail::GraphedStep{};
     g.given_up = true;
-    g.warned_moved = warned_moved;
     if (loop_.is_rank_zero()) std::cerr << "cairn: warning: trainer.cuda_graphs: " << why << "; training uncaptured\n";
     return false;
   };
@@ -203,6 +221,10 @@ bool Trainer::capture_step(const Batch& batch) {
     // Not about capturing at all: the step runs uncaptured next and fails there as it would without graphs.
     return give_up("the training step failed before it could be captured (" + what + ")");
   }
+  if (binding_of(model) != binding) {
+    return give_up("the training step replaces parameters or buffers or changes the model's modes, which a replay "
+                   "cannot repeat");
+  }
   const at::Tensor ref = ref_loss.detach().clone();
   ref_loss = at::Tensor();
   std::vector<at::Tensor> ref_grads;
@@ -228,6 +250,10 @@ bool Trainer::capture_step(const Batch& batch) {
   } catch (const std::exception& e) {
     return give_up("the training step could not be captured (" + short_error(e.what()) + ")");
   }
+  if (binding_of(model) != binding) {
+    return give_up("the training step replaces parameters or buffers or changes the model's modes, which a replay "
+                   "cannot repeat");
+  }
   g.static_loss = loss.detach();
   loss = at::Tensor();
   g.params = params;
@@ -246,10 +272,11 @@ bool Trainer::capture_step(const Batch& batch) {
   }
   if (!differs.empty()) {
     return give_up("a replay of the captured step differs from the step run uncaptured in " + differs +
-                   " (a kernel that is not deterministic, or host state in training_step)");
+                   " (a kernel that is not deterministic, such as one adding with atomics, or host state in "
+                   "training_step)");
   }
   g.logs = std::move(logs);
-  g.storage = storage_of(model);
+  g.binding = binding;
   g.captured = true;
   for (const auto& apply : g.logs) apply();
   loop_.note_step_loss(g.static_loss);

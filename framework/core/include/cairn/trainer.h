@@ -98,8 +98,11 @@ struct TrainerOptions {
   //! that cannot be captured (no CUDA, precision other than 32, gradient
   //! accumulation, several processes) trains uncaptured, with one warning
   //! that says why. Batches of another shape (the epoch's last) run
-  //! uncaptured. training_step() must not change host state a replay cannot
-  //! repeat; what it logs through the Loop is applied after every replay.
+  //! uncaptured. A replay repeats device work only: training_step() must not
+  //! depend on host values that change between steps or change host state;
+  //! what it logs through the Loop (log_step_tensor, update_metric) is
+  //! applied after every replay. Parameters replaced, frozen or unfrozen, or a
+  //! module's mode switched: the step is captured again.
   TORCH_ARG(bool, cuda_graphs) = false;
 
   // --- more than one process (when the environment names a job: RANK,

@@ -2,6 +2,7 @@
 #include "cuda_graph.h"
 
 #include <ATen/Context.h>
+#include <ATen/core/CachingHostAllocator.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/CUDAGraph.h>
@@ -90,44 +91,62 @@ void CudaGraph::on_side_stream(const std::function<void()>& fn, bool forbid_sync
   });
 }
 
+namespace {
+//! Ends a capture `fn` broke, so the stream leaves capture mode before anything else touches it.
+void end_broken_capture(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) == cudaSuccess && status != cudaStreamCaptureStatusNone) {
+    cudaGraph_t broken = nullptr;
+    (void)cudaStreamEndCapture(stream, &broken);
+    if (broken) (void)cudaGraphDestroy(broken);
+  }
+  (void)cudaGetLastError();  // capture errors are not sticky: clear this thread's
+}
+
+template <class F>
+void quietly(F&& f) {
+  try {
+    f();
+  } catch (...) {
+    // a clean-up step that the capture's own code already did, or never needed
+  }
+}
+}  // namespace
+
 void CudaGraph::capture(const std::function<void()>& fn) {
   const c10::DeviceIndex index = impl_->device.index();
   auto graph = std::make_unique<at::cuda::CUDAGraph>();
   at::Generator gen = at::cuda::detail::getDefaultCUDAGenerator(index);
+  // A pool of our own naming, so a failed capture can be unwound (CUDAGraph::pool() answers only after a success).
+  const c10::MempoolId_t pool = at::cuda::graph_pool_handle();
   bool began = false;
   try {
     ordered_on(*impl_->side, index, [&] {
+      began = true;  // capture_begin may fail after the generator's capture_prologue ran
       // Thread-local: the prefetch and checkpoint-writer threads may use CUDA meanwhile.
-      graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
-      began = true;
-      fn();
-      graph->capture_end();
+      graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
+      try {
+        fn();
+      } catch (...) {
+        end_broken_capture(impl_->side->stream());  // before ordered_on joins the streams again
+        throw;
+      }
+      graph->capture_end();  // when it throws, cudaStreamEndCapture has ended the capture
     });
   } catch (const std::exception& e) {
-    std::string why = e.what();
+    const std::string why = e.what();
     if (began) {
-      // End the broken capture so the stream leaves capture mode, and stop
-      // routing its allocations to the graph's pool.
-      cudaGraph_t broken = nullptr;
-      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-      if (cudaStreamIsCapturing(impl_->side->stream(), &status) == cudaSuccess &&
-          status != cudaStreamCaptureStatusNone) {
-        cudaStreamEndCapture(impl_->side->stream(), &broken);
-        if (broken) cudaGraphDestroy(broken);
-      }
-      try {
-        c10::cuda::CUDACachingAllocator::endAllocateToPool(index, graph->pool());
-      } catch (...) {
-        // capture_end got that far itself.
-      }
-      (void)cudaGetLastError();  // capture errors are not sticky: clear this thread's
+      end_broken_capture(impl_->side->stream());
+      // Stop routing allocations (device and pinned host) to the capture's pool, and let the pool go.
+      quietly([&] { c10::cuda::CUDACachingAllocator::endAllocateToPool(index, pool); });
+      quietly([&] { at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(pool); });
+      quietly([&] { c10::cuda::CUDACachingAllocator::releasePool(index, pool); });
+      quietly([&] { at::getHostAllocator(at::kCUDA)->release_pool(pool); });
       // The generator's state still thinks a capture is under way (its
-      // offsets would stop advancing): give it a fresh state with the same
+      // offsets would refuse to advance): give it a fresh state with the same
       // seed and offset.
-      {
-        std::lock_guard<std::mutex> lock(gen.mutex());
-        gen.graphsafe_set_state(gen.clone());
-      }
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.graphsafe_set_state(gen.clone());
     }
     graph.reset();
     throw std::runtime_error(why);

@@ -7,6 +7,7 @@
 
 #include <ATen/Tensor.h>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -18,12 +19,12 @@ struct GraphedStep {
   bool captured = false;
   bool given_up = false;       //!< warned once; the run trains uncaptured
   bool warned_shape = false;   //!< said once that a batch of another shape runs uncaptured
-  bool warned_moved = false;   //!< said once that parameters moved and the step was captured again
+  bool warned_moved = false;   //!< said once that the model changed and the step was captured again
   at::Tensor static_x, static_y;  //!< the replay's inputs: each batch is copied into them
   at::Tensor static_loss;         //!< the replay's loss (detached)
   std::vector<at::Tensor> params;  //!< the model's parameters, in order
   std::vector<at::Tensor> grads;   //!< their gradients, rewritten by every replay
-  std::vector<const void*> storage;  //!< parameters' and buffers' data at capture: moved means capture again
+  std::vector<uintptr_t> binding;   //!< binding_of() the model at capture: changed means capture again
   std::vector<std::function<void()>> logs;  //!< what the step logs through the Loop, applied after each replay
 };
 
