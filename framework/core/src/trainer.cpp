@@ -228,7 +228,7 @@ std::string data_device_problem(const DataModule& d, const torch::Device& model_
   return "";
 }
 
-void Trainer::place_data() {
+void Trainer::place_data(bool training) {
   DataModule& d = data();
   const std::string& want = options_.data_device();
   const std::string& pf = options_.prefetch();
@@ -242,7 +242,8 @@ void Trainer::place_data() {
   const std::string sizes = sizes_of(d);
   const bool rank_zero = !group_ || group_->rank() == 0;
   bool move = want == "cuda";
-  if (want == "auto" && device_.is_cuda()) {
+  // Evaluating or predicting reads a split once: auto does not move the data sets for that.
+  if (want == "auto" && device_.is_cuda() && training) {
     const auto mem = cuda_memory(device_);
     move = mem && bytes <= mem->first / 2;
     if (rank_zero) {
@@ -311,7 +312,7 @@ void Trainer::configure_optimizers() {
   }
 }
 
-void Trainer::setup() {
+void Trainer::setup(bool training) {
   if (!model_) throw std::logic_error("Trainer has no model: call set_model() first");
   set_threads(options_.threads());
   const DistEnv env = DistEnv::from_environment();
@@ -335,7 +336,7 @@ void Trainer::setup() {
     group_->broadcast_module(*model_.module);
     if (group_->rank() > 0) torch::manual_seed(data().seed * 1000003ULL + static_cast<uint64_t>(group_->rank()));
   }
-  place_data();
+  place_data(training);
   configure_optimizers();
   // A fused step this LibTorch cannot run on this device: said now, not at the first step.
   if (auto* m = dynamic_cast<MultiTensorOptimizer*>(optimizer_.get())) m->check_device(device_);
@@ -378,7 +379,11 @@ void Trainer::setup() {
   st.global_batch_size = global;
   st.train_samples = data().train.size();
   st.batches_per_epoch = (data().train.size() + global - 1) / global;
-  setup_cuda_graphs();
+  if (training) {
+    setup_cuda_graphs();
+  } else {
+    graphed_.reset();
+  }
 }
 
 void Trainer::clip_gradients() {
@@ -550,7 +555,7 @@ void Trainer::run_validation() { run_eval("valid"); }
 void Trainer::run_test() { run_eval("test"); }
 
 double Trainer::test() {
-  if (!set_up_) setup();
+  if (!set_up_) setup(/*training=*/false);
   if (data().test.empty()) throw std::logic_error("the data has no test split");
   run_test();
   return loop_.metrics().last("test/acc").value_or(0.0);
@@ -579,7 +584,7 @@ void Trainer::load_model_weights(const std::string& path) {
 
 std::map<std::string, double> Trainer::evaluate(const std::string& split, const std::string& ckpt) {
   if (split != "valid" && split != "test") throw std::invalid_argument("evaluate: split must be valid or test, got '" + split + "'");
-  if (!set_up_) setup();
+  if (!set_up_) setup(/*training=*/false);
   if ((split == "valid" ? data().valid : data().test).empty()) {
     throw std::invalid_argument("the data has no " + split + " split");
   }
@@ -595,7 +600,7 @@ std::map<std::string, double> Trainer::evaluate(const std::string& split, const 
 }
 
 at::Tensor Trainer::predict(const TensorDataset& ds, const std::string& ckpt) {
-  if (!set_up_) setup();
+  if (!set_up_) setup(/*training=*/false);
   if (!ckpt.empty()) load_model_weights(ckpt);
   torch::NoGradGuard no_grad;
   model_.module->eval();

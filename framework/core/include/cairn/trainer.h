@@ -74,7 +74,8 @@ struct TrainerOptions {
   TORCH_ARG(int64_t, accumulate_grad_batches) = 1;
   //! Where the data sets live while training (`data.device` in YAML):
   //! "auto": on the model's CUDA device when train+valid+test fit in half of
-  //! its free memory (said in one line), else on the CPU; "cuda": on the
+  //! its free memory (said in one line), else on the CPU (evaluate, test and
+  //! predict on a trainer that did not fit keep them there); "cuda": on the
   //! model's CUDA device, or std::invalid_argument naming the sizes; "cpu".
   //! Batches of data on the model's device are gathered there (the epoch's
   //! order goes to the device once per epoch): no copy and no host wait per step.
@@ -224,7 +225,10 @@ class Trainer {
   }
 
  private:
-  void setup();
+  //! Everything fit() needs; `training` false for evaluate/test/predict on a
+  //! fresh trainer: data.device auto then leaves the data sets on the CPU
+  //! (only a split or two is read once) and nothing about captured steps is said.
+  void setup(bool training = true);
   void run_validation();
   void run_test();
   //! One pass over the valid or test split (shared by both): returns the
@@ -238,7 +242,7 @@ class Trainer {
   std::pair<int64_t, int64_t> shard(int64_t n) const;
   //! Moves the data sets to the model's device when options().data_device()
   //! asks (or auto chooses) and decides whether batches are prefetched.
-  void place_data();
+  void place_data(bool training);
   //! The training rows `indices` gathered (into pinned memory when batches
   //! are copied to a CUDA device); to_device() then moves them.
   Batch training_batch(const at::Tensor& indices);
