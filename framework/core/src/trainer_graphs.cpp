@@ -25,7 +25,9 @@
 // What training_step must not do: depend on host values that change between
 // steps (global_step, an annealing factor: the capture freezes them), change
 // host state, or log through MetricLog directly (the Loop's log_step_tensor
-// and update_metric are recorded; log_step and log are refused).
+// and update_metric are recorded; log_step and log are refused), or replace
+// tensors it reads that are neither parameters nor buffers (plain members:
+// the graph would read their old memory).
 #include "cairn/trainer.h"
 
 #include "graph/graphed_step.h"
@@ -34,6 +36,7 @@
 
 #include <iostream>
 #include <mutex>
+#include <set>
 #include <sstream>
 
 namespace cairn {
@@ -46,10 +49,14 @@ namespace {
 std::vector<uintptr_t> binding_of(torch::nn::Module& m) {
   std::vector<uintptr_t> out;
   for (const auto& p : m.parameters()) {
-    out.push_back(reinterpret_cast<uintptr_t>(p.data_ptr()));
-    out.push_back(p.requires_grad() ? 1 : 0);
+    out.push_back(p.defined() ? reinterpret_cast<uintptr_t>(p.data_ptr()) : 0);
+    out.push_back(p.defined() ? static_cast<uintptr_t>(p.numel()) : 0);
+    out.push_back(p.defined() && p.requires_grad() ? 1 : 0);
   }
-  for (const auto& b : m.buffers()) out.push_back(reinterpret_cast<uintptr_t>(b.data_ptr()));
+  for (const auto& b : m.buffers()) {
+    out.push_back(b.defined() ? reinterpret_cast<uintptr_t>(b.data_ptr()) : 0);
+    out.push_back(b.defined() ? static_cast<uintptr_t>(b.numel()) : 0);
+  }
   out.push_back(m.is_training() ? 1 : 0);
   for (const auto& sub : m.modules(/*include_self=*/false)) out.push_back(sub->is_training() ? 1 : 0);
   return out;
@@ -136,9 +143,21 @@ bool Trainer::graphed_step(const Batch& batch) {
                      "capture; capturing the step again\n";
       }
       const bool warned_shape = g.warned_shape;
+      const int recaptures = g.recaptures + 1;
       g = detail::GraphedStep{};
       g.warned_moved = true;
       g.warned_shape = warned_shape;
+      g.recaptures = recaptures;
+      if (recaptures > 3) {
+        // Something changes the model over and over: each capture costs an
+        // uncaptured check step and a new memory pool.
+        g.given_up = true;
+        for (auto& p : model.parameters()) p.mutable_grad() = at::Tensor();
+        if (loop_.is_rank_zero()) {
+          std::cerr << "cairn: warning: trainer.cuda_graphs: the model changed after 3 captures; training uncaptured\n";
+        }
+        return false;
+      }
       return capture_step(batch);
     }
     g.static_x.copy_(batch.x, /*non_blocking=*/true);
@@ -181,7 +200,9 @@ bool Trainer::capture_step(const Batch& batch) {
       gen.set_state(rng0);
     }
     torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(buffers0[i]);
+    for (size_t i = 0; i < buffers.size(); ++i) {
+      if (buffers[i].defined()) buffers[i].copy_(buffers0[i]);
+    }
   };
   auto give_up = [&](const std::string& why) {
     loop_.record_step_logs(nullptr);
@@ -193,6 +214,20 @@ bool Trainer::capture_step(const Batch& batch) {
     return false;
   };
 
+  // The optimizer may train tensors the model does not hold (a learnable loss
+  // weight added in configure_optimizers): their gradients would be left
+  // out of the check and accumulate over replays. Not captured.
+  {
+    std::set<const c10::TensorImpl*> held;
+    for (const auto& p : params) held.insert(p.unsafeGetTensorImpl());
+    for (const auto& group : optimizer_->param_groups()) {
+      for (const auto& p : group.params()) {
+        if (!held.count(p.unsafeGetTensorImpl())) {
+          return give_up("the optimizer trains tensors that are not the model's parameters");
+        }
+      }
+    }
+  }
   try {
     g.graph = std::make_unique<detail::CudaGraph>(device_);
   } catch (const std::exception& e) {
@@ -214,6 +249,7 @@ bool Trainer::capture_step(const Batch& batch) {
         /*forbid_sync=*/true);
   } catch (const std::exception& e) {
     const std::string what = short_error(e.what());
+    if (what.find("inside a captured training step") != std::string::npos) return give_up(what);
     if (what.find("synchroniz") != std::string::npos) {
       return give_up("the training step waits for the device (a host read or a pageable copy), which a capture cannot "
                      "hold (" + what + ")");

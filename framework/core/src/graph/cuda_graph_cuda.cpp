@@ -115,7 +115,11 @@ void quietly(F&& f) {
 
 void CudaGraph::capture(const std::function<void()>& fn) {
   const c10::DeviceIndex index = impl_->device.index();
-  auto graph = std::make_unique<at::cuda::CUDAGraph>();
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  {
+    c10::cuda::CUDAGuard guard(index);  // the graph takes the current device's stream when made
+    graph = std::make_unique<at::cuda::CUDAGraph>();
+  }
   at::Generator gen = at::cuda::detail::getDefaultCUDAGenerator(index);
   // A pool of our own naming, so a failed capture can be unwound (CUDAGraph::pool() answers only after a success).
   const c10::MempoolId_t pool = at::cuda::graph_pool_handle();
@@ -123,9 +127,9 @@ void CudaGraph::capture(const std::function<void()>& fn) {
   try {
     ordered_on(*impl_->side, index, [&] {
       began = true;  // capture_begin may fail after the generator's capture_prologue ran
-      // Thread-local: the prefetch and checkpoint-writer threads may use CUDA meanwhile.
-      graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
       try {
+        // Thread-local: the prefetch and checkpoint-writer threads may use CUDA meanwhile.
+        graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
         fn();
       } catch (...) {
         end_broken_capture(impl_->side->stream());  // before ordered_on joins the streams again
@@ -137,18 +141,31 @@ void CudaGraph::capture(const std::function<void()>& fn) {
     const std::string why = e.what();
     if (began) {
       end_broken_capture(impl_->side->stream());
-      // Stop routing allocations (device and pinned host) to the capture's pool, and let the pool go.
+      // Stop routing allocations (device and pinned host) to the capture's pool.
       quietly([&] { c10::cuda::CUDACachingAllocator::endAllocateToPool(index, pool); });
       quietly([&] { at::getHostAllocator(at::kCUDA)->end_allocate_to_pool(pool); });
-      quietly([&] { c10::cuda::CUDACachingAllocator::releasePool(index, pool); });
-      quietly([&] { at::getHostAllocator(at::kCUDA)->release_pool(pool); });
+      // Let the pool go, unless capture_end got far enough for the graph to
+      // own it (it failed instantiating): then the graph's reset releases it,
+      // and releasing it here as well would count it down twice.
+      bool owned = false;
+      quietly([&] {
+        (void)graph->pool();  // answers only once capture_end has ended the capture
+        owned = true;
+      });
+      if (!owned) {
+        quietly([&] { c10::cuda::CUDACachingAllocator::releasePool(index, pool); });
+        quietly([&] { at::getHostAllocator(at::kCUDA)->release_pool(pool); });
+      }
       // The generator's state still thinks a capture is under way (its
       // offsets would refuse to advance): give it a fresh state with the same
       // seed and offset.
       std::lock_guard<std::mutex> lock(gen.mutex());
       gen.graphsafe_set_state(gen.clone());
     }
-    graph.reset();
+    {
+      c10::cuda::CUDAGuard guard(index);
+      graph.reset();
+    }
     throw std::runtime_error(why);
   }
   impl_->graph = std::move(graph);

@@ -20,6 +20,7 @@ struct GraphedStep {
   bool given_up = false;       //!< warned once; the run trains uncaptured
   bool warned_shape = false;   //!< said once that a batch of another shape runs uncaptured
   bool warned_moved = false;   //!< said once that the model changed and the step was captured again
+  int recaptures = 0;          //!< captures after the model changed; past 3 the run trains uncaptured
   at::Tensor static_x, static_y;  //!< the replay's inputs: each batch is copied into them
   at::Tensor static_loss;         //!< the replay's loss (detached)
   std::vector<at::Tensor> params;  //!< the model's parameters, in order
