@@ -240,7 +240,8 @@ struct GraphRun {
   std::string err;
 };
 
-GraphRun graph_run(bool graphs, bool read) {
+//! `freeze_at` > 0: a callback freezes the first layer's weight after that step.
+GraphRun graph_run(bool graphs, bool read, int64_t freeze_at = 0) {
   torch::manual_seed(4);
   ReadingTrainer t(cairn::TrainerOptions().max_epochs(2).device("cuda").cuda_graphs(graphs).run_test(false));
   t.read = read;
@@ -248,6 +249,12 @@ GraphRun graph_run(bool graphs, bool read) {
                             torch::nn::Dropout(0.3), torch::nn::Linear(32, 4));
   t.set_model(cairn::Model::wrap(net));
   t.set_data(test::synthetic(1000, 16));
+  if (freeze_at > 0) {
+    at::Tensor weight = net->ptr(0)->as<torch::nn::Linear>()->weight;
+    t.loop().on(cairn::Event::batch_end, [weight, freeze_at](cairn::Loop& l) mutable {
+      if (l.state().global_step == freeze_at) weight.requires_grad_(false);
+    });
+  }
   std::ostringstream err;
   std::streambuf* old = std::cerr.rdbuf(err.rdbuf());
   try {
@@ -277,4 +284,13 @@ TEST_CASE("trainer.cuda_graphs: BatchNorm buffers replay exactly; a step that re
   CHECK_MESSAGE(at != std::string::npos, reading.err);
   CHECK(reading.err.find("trainer.cuda_graphs", at + warning.size()) == std::string::npos);  // once
   for (size_t i = 0; i < off.state.size(); ++i) CHECK(torch::equal(off.state[i], reading.state[i]));
+}
+
+TEST_CASE("trainer.cuda_graphs: a parameter frozen mid-run makes the step captured again, and the run still equals the "
+          "uncaptured one" * doctest::skip(!torch::cuda::is_available())) {
+  const GraphRun off = graph_run(false, false, 20);
+  const GraphRun on = graph_run(true, false, 20);
+  CHECK_MESSAGE(on.err.find("changed since the capture; capturing the step again") != std::string::npos, on.err);
+  REQUIRE(off.state.size() == on.state.size());
+  for (size_t i = 0; i < off.state.size(); ++i) CHECK(torch::equal(off.state[i], on.state[i]));
 }
