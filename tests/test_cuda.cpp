@@ -113,13 +113,30 @@ TEST_CASE("cairn fit --nproc 2 on CUDA: Gloo ranks sharing one GPU, and NCCL wit
 }
 
 namespace {
-std::string placement_config(const std::string& run, const std::string& data_extra, const std::string& optimizer) {
+std::string placement_config(const std::string& run, const std::string& data_extra, const std::string& optimizer,
+                             const std::string& trainer_extra = "") {
   return "name: cuda_placement\nseed: 9\nrun: {dir: " + run + "}\n"
          "data: {name: synthetic, train_size: 6000, valid_size: 500, test_size: 500, num_classes: 4, noise: 1.0, "
          "batch_size: 32" + data_extra + "}\n"
          "model: {name: mlp, hidden: [64], dropout: 0.2}\noptimizer: " + optimizer + "\n"
-         "trainer: {max_epochs: 3, threads: 1, device: cuda, enable_progress_bar: false}\n"
+         "trainer: {max_epochs: 3, threads: 1, device: cuda, enable_progress_bar: false" + trainer_extra + "}\n"
          "callbacks:\n  - {name: checkpoint, monitor: valid/acc, mode: max, every_n_train_steps: 7}\n";
+}
+
+//! `cairn fit` of run directory `run` (config `run`.yaml) killed with SIGKILL
+//! once its first checkpoint exists, then run again to the end: its last
+//! checkpoint, comparable across runs.
+cairn::Value killed_and_resumed(const std::string& run) {
+  const pid_t p = test::spawn({CAIRN_CLI, "fit", "--config", run + ".yaml"}, run + ".log");
+  for (int i = 0; i < 12000 && !test::fs::exists(run + "/checkpoints/last.ckpt"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ::kill(p, SIGKILL);
+  CHECK_MESSAGE(test::wait_exit(p) == 128 + SIGKILL, test::read_file(run + ".log"));
+  const auto r = test::cairn_cli({"fit", "--config", run + ".yaml"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  CHECK_MESSAGE(r.output.find("resumed from") != std::string::npos, r.output);
+  return test::comparable(cairn::read_checkpoint(run + "/checkpoints/last.ckpt"));
 }
 }  // namespace
 
@@ -141,16 +158,7 @@ TEST_CASE("data on the GPU, or pinned and prefetched from the CPU: the same run 
   // Data on the device, killed with SIGKILL after its first checkpoint, resumed: the same end.
   const std::string cut = dir / "cut";
   test::write_file(cut + ".yaml", placement_config(cut, ", device: cuda", adam));
-  const pid_t p = test::spawn({CAIRN_CLI, "fit", "--config", cut + ".yaml"}, cut + ".log");
-  for (int i = 0; i < 12000 && !test::fs::exists(cut + "/checkpoints/last.ckpt"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  ::kill(p, SIGKILL);
-  CHECK_MESSAGE(test::wait_exit(p) == 128 + SIGKILL, test::read_file(cut + ".log"));
-  const auto r = test::cairn_cli({"fit", "--config", cut + ".yaml"});
-  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
-  CHECK_MESSAGE(r.output.find("resumed from") != std::string::npos, r.output);
-  const cairn::Value c = test::comparable(cairn::read_checkpoint(cut + "/checkpoints/last.ckpt"));
+  const cairn::Value c = killed_and_resumed(cut);
   CHECK_MESSAGE(last["cuda"].first_difference(c) == "", last["cuda"].first_difference(c));
 }
 
@@ -180,12 +188,7 @@ TEST_CASE("on CUDA the default Adam steps with foreach; foreach and fused agains
 
 namespace {
 std::string graphs_config(const std::string& run, const std::string& graphs) {
-  return "name: cuda_graphs\nseed: 9\nrun: {dir: " + run + "}\n"
-         "data: {name: synthetic, train_size: 6000, valid_size: 500, test_size: 500, num_classes: 4, noise: 1.0, "
-         "batch_size: 32}\n"
-         "model: {name: mlp, hidden: [64], dropout: 0.2}\noptimizer: {name: adam, lr: 0.01}\n"
-         "trainer: {max_epochs: 3, threads: 1, device: cuda, enable_progress_bar: false, cuda_graphs: " + graphs + "}\n"
-         "callbacks:\n  - {name: checkpoint, monitor: valid/acc, mode: max, every_n_train_steps: 7}\n";
+  return placement_config(run, "", "{name: adam, lr: 0.01}", ", cuda_graphs: " + graphs);
 }
 }  // namespace
 
@@ -209,16 +212,7 @@ TEST_CASE("trainer.cuda_graphs: the captured step equals the uncaptured run bit 
   // Killed with SIGKILL after its first checkpoint, resumed (captured again): the same end.
   const std::string cut = dir / "cut";
   test::write_file(cut + ".yaml", graphs_config(cut, "true"));
-  const pid_t p = test::spawn({CAIRN_CLI, "fit", "--config", cut + ".yaml"}, cut + ".log");
-  for (int i = 0; i < 12000 && !test::fs::exists(cut + "/checkpoints/last.ckpt"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  ::kill(p, SIGKILL);
-  CHECK_MESSAGE(test::wait_exit(p) == 128 + SIGKILL, test::read_file(cut + ".log"));
-  const auto r = test::cairn_cli({"fit", "--config", cut + ".yaml"});
-  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
-  CHECK_MESSAGE(r.output.find("resumed from") != std::string::npos, r.output);
-  const cairn::Value c = test::comparable(cairn::read_checkpoint(cut + "/checkpoints/last.ckpt"));
+  const cairn::Value c = killed_and_resumed(cut);
   CHECK_MESSAGE(last["false"].first_difference(c) == "", last["false"].first_difference(c));
 }
 
