@@ -10,6 +10,7 @@
 #include <cairn/callbacks.h>
 
 #include "../framework/core/src/graph/cuda_graph.h"
+#include "../framework/core/src/pinned/pinned_host.h"
 #include "../framework/core/src/prefetch.h"
 
 #include <torch/cuda.h>
@@ -216,6 +217,17 @@ TEST_CASE("CUDA graphs are built exactly where the LibTorch can capture them: 2.
                    (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4));
   CHECK(cairn::detail::CudaGraph::built() == can);
   CHECK(cairn::detail::CudaGraph::why_not_built().empty() == can);
+}
+
+TEST_CASE("checkpoint buffers for CUDA tensors are page-locked through the driver only where LibTorch has CUDA; "
+          "without a device the refusal is a reason, not a crash" *
+          doctest::skip(torch::cuda::is_available())) {  // with a device: test_cuda.cpp's snapshot case
+  std::string why;
+  const at::Tensor t = cairn::detail::pinned_host_tensor({int64_t{3} << 20}, torch::kFloat, &why);  // 12 MB
+  CHECK_FALSE(t.defined());
+  CHECK_MESSAGE(why.find(CAIRN_TORCH_CUDA_BUILD ? "cudaHostRegister refused" : "built without CUDA") !=
+                    std::string::npos,
+                why);
 }
 
 TEST_CASE("format_bytes names sizes in messages") {

@@ -1,9 +1,13 @@
 #include "cairn/async_writer.h"
 
 #include "file_io.h"
+#include "pinned/pinned_host.h"
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
+
+#include <iostream>
+#include <mutex>
 
 namespace cairn {
 
@@ -52,13 +56,27 @@ constexpr size_t kHugeBuffer = 1u << 20;
 //! A host buffer for one tensor. Large CPU ones get huge-page memory of their
 //! own (file_io.h): the writer thread reads every byte of them again (hashes,
 //! staging), and 4 KiB pages made that read cost up to 0.15 s per 64 MB on a
-//! paravirtualised VM, against 6 ms from huge pages.
+//! paravirtualised VM, against 6 ms from huge pages. Large CUDA ones get that
+//! memory too, page-locked a piece at a time (pinned/pinned_host.h says why);
+//! small ones come from LibTorch's pinned allocator.
 at::Tensor host_buffer(const StateSnapshot::Slot& slot) {
   const auto options = at::TensorOptions().dtype(slot.dtype);
   int64_t numel = 1;
   for (int64_t s : slot.sizes) numel *= s;
   const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(slot.dtype);
-  if (slot.cuda) return at::empty(slot.sizes, options.pinned_memory(true));
+  if (slot.cuda) {
+    if (bytes >= kHugeBuffer) {
+      std::string why;
+      at::Tensor t = detail::pinned_host_tensor(slot.sizes, slot.dtype, &why);
+      if (t.defined()) return t;
+      static std::once_flag warned;
+      std::call_once(warned, [&why] {
+        std::cerr << "cairn: warning: checkpoint buffers could not be page-locked piece by piece (" << why
+                  << "); each is pinned whole, which can pause training while it runs\n";
+      });
+    }
+    return at::empty(slot.sizes, options.pinned_memory(true));
+  }
   if (bytes < kHugeBuffer) return at::empty(slot.sizes, options);
   auto memory = std::make_shared<fileio::HostMemory>(bytes);
   void* data = memory->data();
@@ -68,10 +86,12 @@ at::Tensor host_buffer(const StateSnapshot::Slot& slot) {
 
 at::Tensor& StateSnapshot::buffer_for(size_t index, const Slot& slot) {
   if (buffers_.size() <= index) buffers_.resize(index + 1);
+  if (for_cuda_.size() <= index) for_cuda_.resize(index + 1, false);
   at::Tensor& buf = buffers_[index];
   if (!buf.defined() || buf.scalar_type() != slot.dtype || buf.sizes() != at::IntArrayRef(slot.sizes) ||
-      buf.is_pinned() != slot.cuda) {
+      for_cuda_[index] != slot.cuda) {
     buf = host_buffer(slot);
+    for_cuda_[index] = slot.cuda;
   }
   return buf;
 }
@@ -91,7 +111,11 @@ Value StateSnapshot::copy(const Value& v, bool* any_cuda) {
       if (!src.defined()) return v;
       const bool cuda = src.is_cuda();
       at::Tensor& buf = buffer_for(next_++, Slot{src.sizes().vec(), src.scalar_type(), cuda});
-      buf.copy_(src, /*non_blocking=*/cuda);
+      if (cuda) {
+        detail::copy_to_pinned(buf, src);
+      } else {
+        buf.copy_(src);
+      }
       *any_cuda = *any_cuda || cuda;
       return Value(buf);
     }
@@ -123,6 +147,7 @@ Value StateSnapshot::take(const Value& v) {
     out = copy(v, &any_cuda);
   }
   buffers_.resize(next_);
+  for_cuda_.resize(next_);
   if (any_cuda) torch::cuda::synchronize();
   return out;
 }

@@ -2,7 +2,8 @@
 // host memory, then serialisation and writing on a background thread.
 //
 // StateSnapshot copies every tensor of a checkpoint Value into host buffers
-// that are reused from one save to the next (pinned memory for CUDA tensors,
+// that are reused from one save to the next (page-locked memory for CUDA
+// tensors, pinned a piece at a time so that pinning does not pause training;
 // copied asynchronously and synchronised once). BackgroundWriter runs one job
 // at a time on its own thread; the training thread waits for it before the
 // next snapshot, so the buffers are never overwritten while being written.
@@ -48,6 +49,7 @@ class StateSnapshot {
   at::Tensor& buffer_for(size_t index, const Slot& slot);
   Value copy(const Value& v, bool* any_cuda);
   std::vector<at::Tensor> buffers_;  //!< reused between takes, matched by position
+  std::vector<bool> for_cuda_;       //!< buffers_[i] was made for a CUDA tensor (page-locked)
   size_t next_ = 0;
 };
 

@@ -1,0 +1,71 @@
+// Page-locked pieces on a LibTorch built with CUDA (see pinned_host.h).
+#include "pinned_host.h"
+
+#include "../file_io.h"
+
+#include <ATen/ATen.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <thread>
+
+namespace cairn::detail {
+
+namespace {
+//! The OS memory and the pieces registered in it; unregistered before unmapping.
+struct PinnedPieces {
+  fileio::HostMemory memory;
+  std::vector<char*> registered;
+  PinnedPieces() = default;
+  PinnedPieces(const PinnedPieces&) = delete;
+  PinnedPieces& operator=(const PinnedPieces&) = delete;
+  ~PinnedPieces() {
+    for (char* p : registered) (void)cudaHostUnregister(p);
+    (void)cudaGetLastError();  // at process exit the runtime may be gone; nothing to recover
+  }
+};
+
+constexpr size_t kPage = 4096;
+}  // namespace
+
+at::Tensor pinned_host_tensor(const std::vector<int64_t>& sizes, c10::ScalarType dtype, std::string* why) {
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  auto pieces = std::make_shared<PinnedPieces>();
+  pieces->memory = fileio::HostMemory(std::max<size_t>(bytes, 1));  // populated, 2 MiB aligned
+  const size_t mapped = (pieces->memory.size() + kPage - 1) / kPage * kPage;  // HostMemory maps whole pages
+  for (size_t off = 0; off < mapped; off += kPinPiece) {
+    if (off > 0) std::this_thread::sleep_for(std::chrono::microseconds(200));  // let waiting CUDA calls in
+    char* p = pieces->memory.data() + off;
+    const cudaError_t err = cudaHostRegister(p, std::min(kPinPiece, mapped - off), cudaHostRegisterPortable);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      *why = std::string("cudaHostRegister refused ") + std::to_string(std::min(kPinPiece, mapped - off)) +
+             " bytes: " + cudaGetErrorString(err);
+      return {};  // ~PinnedPieces unregisters what was registered
+    }
+    pieces->registered.push_back(p);
+  }
+  void* data = pieces->memory.data();
+  return at::from_blob(data, sizes, [pieces](void*) mutable { pieces.reset(); }, at::TensorOptions().dtype(dtype));
+}
+
+void copy_to_pinned(at::Tensor& dst, const at::Tensor& src) {
+  const int64_t per = static_cast<int64_t>(kPinPiece / dst.element_size());
+  const int64_t n = src.numel();
+  if (n <= per) {
+    dst.copy_(src, /*non_blocking=*/true);
+    return;
+  }
+  at::Tensor to = dst.view({-1});
+  const at::Tensor from = src.reshape({-1});  // a device copy first where src is not contiguous
+  for (int64_t off = 0; off < n; off += per) {
+    const int64_t len = std::min(per, n - off);
+    to.narrow(0, off, len).copy_(from.narrow(0, off, len), /*non_blocking=*/true);
+  }
+}
+
+}  // namespace cairn::detail
