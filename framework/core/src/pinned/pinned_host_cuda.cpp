@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <cuda_runtime_api.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
@@ -37,6 +38,10 @@ at::Tensor pinned_host_tensor(const std::vector<int64_t>& sizes, c10::ScalarType
   auto pieces = std::make_shared<PinnedPieces>();
   pieces->memory = fileio::HostMemory(std::max<size_t>(bytes, 1));  // populated, 2 MiB aligned
   const size_t mapped = (pieces->memory.size() + kPage - 1) / kPage * kPage;  // HostMemory maps whole pages
+  // Not shared with a child process (std::system, the launcher): a fork's
+  // copy-on-write would move the parent's pages away from what the device
+  // writes to (memory from cudaHostAlloc is kept out of children the same way).
+  (void)::madvise(pieces->memory.data(), mapped, MADV_DONTFORK);
   for (size_t off = 0; off < mapped; off += kPinPiece) {
     if (off > 0) std::this_thread::sleep_for(std::chrono::microseconds(200));  // let waiting CUDA calls in
     char* p = pieces->memory.data() + off;
