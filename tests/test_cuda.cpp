@@ -5,6 +5,8 @@
 
 #include <cairn/async_writer.h>
 #include <cairn/callbacks.h>
+
+#include "../framework/core/src/pinned/pinned_host.h"
 #include <cairn/distributed.h>
 
 #include <torch/cuda.h>
@@ -59,35 +61,53 @@ TEST_CASE("device auto trains on CUDA and checkpoints hold CPU tensors" * doctes
 TEST_CASE("checkpoint snapshots of CUDA tensors: large ones page-locked in pieces and copied exactly across the "
           "pieces' boundaries; the buffers are reused from one save to the next" *
           doctest::skip(!torch::cuda::is_available())) {
+  // The piecewise path itself, not LibTorch's pinned allocator as a fallback.
+  std::string why;
+  const at::Tensor direct = cairn::detail::pinned_host_tensor({3, 1 << 23}, torch::kFloat, 0, &why);  // 96 MiB
+  REQUIRE_MESSAGE(direct.defined(), why);
+  CHECK(why.empty());
+  CHECK(direct.is_pinned());
+
   torch::manual_seed(9);
-  // 84 MB and 82 MB of float (each spans two 64 MiB pieces; the second is not
-  // contiguous), and a small one from LibTorch's pinned allocator.
-  at::Tensor big = torch::randn({21 * 1024 * 1024 + 3}, torch::kCUDA);
-  at::Tensor wide = torch::randn({4096, 5000}, torch::kCUDA).t();
-  at::Tensor small = torch::randint(0, 1000, {5}, torch::TensorOptions().dtype(torch::kLong).device(torch::kCUDA));
-  cairn::Value state = cairn::Value::dict();
-  state.set("a", big);
-  state.set("b", wide);
-  state.set("c", small);
+  const auto on_gpu = torch::TensorOptions().device(torch::kCUDA);
+  const int64_t piece = static_cast<int64_t>(cairn::detail::kPinPiece);
+  // Each of the large ones spans at least two 64 MiB pieces: 4-byte floats
+  // with an odd tail, a transposed (not contiguous) matrix, a strided 1-D
+  // view, 1-byte bools, 2-byte halves, 16-byte complex doubles, and exactly
+  // two pieces of int64. The last is small (LibTorch's pinned allocator).
+  std::vector<std::pair<std::string, at::Tensor>> tensors{
+      {"float", torch::randn({21 * 1024 * 1024 + 3}, on_gpu)},
+      {"transposed", torch::randn({4096, 5000}, on_gpu).t()},
+      {"strided", torch::randn({2 * (piece / 4) + 10}, on_gpu).slice(0, 0, 2 * (piece / 4) + 10, 2)},
+      {"bool", torch::rand({piece + 7}, on_gpu).gt(0.5)},
+      {"half", torch::randn({piece / 2 + 5}, on_gpu.dtype(torch::kHalf))},
+      {"complex", torch::randn({piece / 16 + 3}, on_gpu.dtype(torch::kComplexDouble))},
+      {"two_pieces", torch::randint(0, 1 << 30, {2 * piece / 8}, on_gpu.dtype(torch::kLong))},
+      {"small", torch::randint(0, 1000, {5}, on_gpu.dtype(torch::kLong))}};
+  auto state = [&] {
+    cairn::Value v = cairn::Value::dict();
+    for (const auto& t : tensors) v.set(t.first, t.second);
+    return v;
+  };
   cairn::StateSnapshot snapshot;
-  snapshot.reserve(cairn::StateSnapshot::layout(state));
+  snapshot.reserve(cairn::StateSnapshot::layout(state()));
   std::vector<const void*> first;
   for (int save = 0; save < 2; ++save) {
-    const cairn::Value copy = snapshot.take(state);
-    size_t i = 0;
-    for (const char* key : {"a", "b", "c"}) {
-      CAPTURE(key);
-      const at::Tensor& host = copy.at(key).to_tensor();
+    const cairn::Value copy = snapshot.take(state());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      CAPTURE(tensors[i].first);
+      const at::Tensor& host = copy.at(tensors[i].first).to_tensor();
       CHECK(host.device().is_cpu());
       CHECK(host.is_pinned());
-      CHECK(host.equal(state.at(key).to_tensor().cpu()));
-      if (save == 0) first.push_back(host.data_ptr());
-      else CHECK(host.data_ptr() == first[i]);
-      ++i;
+      CHECK(host.equal(tensors[i].second.cpu()));
+      if (save == 0) {
+        first.push_back(host.data_ptr());
+      } else {
+        CHECK(host.data_ptr() == first[i]);
+      }
     }
-    big.add_(1);
-    wide.mul_(2);
-    small.add_(3);
+    // The next save must see these values, not the first ones.
+    for (auto& t : tensors) t.second = t.second.dtype() == torch::kBool ? t.second.logical_not() : t.second * 2;
   }
 }
 

@@ -6,8 +6,9 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <atomic>
 #include <iostream>
-#include <mutex>
 
 namespace cairn {
 
@@ -15,7 +16,9 @@ namespace {
 void collect(const Value& v, std::vector<StateSnapshot::Slot>& out) {
   if (v.is_tensor()) {
     const at::Tensor& t = v.to_tensor();
-    if (t.defined()) out.push_back({t.sizes().vec(), t.scalar_type(), t.is_cuda()});
+    if (t.defined())
+      out.push_back(
+          {t.sizes().vec(), t.scalar_type(), t.is_cuda(), t.is_cuda() ? static_cast<int>(t.get_device()) : -1});
   } else if (v.is_list() || v.is_dict()) {
     for (const auto& item : v.items()) collect(item, out);
   }
@@ -50,7 +53,8 @@ std::vector<StateSnapshot::Slot> StateSnapshot::layout(const Value& v) {
 }
 
 namespace {
-//! CPU buffers from this size up get huge-page memory, already populated.
+//! Buffers from this size up get huge-page memory of their own, populated
+//! (for CUDA tensors also page-locked in pieces).
 constexpr size_t kHugeBuffer = 1u << 20;
 
 //! A host buffer for one tensor. Large CPU ones get huge-page memory of their
@@ -65,22 +69,25 @@ at::Tensor host_buffer(const StateSnapshot::Slot& slot) {
   for (int64_t s : slot.sizes) numel *= s;
   const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(slot.dtype);
   if (slot.cuda) {
-    if (bytes >= kHugeBuffer) {
+    // After one refusal the driver is not asked again (each try maps and
+    // populates the whole buffer first).
+    static std::atomic<bool> refused{false};
+    if (bytes >= kHugeBuffer && !refused.load()) {
       std::string why;
-      at::Tensor t = detail::pinned_host_tensor(slot.sizes, slot.dtype, &why);
+      at::Tensor t = detail::pinned_host_tensor(slot.sizes, slot.dtype, slot.device, &why);
       if (t.defined()) return t;
-      static std::once_flag warned;
-      std::call_once(warned, [&why] {
+      if (!refused.exchange(true)) {
         std::cerr << "cairn: warning: checkpoint buffers could not be page-locked piece by piece (" << why
                   << "); each is pinned whole, which can pause training while it runs\n";
-      });
+      }
     }
     return at::empty(slot.sizes, options.pinned_memory(true));
   }
   if (bytes < kHugeBuffer) return at::empty(slot.sizes, options);
   auto memory = std::make_shared<fileio::HostMemory>(bytes);
   void* data = memory->data();
-  return torch::from_blob(data, slot.sizes, [memory](void*) mutable { memory.reset(); }, options);
+  return torch::from_blob(
+      data, slot.sizes, [memory](void*) mutable { memory.reset(); }, options);
 }
 }  // namespace
 
@@ -104,29 +111,32 @@ void StateSnapshot::reserve(const std::vector<Slot>& slots) {
   }
 }
 
-Value StateSnapshot::copy(const Value& v, bool* any_cuda) {
+Value StateSnapshot::copy(const Value& v, std::vector<int>* cuda_devices) {
   switch (v.kind()) {
     case Value::Kind::Tensor: {
       const at::Tensor& src = v.to_tensor();
       if (!src.defined()) return v;
       const bool cuda = src.is_cuda();
-      at::Tensor& buf = buffer_for(next_++, Slot{src.sizes().vec(), src.scalar_type(), cuda});
+      const int device = cuda ? static_cast<int>(src.get_device()) : -1;
+      at::Tensor& buf = buffer_for(next_++, Slot{src.sizes().vec(), src.scalar_type(), cuda, device});
       if (cuda) {
-        detail::copy_to_pinned(buf, src);
+        detail::copy_to_pinned(buf, src);  // queued on that device's current stream
+        if (std::find(cuda_devices->begin(), cuda_devices->end(), device) == cuda_devices->end()) {
+          cuda_devices->push_back(device);
+        }
       } else {
         buf.copy_(src);
       }
-      *any_cuda = *any_cuda || cuda;
       return Value(buf);
     }
     case Value::Kind::List: {
       Value out = Value::list();
-      for (const auto& item : v.items()) out.push_back(copy(item, any_cuda));
+      for (const auto& item : v.items()) out.push_back(copy(item, cuda_devices));
       return out;
     }
     case Value::Kind::Dict: {
       Value out = Value::dict();
-      for (size_t i = 0; i < v.keys().size(); ++i) out.set(v.keys()[i], copy(v.values()[i], any_cuda));
+      for (size_t i = 0; i < v.keys().size(); ++i) out.set(v.keys()[i], copy(v.values()[i], cuda_devices));
       return out;
     }
     default:
@@ -136,19 +146,21 @@ Value StateSnapshot::copy(const Value& v, bool* any_cuda) {
 
 Value StateSnapshot::take(const Value& v) {
   next_ = 0;
-  bool any_cuda = false;
+  std::vector<int> cuda_devices;
   Value out;
   if (v.is_dict()) {
     out = Value::dict();
     for (size_t i = 0; i < v.keys().size(); ++i) {
-      out.set(v.keys()[i], shared_key(v.keys()[i]) ? v.values()[i] : copy(v.values()[i], &any_cuda));
+      out.set(v.keys()[i], shared_key(v.keys()[i]) ? v.values()[i] : copy(v.values()[i], &cuda_devices));
     }
   } else {
-    out = copy(v, &any_cuda);
+    out = copy(v, &cuda_devices);
   }
   buffers_.resize(next_);
   for_cuda_.resize(next_);
-  if (any_cuda) torch::cuda::synchronize();
+  // Every device the copies ran on (synchronize() alone waits for the
+  // current device only, and a model on cuda:1 leaves it at 0).
+  for (int d : cuda_devices) torch::cuda::synchronize(d);
   return out;
 }
 

@@ -41,7 +41,7 @@ HostMemory::HostMemory(size_t size) {
   data_ = static_cast<char*>(base_);
   size_ = size;
   ::madvise(base_, mapped_, MADV_HUGEPAGE);  // advice only: ignored where THP is off
-  ::madvise(base_, mapped_, MADV_POPULATE_WRITE);
+  populated_ = ::madvise(base_, mapped_, MADV_POPULATE_WRITE) == 0;
 }
 
 HostMemory::~HostMemory() { reset(); }
@@ -55,6 +55,7 @@ HostMemory& HostMemory::operator=(HostMemory&& other) noexcept {
     std::swap(mapped_, other.mapped_);
     std::swap(data_, other.data_);
     std::swap(size_, other.size_);
+    std::swap(populated_, other.populated_);
   }
   return *this;
 }
@@ -65,6 +66,7 @@ void HostMemory::reset() {
   mapped_ = 0;
   data_ = nullptr;
   size_ = 0;
+  populated_ = false;
 }
 
 // ---------------------------------------------------------------------------

@@ -36,6 +36,11 @@ class HostMemory {
 
   char* data() const { return data_; }
   size_t size() const { return size_; }
+  //! Bytes mapped from data(): size() rounded up to whole 4 KiB pages.
+  size_t mapped_size() const { return mapped_; }
+  //! Whether the kernel populated the pages up front (MADV_POPULATE_WRITE,
+  //! Linux 5.14+); otherwise each page faults in at its first write.
+  bool populated() const { return populated_; }
 
  private:
   void reset();
@@ -43,6 +48,7 @@ class HostMemory {
   size_t mapped_ = 0;
   char* data_ = nullptr;  //!< the aligned part handed out
   size_t size_ = 0;
+  bool populated_ = false;
 };
 
 //! Whether direct I/O is wanted at all: false when the environment sets

@@ -28,6 +28,7 @@ class StateSnapshot {
     std::vector<int64_t> sizes;
     c10::ScalarType dtype;
     bool cuda;
+    int device = -1;  //!< the CUDA device's index (cuda only)
   };
   //! Top-level keys whose tensors are immutable once handed out and are shared
   //! by the snapshot instead of copied: `metrics` (MetricLog's append-only
@@ -47,7 +48,7 @@ class StateSnapshot {
 
  private:
   at::Tensor& buffer_for(size_t index, const Slot& slot);
-  Value copy(const Value& v, bool* any_cuda);
+  Value copy(const Value& v, std::vector<int>* cuda_devices);
   std::vector<at::Tensor> buffers_;  //!< reused between takes, matched by position
   std::vector<bool> for_cuda_;       //!< buffers_[i] was made for a CUDA tensor (page-locked)
   size_t next_ = 0;
@@ -75,8 +76,8 @@ class BackgroundWriter {
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   std::function<void()> job_;
-  bool has_job_ = false;    //!< a job is queued or running
-  bool collected_ = true;   //!< its result was taken by wait()
+  bool has_job_ = false;   //!< a job is queued or running
+  bool collected_ = true;  //!< its result was taken by wait()
   bool stop_ = false;
   std::exception_ptr error_;
   std::thread thread_;

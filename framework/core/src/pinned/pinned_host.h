@@ -6,12 +6,14 @@
 // need. LibTorch's pinned allocator makes one cudaHostAlloc per tensor, which
 // faults in and pins every page of it under that lock, back to back. For a
 // 537M-parameter model with AdamW (6.44 GB, 256 MB per tensor) the background
-// reserve that Checkpoint starts after the first step paused training: 0.864x
+// reserve that Checkpoint starts after the first step paused training: 0.86x
 // the steps/s of a run without checkpoints (bench_gpu, H200, PyTorch 2.11).
-// Here the memory comes from the OS first (huge pages, populated without any
-// driver call), and is then registered with the driver in kPinPiece pieces
-// with a pause between them, so the lock is held briefly and the training
-// thread's calls get in between.
+// Here the memory comes from the OS first (huge pages, populated or touched
+// page by page without any driver call), and is then registered with the
+// driver in kPinPiece pieces with a pause between them, so the lock is held
+// briefly and the training thread's calls get in between. (PyTorch's
+// `pinned_use_cuda_host_register` also populates first, then registers in one
+// call.)
 //
 // A device-to-host copy is asynchronous only when its host range lies inside
 // one registration: copy_to_pinned() cuts copies at the pieces' boundaries.
@@ -34,10 +36,12 @@ namespace cairn::detail {
 constexpr size_t kPinPiece = size_t{64} << 20;
 
 //! A contiguous CPU tensor of `sizes` and `dtype` in host memory page-locked
-//! in kPinPiece pieces (unregistered and unmapped with the tensor's storage).
-//! Undefined, with `*why` set, when the driver refuses (or this LibTorch has
-//! no CUDA); throws std::bad_alloc when the host memory cannot be mapped.
-at::Tensor pinned_host_tensor(const std::vector<int64_t>& sizes, c10::ScalarType dtype, std::string* why);
+//! in kPinPiece pieces for copies from CUDA device `device` (registered and
+//! unregistered under that device's guard, so that no other device gets a
+//! context; unregistered and unmapped with the tensor's storage). Undefined,
+//! with `*why` set, when the driver refuses (or this LibTorch has no CUDA);
+//! throws std::bad_alloc when the host memory cannot be mapped.
+at::Tensor pinned_host_tensor(const std::vector<int64_t>& sizes, c10::ScalarType dtype, int device, std::string* why);
 
 //! dst.copy_(src, non_blocking=true) for a CUDA `src` and a contiguous host
 //! `dst` of the same shape and dtype, issued as one copy per kPinPiece bytes

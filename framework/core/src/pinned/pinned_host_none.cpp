@@ -5,7 +5,7 @@
 
 namespace cairn::detail {
 
-at::Tensor pinned_host_tensor(const std::vector<int64_t>&, c10::ScalarType, std::string* why) {
+at::Tensor pinned_host_tensor(const std::vector<int64_t>&, c10::ScalarType, int, std::string* why) {
   *why = "this LibTorch was built without CUDA";
   return {};
 }
