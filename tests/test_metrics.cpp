@@ -32,6 +32,35 @@ TEST_CASE("accumulated values flush as batch-size-weighted means, split by split
   CHECK(log.series("train/loss").size() == 1);
 }
 
+TEST_CASE("device-side means give the bits of sum(double(v) * w) / sum(w), by either arithmetic path") {
+  // Float values with whole weights take the one-op path (v * w exact in
+  // double); double values and fractional weights the multiply-then-add one.
+  torch::manual_seed(3);
+  const at::Tensor floats = torch::randn({200}) * 7;
+  const at::Tensor doubles = torch::randn({200}, torch::kDouble) * 7;
+  struct Case {
+    const char* name;
+    const at::Tensor* values;
+    double weight_scale;
+  };
+  for (const Case& c : {Case{"train/floats", &floats, 1.0}, Case{"train/doubles", &doubles, 1.0},
+                        Case{"train/fractional", &floats, 0.37}}) {
+    CAPTURE(c.name);
+    cairn::MetricLog log;
+    double sum = 0, weights = 0;
+    for (int64_t i = 0; i < c.values->size(0); ++i) {
+      const double w = static_cast<double>(1 + i % 64) * c.weight_scale;
+      const at::Tensor v = (*c.values)[i];
+      log.accumulate_tensor(c.name, i % 2 ? v : v.reshape({1}), w);
+      const double x = v.to(torch::kDouble).item<double>() * w;  // rounded, then added
+      sum = i == 0 ? x : sum + x;
+      weights += w;
+    }
+    log.flush("train", 0, 200);
+    CHECK(*log.last(c.name) == sum / weights);  // exact, not approximate
+  }
+}
+
 TEST_CASE("the metric log survives a state round trip with its journal order") {
   cairn::MetricLog log;
   for (int i = 0; i < 10; ++i) {

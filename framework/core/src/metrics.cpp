@@ -29,6 +29,13 @@ class WeightedMean : public Metric {
   void check(const at::Tensor&, const at::Tensor&) const override {}
 };
 
+//! Whether value * weight is exact in double for every value of `dtype`: a
+//! mantissa of at most 24 bits times an integer of at most 29 bits.
+bool exact_in_double(c10::ScalarType dtype, double weight) {
+  const bool narrow = dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
+  return narrow && weight == std::floor(weight) && std::fabs(weight) <= static_cast<double>(1 << 29);
+}
+
 const std::shared_ptr<const Metric>& weighted_mean() {
   static const std::shared_ptr<const Metric> m = std::make_shared<WeightedMean>();
   return m;
@@ -199,8 +206,17 @@ void MetricLog::accumulate_tensor(const std::string& name, const at::Tensor& val
   }
   if (s.sums.defined() && s.sums.device() != value.device()) s.sums = s.sums.to(value.device());
   // WeightedMean::update's arithmetic without wrapping the weight in a tensor.
-  const at::Tensor v = value.detach().reshape({1}).to(at::kDouble) * weight;
-  s.sums = s.sums.defined() ? s.sums + v : v;
+  const at::Tensor d = value.detach();
+  if (s.sums.defined() && s.sums.scalar_type() == at::kDouble && d.numel() == 1 && d.dim() <= 1 &&
+      exact_in_double(d.scalar_type(), weight)) {
+    // The same bits in one op instead of four (every step of every run):
+    // v * weight is exact in double here, so a + weight * v (fused or not)
+    // rounds once, as a + (v * weight) does.
+    s.sums = at::add(s.sums, d, weight);
+  } else {
+    const at::Tensor v = d.reshape({1}).to(at::kDouble) * weight;
+    s.sums = s.sums.defined() ? s.sums + v : v;
+  }
   s.count += weight;
 }
 
