@@ -5,7 +5,8 @@
 # suite (test_cuda included: CUDA RNG, training on the GPU, 2-process jobs on
 # Gloo sharing a GPU and on NCCL, data on the device against pinned prefetched
 # batches, foreach and fused Adam on CUDA, captured steps (trainer.cuda_graphs)
-# against uncaptured ones, Python 2.x reading checkpoints),
+# against uncaptured ones, checkpoint snapshots page-locked in 64 MiB pieces,
+# Python 2.x reading checkpoints),
 # then the GPU benchmarks (bench_gpu, bench_checkpoint, bench_loop --device
 # cuda). Every log goes to one folder, $OUT (or ./gpu_out); the README's GPU
 # figures come from it, with the date and PyTorch version it records in env.txt.
