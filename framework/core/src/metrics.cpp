@@ -206,7 +206,7 @@ void MetricLog::accumulate_tensor(const std::string& name, const at::Tensor& val
   }
   if (s.sums.defined() && s.sums.device() != value.device()) s.sums = s.sums.to(value.device());
   // WeightedMean::update's arithmetic without wrapping the weight in a tensor.
-  const at::Tensor d = value.detach();
+  const at::Tensor d = value.requires_grad() ? value.detach() : value;
   if (s.sums.defined() && s.sums.scalar_type() == at::kDouble && d.numel() == 1 && d.dim() <= 1 &&
       exact_in_double(d.scalar_type(), weight)) {
     // The same bits in one op instead of four (every step of every run):
