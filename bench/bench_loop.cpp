@@ -7,21 +7,30 @@
 // levers is measured on its own (prefetch, foreach, fused; on CUDA also the
 // data kept on the CPU and CUDA graphs), so its share shows.
 //
-//   ./build/bench_loop [--epochs N] [--repeats R] [--device cpu|cuda] [--steps S] [--width W]
+//   ./build/bench_loop [--epochs N] [--repeats R] [--device cpu|cuda] [--steps S] [--width W] [--ops 1]
 //
 // --steps S limits an epoch to S training batches (a smoke run for CI).
 // --width W trains 784-W-W-10 instead (a large model: cairn's per-step cost
 // as a share of a long step; without the Python legs).
+// --ops 1 times nothing: it counts the ATen ops each loop dispatches in one
+// epoch (training thread and prefetch thread apart) and prints, per training
+// step, those whose counts differ between cairn and the hand-written loop:
+// where cairn's per-step cost on the CPU comes from.
 #include <cairn/cairn.h>
 #include <cairn/callbacks.h>
 
+#include <ATen/record_function.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
+#include <mutex>
+#include <thread>
 
 namespace {
 using Clock = std::chrono::steady_clock;
@@ -38,6 +47,28 @@ int64_t g_width = 0;
 torch::nn::Sequential make_model() {
   if (g_width > 0) return cairn::make_mlp({{1, 28, 28}, {g_width, g_width}, 10, 0.1});
   return cairn::make_mlp({{1, 28, 28}, {256, 128}, 10, 0.1});
+}
+
+// --ops: ATen ops dispatched while counting is on, by name ("[prefetch] "
+// before those of other threads than the training thread).
+struct OpCounts {
+  std::mutex mutex;
+  std::map<std::string, int64_t> counts;
+  std::atomic<bool> on{false};
+  std::thread::id training_thread;
+};
+OpCounts g_ops;
+
+void count_ops() {
+  g_ops.training_thread = std::this_thread::get_id();
+  at::addGlobalCallback(at::RecordFunctionCallback([](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+    if (g_ops.on.load()) {
+      const bool helper = std::this_thread::get_id() != g_ops.training_thread;
+      std::lock_guard<std::mutex> lock(g_ops.mutex);
+      ++g_ops.counts[(helper ? "[prefetch] " : "") + std::string(fn.name())];
+    }
+    return nullptr;
+  }).scopes({at::RecordScope::FUNCTION, at::RecordScope::BACKWARD_FUNCTION}));
 }
 
 // The loop a LibTorch user writes by hand.
@@ -138,6 +169,7 @@ double with_cairn(const cairn::DataModule& src, int64_t epochs, const std::strin
 int main(int argc, char** argv) {
   int64_t epochs = 2, repeats = 3, steps = 0;
   std::string device = "cpu";
+  bool ops = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--epochs") epochs = std::stoll(argv[i + 1]);
@@ -145,6 +177,7 @@ int main(int argc, char** argv) {
     if (a == "--steps") steps = std::stoll(argv[i + 1]);
     if (a == "--device") device = argv[i + 1];
     if (a == "--width") g_width = std::stoll(argv[i + 1]);
+    if (a == "--ops") ops = std::string(argv[i + 1]) == "1";
   }
   const torch::Device dev(device);
   const bool cuda = dev.is_cuda();
@@ -176,6 +209,40 @@ int main(int argc, char** argv) {
     if (cairn::fused_adam_available(dev)) {
       legs.push_back({"  CUDA graphs + fused optimizer step", "auto", "auto", cairn::StepMode::fused, true});
     }
+  }
+  if (ops) {
+    count_ops();
+    std::map<std::string, int64_t> counted[2];
+    for (int k = 0; k < 2; ++k) {
+      g_ops.on = true;
+      if (k == 0) {
+        hand_written(*data, 1, dev);
+      } else {
+        with_cairn(*data, 1, device, legs[0], run_dir, devnull);
+      }
+      g_ops.on = false;
+      std::lock_guard<std::mutex> lock(g_ops.mutex);
+      counted[k].swap(g_ops.counts);
+    }
+    std::map<std::string, std::pair<int64_t, int64_t>> both;
+    for (const auto& c : counted[0]) both[c.first].first = c.second;
+    for (const auto& c : counted[1]) both[c.first].second = c.second;
+    std::printf("\n== ATen ops per training step (one epoch of %lld steps, validation included), where they differ ==\n",
+                static_cast<long long>(per_epoch));
+    std::printf("%-48s %10s %10s\n", "op", "by hand", "cairn");
+    int64_t total[2] = {0, 0};
+    for (const auto& b : both) {
+      total[0] += b.second.first;
+      total[1] += b.second.second;
+      if (b.second.first == b.second.second) continue;
+      std::printf("%-48s %10.2f %10.2f\n", b.first.c_str(), static_cast<double>(b.second.first) / per_epoch,
+                  static_cast<double>(b.second.second) / per_epoch);
+    }
+    std::printf("%-48s %10.2f %10.2f\n", "all ops", static_cast<double>(total[0]) / per_epoch,
+                static_cast<double>(total[1]) / per_epoch);
+    std::fclose(devnull);
+    if (std::system("rm -rf bench_tmp/loop_run") != 0) std::fprintf(stderr, "cleanup failed\n");
+    return 0;
   }
   std::vector<double> hand;
   std::vector<std::vector<double>> rates(legs.size());

@@ -439,9 +439,19 @@ void Trainer::train_epoch(EpochSampler& sampler) {
   // The next batch is made on a helper thread while this one's step runs.
   std::unique_ptr<detail::Prefetcher> prefetcher;
   if (prefetch_) prefetcher = std::make_unique<detail::Prefetcher>([this](const at::Tensor& i) { return training_batch(i); });
+  // Batch k+1's rows, computed when its prefetch started: used again at step k+1.
+  int64_t next_k = -1;
+  at::Tensor next_indices;
+  double next_weight = 1.0;
   for (int64_t k = st.batch_in_epoch; k < n; ++k) {
     double weight = 1.0;
-    const at::Tensor indices = rows(k, weight);
+    at::Tensor indices;
+    if (next_k == k) {
+      indices = std::move(next_indices);
+      weight = next_weight;
+    } else {
+      indices = rows(k, weight);
+    }
     const bool cycle_end = (k + 1) % accumulate == 0 || k + 1 == n;
     if (indices.size(0) == 0) {
       // The epoch's last global batch has fewer examples than ranks: this one
@@ -460,9 +470,9 @@ void Trainer::train_epoch(EpochSampler& sampler) {
     // be a user's override: it runs on this thread, in step order).
     Batch batch = to_device(prefetcher ? prefetcher->take(k, indices) : training_batch(indices));
     if (prefetcher && k + 1 < n) {
-      double next_weight = 1.0;
-      at::Tensor next = rows(k + 1, next_weight);
-      if (next.size(0) > 0) prefetcher->start(k + 1, std::move(next));
+      next_indices = rows(k + 1, next_weight);
+      next_k = k + 1;
+      if (next_indices.size(0) > 0) prefetcher->start(k + 1, next_indices);
     }
     st.batch_size = batch.size();
     loop_.batch_begin();
