@@ -5,7 +5,9 @@
 // loop too when CAIRN_PYTHON has torch, and Lightning's
 // (bench/lightning_loop.py) when it has lightning. Each of cairn's speed
 // levers is measured on its own (prefetch, foreach, fused; on CUDA also the
-// data kept on the CPU and CUDA graphs), so its share shows.
+// data kept on the CPU and CUDA graphs), so its share shows; so is the
+// Checkpoint callback's (the default leg saves durably every epoch, the
+// hand-written loop saves nothing).
 //
 //   ./build/bench_loop [--epochs N] [--repeats R] [--device cpu|cuda] [--steps S] [--width W] [--ops 1]
 //
@@ -132,6 +134,7 @@ struct Leg {
   std::string data_device = "auto", prefetch = "auto";
   cairn::StepMode step = cairn::StepMode::automatic;
   bool cuda_graphs = false;
+  bool checkpoint = true;  //!< the Checkpoint callback (a durable save, fsync included, each epoch)
 };
 
 // cairn's Trainer with what `cairn fit` attaches by default plus early stopping.
@@ -151,8 +154,10 @@ double with_cairn(const cairn::DataModule& src, int64_t epochs, const std::strin
   t.set_model(cairn::Model::wrap(model)).set_data(std::make_shared<SameData>(src));
   t.set_optimizer(std::make_shared<cairn::Adam>(model->parameters(), torch::optim::AdamOptions(1e-3), leg.step));
   t.loop().set_run_dir(run_dir);
-  t.add_callback(std::make_shared<cairn::Checkpoint>(
-      cairn::CheckpointOptions().monitor("valid/acc").mode(cairn::Mode::max)));
+  if (leg.checkpoint) {
+    t.add_callback(std::make_shared<cairn::Checkpoint>(
+        cairn::CheckpointOptions().monitor("valid/acc").mode(cairn::Mode::max)));
+  }
   t.add_callback(std::make_shared<cairn::EarlyStopping>(cairn::EarlyStoppingOptions().patience(100)));
   t.add_callback(std::make_shared<cairn::CsvLogger>());
   t.add_callback(std::make_shared<cairn::ProgressBar>(cairn::ProgressBarOptions{}, devnull));
@@ -203,6 +208,8 @@ int main(int argc, char** argv) {
   if (cairn::fused_adam_available(dev)) {
     legs.push_back({"  fused optimizer step", "auto", "auto", cairn::StepMode::fused});
   }
+  // The share of the durable save (snapshot, write, fsync) in the default's ratio.
+  legs.push_back({"  without the checkpoint callback", "auto", "auto", cairn::StepMode::automatic, false, false});
   if (cuda) {
     // The step captured once and replayed (trainer.cuda_graphs), alone and with the fused step.
     legs.push_back({"  CUDA graphs (trainer.cuda_graphs)", "auto", "auto", cairn::StepMode::automatic, true});
