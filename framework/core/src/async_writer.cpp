@@ -16,9 +16,7 @@ namespace {
 void collect(const Value& v, std::vector<StateSnapshot::Slot>& out) {
   if (v.is_tensor()) {
     const at::Tensor& t = v.to_tensor();
-    if (t.defined())
-      out.push_back(
-          {t.sizes().vec(), t.scalar_type(), t.is_cuda(), t.is_cuda() ? static_cast<int>(t.get_device()) : -1});
+    if (t.defined()) out.push_back({t.sizes().vec(), t.scalar_type(), t.is_cuda(), t.is_cuda() ? int(t.get_device()) : -1});
   } else if (v.is_list() || v.is_dict()) {
     for (const auto& item : v.items()) collect(item, out);
   }
@@ -86,8 +84,7 @@ at::Tensor host_buffer(const StateSnapshot::Slot& slot) {
   if (bytes < kHugeBuffer) return at::empty(slot.sizes, options);
   auto memory = std::make_shared<fileio::HostMemory>(bytes);
   void* data = memory->data();
-  return torch::from_blob(
-      data, slot.sizes, [memory](void*) mutable { memory.reset(); }, options);
+  return torch::from_blob(data, slot.sizes, [memory](void*) mutable { memory.reset(); }, options);
 }
 }  // namespace
 

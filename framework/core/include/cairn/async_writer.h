@@ -76,8 +76,8 @@ class BackgroundWriter {
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   std::function<void()> job_;
-  bool has_job_ = false;   //!< a job is queued or running
-  bool collected_ = true;  //!< its result was taken by wait()
+  bool has_job_ = false;    //!< a job is queued or running
+  bool collected_ = true;   //!< its result was taken by wait()
   bool stop_ = false;
   std::exception_ptr error_;
   std::thread thread_;
