@@ -293,13 +293,71 @@ inline std::vector<pid_t> children_of(pid_t parent) {
   return out;
 }
 
-//! Waits until `path` exists, at most `seconds`.
-inline void wait_for_file(const std::string& path, double seconds) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (!test::fs::exists(path) && std::chrono::steady_clock::now() < end) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+//! How long a wait for another process's progress may take before the test
+//! calls it a hang. Only a hang guard: no test's outcome depends on speed,
+//! so it is far beyond what the slowest loaded machine needs.
+constexpr double hang_guard_seconds = 600;
+
+//! Polls `done` every `poll_ms` until it holds (true) or, for a process that
+//! hangs, until the hang guard runs out (false). Tests wait for progress they
+//! can see (a file, a line, a step count), never for a fraction of a time.
+inline bool wait_until(const std::function<bool()>& done, int poll_ms = 5,
+                       double guard_seconds = hang_guard_seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(guard_seconds);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= end) return false;
+    if (poll_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(poll_ms));
+    else std::this_thread::yield();
   }
+  return true;
 }
+
+//! Waits until `path` exists (false: the hang guard ran out).
+inline bool wait_for_file(const std::string& path, double guard_seconds = hang_guard_seconds) {
+  return wait_until([&] { return test::fs::exists(path); }, 5, guard_seconds);
+}
+
+//! Whether `sig` is pending for process `pid` (sent, not yet taken by a
+//! handler): /proc/PID/status's process-wide and main-thread masks. False
+//! once the process has exited.
+inline bool signal_pending(pid_t pid, int sig) {
+  std::istringstream in(read_file("/proc/" + std::to_string(pid) + "/status"));
+  const unsigned long long bit = 1ULL << (sig - 1);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("ShdPnd:", 0) == 0 || line.rfind("SigPnd:", 0) == 0) {
+      if (std::stoull(line.substr(7), nullptr, 16) & bit) return true;
+    }
+  }
+  return false;
+}
+
+//! Reads a running `cairn fit`'s output as it grows and counts the training
+//! steps it has printed: the progress bar's plain lines ("epoch E/M step B/T",
+//! one each `log_every_n_steps`, on output that is not a terminal) give the
+//! global step (E-1)*T+B. Steps are what a kill test counts, so its kills land
+//! at the same points of the run on an idle and on a loaded machine.
+struct StepsPrinted {
+  std::string path;       //!< the process's output file
+  std::streamoff read = 0;  //!< bytes parsed so far (whole lines only)
+  int64_t steps = 0;      //!< the largest global step seen so far (0: none yet)
+  explicit StepsPrinted(std::string log) : path(std::move(log)) {}
+  //! Parses what was written since the last call; returns the steps seen so far.
+  int64_t update() {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return steps;
+    in.seekg(read);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (in.eof()) break;  // a line still being written: parse it next time
+      read += static_cast<std::streamoff>(line.size() + 1);
+      long long e = 0, m = 0, b = 0, t = 0;
+      if (std::sscanf(line.c_str(), "epoch %lld/%lld step %lld/%lld", &e, &m, &b, &t) == 4 && e >= 1) {
+        steps = std::max<int64_t>(steps, (e - 1) * t + b);
+      }
+    }
+    return steps;
+  }
+};
 
 //! The largest absolute difference between two state dicts' tensors (by `a`'s keys).
 inline double max_difference(const cairn::Value& a, const cairn::Value& b) {

@@ -415,9 +415,7 @@ TEST_CASE("cairn report writes one well-formed HTML file with a chart per metric
   test::write_file(dir / "c.yaml", cfg);
   // Interrupt once with SIGTERM so the run has a resume point.
   const pid_t pid = test::spawn({CAIRN_CLI, "fit", "--config", dir / "c.yaml"}, dir / "log.txt");
-  for (int i = 0; i < 4000 && !test::fs::exists(dir / "run/checkpoints/last.ckpt"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
+  REQUIRE(test::wait_for_file(dir / "run/checkpoints/last.ckpt"));
   ::kill(pid, SIGTERM);
   test::wait_exit(pid);
   REQUIRE(test::cairn_cli({"fit", "--config", dir / "c.yaml"}).exit_code == 0);

@@ -130,11 +130,16 @@ TEST_CASE("the progress bar keeps to the terminal's width (tmux at 60 and 80 col
     const std::string socket = "cairn-test-" + std::to_string(::getpid()) + "-" + std::to_string(columns);
     const std::string done = dir / ("done-" + std::to_string(columns));
     const std::string cmd = "env -u COLUMNS " + std::string(CAIRN_CLI) + " fit --config " + (dir / "c.yaml") +
-                            " --overwrite; touch " + done + "; sleep 60";
+                            " --overwrite; touch " + done + "; echo CAIRN-TEST-END; sleep 60";
     auto start = test::run({"/usr/bin/tmux", "-L", socket, "new-session", "-d", "-x", std::to_string(columns), "-y", "40", cmd});
     REQUIRE_MESSAGE(start.exit_code == 0, start.output);
-    test::wait_for_file(done, 120);
-    auto screen = test::run({"/usr/bin/tmux", "-L", socket, "capture-pane", "-p", "-S", "-200"});
+    // The screen is read once tmux has drawn the line printed after cairn's
+    // last one (the pane's output is drawn in order, whenever tmux gets to it).
+    test::ProcessResult screen;
+    test::wait_until([&] {
+      screen = test::run({"/usr/bin/tmux", "-L", socket, "capture-pane", "-p", "-S", "-200"});
+      return screen.output.find("CAIRN-TEST-END") != std::string::npos;
+    }, 50);
     test::run({"/usr/bin/tmux", "-L", socket, "kill-server"});
     REQUIRE(test::fs::exists(done));
     std::istringstream lines(screen.output);

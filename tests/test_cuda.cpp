@@ -184,9 +184,7 @@ std::string placement_config(const std::string& run, const std::string& data_ext
 //! checkpoint, comparable across runs.
 cairn::Value killed_and_resumed(const std::string& run) {
   const pid_t p = test::spawn({CAIRN_CLI, "fit", "--config", run + ".yaml"}, run + ".log");
-  for (int i = 0; i < 12000 && !test::fs::exists(run + "/checkpoints/last.ckpt"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  REQUIRE(test::wait_for_file(run + "/checkpoints/last.ckpt"));
   ::kill(p, SIGKILL);
   CHECK_MESSAGE(test::wait_exit(p) == 128 + SIGKILL, test::read_file(run + ".log"));
   const auto r = test::cairn_cli({"fit", "--config", run + ".yaml"});

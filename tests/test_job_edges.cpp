@@ -23,7 +23,7 @@ std::string job(const std::string& run, int epochs, const std::string& checkpoin
          "noise: 1.0, batch_size: " + std::to_string(batch) + "}\n"
          "model: {name: mlp, hidden: [64], dropout: 0.3}\noptimizer: {name: adam, lr: 0.002}\n"
          "trainer: {max_epochs: " + std::to_string(epochs) + ", threads: 1, log_every_n_steps: 5}\n"
-         "distributed: {timeout: 20}\n" + extra +
+         "distributed: {timeout: 120}\n" + extra +
          "callbacks:\n  - {name: checkpoint, " + checkpoint + "}\n";
 }
 
@@ -32,10 +32,7 @@ cairn::Value last_of(const std::string& dir) { return cairn::read_checkpoint(dir
 //! Waits until `launcher` has two live workers; returns them (rank order).
 std::vector<pid_t> two_workers(pid_t launcher) {
   std::vector<pid_t> w;
-  for (int i = 0; i < 6000 && w.size() != 2; ++i) {
-    w = test::children_of(launcher);
-    if (w.size() != 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  test::wait_until([&] { return (w = test::children_of(launcher)).size() == 2; });
   return w;
 }
 
@@ -122,12 +119,10 @@ TEST_CASE("a run refused by the lock of a shared checkpoint folder deletes and w
   const std::string shared = dir / "shared";
   test::write_file(dir / "live.yaml", job(dir / "live", 200, "dirpath: " + shared + ", every_n_train_steps: 5"));
   const pid_t live = test::spawn({CAIRN_CLI, "fit", "--config", dir / "live.yaml"}, dir / "live.log");
-  test::wait_for_file(shared + "/last.ckpt", 60);
+  REQUIRE(test::wait_for_file(shared + "/last.ckpt"));
   // Frozen while it holds the folder: its files cannot change under the test.
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   REQUIRE(::kill(live, SIGSTOP) == 0);
-  for (int i = 0; i < 1000 && !all_threads_stopped(live); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  REQUIRE(all_threads_stopped(live));
+  REQUIRE(test::wait_until([&] { return all_threads_stopped(live); }));
   const auto before = listing(shared);
   REQUIRE(before.count("last.ckpt") == 1);
 
@@ -166,11 +161,10 @@ TEST_CASE("--resume FILE with any name works in a job of 2 processes (a name wit
   REQUIRE(test::cairn_cli({"fit", "--config", dir / "a.yaml"}).exit_code == 0);
   test::fs::copy_file(dir / "a/checkpoints/last.ckpt", dir / "snapshot.bin");
   test::write_file(dir / "b.yaml", job(dir / "b", 2, "every_n_train_steps: 8", 8));  // global batch 16, as A
-  const auto t0 = std::chrono::steady_clock::now();
+  // (The hang it once had ends as a distributed timeout: exit 6, not 0.)
   auto r = test::cairn_cli({"fit", "--config", dir / "b.yaml", "--resume", dir / "snapshot.bin", "--nproc", "2"});
   CHECK_MESSAGE(r.exit_code == 0, r.output);
   CHECK(r.output.find("[rank 0] cairn: resumed from " + dir / "snapshot.bin") != std::string::npos);
-  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20));
 }
 
 TEST_CASE("resuming at another process count with the same per-process batch is config drift (the global batch "
@@ -179,7 +173,7 @@ TEST_CASE("resuming at another process count with the same per-process batch is 
   const std::string run = dir / "run";
   test::write_file(dir / "c.yaml", job(run, 1, "every_n_train_steps: 4"));
   const pid_t l = test::spawn({CAIRN_CLI, "fit", "--config", dir / "c.yaml", "--nproc", "2"}, dir / "two.log");
-  test::wait_for_file(run + "/checkpoints/last.ckpt", 60);
+  REQUIRE(test::wait_for_file(run + "/checkpoints/last.ckpt"));
   ::kill(l, SIGTERM);
   REQUIRE(test::wait_exit(l) == 143);
   auto one = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
@@ -199,15 +193,12 @@ TEST_CASE("kill -9 of the launcher takes its workers with it; the next fit owns 
   const pid_t l = test::spawn({CAIRN_CLI, "fit", "--config", dir / "c.yaml", "--nproc", "2"}, dir / "l.log");
   const auto workers = two_workers(l);
   REQUIRE(workers.size() == 2);
-  test::wait_for_file(run + "/checkpoints/last.ckpt", 60);
+  REQUIRE(test::wait_for_file(run + "/checkpoints/last.ckpt"));
   ::kill(l, SIGKILL);
   test::wait_exit(l);
-  bool gone = false;
-  for (int i = 0; i < 500 && !gone; ++i) {
-    gone = !alive(workers[0]) && !alive(workers[1]);
-    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  CHECK(gone);
+  // Gone as soon as the kernel delivers their parent-death signal (a worker
+  // inside an fsync may take a while on a busy disk): a hang guard only.
+  CHECK(test::wait_until([&] { return !alive(workers[0]) && !alive(workers[1]); }, 10));
   for (pid_t w : workers) ::kill(w, SIGKILL);  // (only if the check failed)
   auto again = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--set", "trainer.max_epochs=1",
                                 "--allow-config-change"});

@@ -34,9 +34,7 @@ TEST_CASE("a scripted CNN from Python trains, resumes bit-identically after SIGK
 
   // The same run, killed once it has saved, then resumed to the end.
   const pid_t pid = test::spawn({CAIRN_CLI, "fit", "--config", dir / "run.yaml"}, dir / "killed.log");
-  for (int i = 0; i < 20000 && !test::fs::exists(dir / "run/checkpoints/last.ckpt"); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  REQUIRE(test::wait_for_file(dir / "run/checkpoints/last.ckpt"));
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   ::kill(pid, SIGKILL);
   REQUIRE(test::wait_exit(pid) == 128 + SIGKILL);
