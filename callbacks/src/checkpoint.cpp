@@ -422,7 +422,11 @@ void Checkpoint::write_files(const Value& ckpt, const std::string& primary, bool
   if (keep_last && primary != last) atomic_link(primary, last);
   if (keep_last) last_good_ = true;
   for (const auto& f : to_delete) {
-    if (f != primary) fs::remove(f, ec);
+    // The new file is durable: a file retention drops and cannot delete costs
+    // only disk space, so the save stands and the failure is said.
+    if (f != primary && !fs::remove(f, ec) && ec) {
+      std::cerr << "cairn: warning: could not delete " << f << ", which retention dropped: " << ec.message() << "\n";
+    }
   }
   pending_write_seconds_ = stats.seconds;
   pending_write_bytes_ = stats.bytes;

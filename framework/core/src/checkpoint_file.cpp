@@ -52,10 +52,19 @@ std::string errno_text(int e) { return std::strerror(e); }
 }  // namespace
 
 void fsync_directory(const std::string& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return;
-  ::fsync(fd);
-  ::close(fd);
+  const std::string name = dir.empty() ? "." : dir;
+  const int fd = ::open(name.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) {
+    const int e = errno;
+    throw CheckpointWriteError("cannot open the folder " + name + " to make its renames durable: " + errno_text(e), e);
+  }
+  int e = ::fsync(fd) != 0 ? errno : 0;
+  if (::close(fd) != 0 && e == 0) e = errno;
+  if (e != 0) {
+    throw CheckpointWriteError("fsync of the folder " + name +
+                                   " failed: " + errno_text(e) + " (its new names may not survive a power loss)",
+                               e);
+  }
 }
 
 namespace {
@@ -240,6 +249,13 @@ WriteStats write_checkpoint(const std::string& path, const Value& root, const Wr
 void atomic_link(const std::string& source, const std::string& target) {
   const std::string tmp = unique_temp_name(target);
   if (::link(source.c_str(), tmp.c_str()) != 0) {
+    // A copy serves where the filesystem has no hard links; any other error
+    // (EIO, ENOSPC, ...) is the disk's, and said.
+    const int e = errno;
+    if (e != EPERM && e != EXDEV && e != EMLINK && e != EOPNOTSUPP && e != ENOTSUP) {
+      ::unlink(tmp.c_str());
+      throw CheckpointWriteError("cannot link " + source + " to " + tmp + ": " + errno_text(e), e);
+    }
     std::error_code ec;
     fs::copy_file(source, tmp, fs::copy_options::overwrite_existing, ec);
     if (ec) {
@@ -247,7 +263,12 @@ void atomic_link(const std::string& source, const std::string& target) {
       throw CheckpointWriteError("cannot link or copy " + source + " to " + tmp + ": " + ec.message(), ec.value());
     }
     const int fd = ::open(tmp.c_str(), O_RDONLY);
-    if (fd >= 0) { ::fsync(fd); ::close(fd); }
+    int synced = fd < 0 ? errno : ::fsync(fd) != 0 ? errno : 0;
+    if (fd >= 0 && ::close(fd) != 0 && synced == 0) synced = errno;
+    if (synced != 0) {
+      ::unlink(tmp.c_str());
+      throw CheckpointWriteError("fsync of the copy " + tmp + " failed: " + errno_text(synced), synced);
+    }
   }
   if (::rename(tmp.c_str(), target.c_str()) != 0) {
     const int e = errno;

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <fcntl.h>
@@ -70,9 +71,17 @@ std::shared_ptr<RunLock> RunLock::acquire(const std::string& dir) {
   ::gethostname(host, sizeof host - 1);
   const std::string text =
       "pid " + std::to_string(::getpid()) + ", host " + host + ", started " + now_text() + "\n";
-  if (::ftruncate(fd, 0) == 0) {
-    ssize_t ignored = ::pwrite(fd, text.data(), text.size(), 0);
-    (void)ignored;
+  // Who holds the lock is information for a refused second process; the
+  // lock itself is the flock. A failure to record it is said, not fatal.
+  int e = ::ftruncate(fd, 0) != 0 ? errno : 0;
+  if (e == 0) {
+    const ssize_t w = ::pwrite(fd, text.data(), text.size(), 0);
+    if (w < 0) e = errno;
+    else if (static_cast<size_t>(w) != text.size()) e = EIO;
+  }
+  if (e != 0) {
+    std::fprintf(stderr, "cairn: warning: cannot record this process in the lock file %s: %s (the lock holds)\n",
+                 path.c_str(), std::strerror(e));
   }
   std::shared_ptr<RunLock> lock(new RunLock(canonical, fd));
   reg[canonical] = lock;
@@ -80,7 +89,11 @@ std::shared_ptr<RunLock> RunLock::acquire(const std::string& dir) {
 }
 
 RunLock::~RunLock() {
-  if (fd_ >= 0) ::close(fd_);  // closing the last descriptor releases the flock
+  // Closing the last descriptor releases the flock (whatever close says).
+  if (fd_ >= 0 && ::close(fd_) != 0) {
+    std::fprintf(stderr, "cairn: warning: closing the lock file in %s failed: %s\n", dir_.c_str(),
+                 std::strerror(errno));
+  }
 }
 
 bool temp_file_is_stale(const std::string& filename, bool include_self) {
