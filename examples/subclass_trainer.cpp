@@ -3,6 +3,10 @@
 // A Fashion-MNIST MLP trained with label smoothing in a custom training step,
 // an SGD optimizer with momentum from configure_optimizers(), and the stock
 // callbacks. Run:  ./build/example_subclass_trainer [run_dir] [epochs] [limit_train]
+//
+// Ctrl-C or SIGTERM stops it at the next batch with a checkpoint (Trainer::fit
+// handles both signals: TrainerOptions::handle_signals) and it exits with
+// 128 + signal; run the same command again to continue where it stopped.
 #include <cairn/datasets.h>
 #include <cairn/models.h>
 #include <cairn/callbacks.h>
@@ -60,6 +64,10 @@ int main(int argc, char** argv) {
 
   try {
     const cairn::FitResult r = trainer.fit();
+    if (r.interrupted) {
+      std::cout << "interrupted at step " << r.global_step << "; checkpoint saved, run again to resume\n";
+      return 128 + r.signal;
+    }
     if (r.already_finished) std::cout << "already finished\n";
     const auto acc = trainer.loop().metrics().last("test/acc");
     std::cout << "test accuracy " << acc.value_or(0.0) << "\n";

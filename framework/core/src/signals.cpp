@@ -21,14 +21,29 @@ extern "C" void on_stop_signal(int sig) {
 }
 }  // namespace
 
-void install() {
+namespace {
+void install_saving(struct sigaction* old_term, struct sigaction* old_int, struct sigaction* old_xfsz) {
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
-  std::signal(SIGXFSZ, SIG_IGN);
+  sigaction(SIGTERM, &sa, old_term);
+  sigaction(SIGINT, &sa, old_int);
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  sigaction(SIGXFSZ, &ignore, old_xfsz);
+}
+}  // namespace
+
+void install() { install_saving(nullptr, nullptr, nullptr); }
+
+Scope::Scope() { install_saving(&term_, &int_, &xfsz_); }
+
+Scope::~Scope() {
+  sigaction(SIGTERM, &term_, nullptr);
+  sigaction(SIGINT, &int_, nullptr);
+  sigaction(SIGXFSZ, &xfsz_, nullptr);
 }
 
 int pending() { return g_pending.load(std::memory_order_relaxed); }

@@ -5,6 +5,7 @@
 #include "cairn/distributed.h"
 #include "cairn/optimizers.h"
 #include "cairn/schedulers.h"
+#include "cairn/signals.h"
 
 #include "graph/graphed_step.h"
 #include "prefetch.h"
@@ -668,6 +669,8 @@ void Trainer::final_test() {
 }
 
 FitResult Trainer::fit() {
+  std::optional<signals::Scope> graceful_stop;
+  if (options_.handle_signals()) graceful_stop.emplace();
   setup();
   FitResult result;
   auto& st = loop_.state();

@@ -42,6 +42,11 @@ struct GraphedStep;
 struct TrainerOptions {
   //! Epochs to train.
   TORCH_ARG(int64_t, max_epochs) = 10;
+  //! fit() handles SIGTERM and SIGINT while it runs (signals::Scope): the
+  //! first one stops at the next batch boundary, the checkpoint callbacks
+  //! save, and fit returns with `interrupted` set (exit with 128 + signal); a
+  //! second SIGINT exits at once. false: the program's own handlers stay.
+  TORCH_ARG(bool, handle_signals) = true;
   //! Intra-op threads (torch::set_num_threads). 1 is fastest for small models
   //! on small machines; results are bitwise reproducible only with the same
   //! value. 0 leaves LibTorch's default.
