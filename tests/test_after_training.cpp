@@ -205,3 +205,69 @@ TEST_CASE("predict --input: examples from a file (.pt or .csv, labels optional);
   CHECK(e.exit_code == 2);
   CHECK_MESSAGE(e.output.find("expected a dict with a tensor 'x'") != std::string::npos, e.output);
 }
+
+TEST_CASE("each subcommand refuses options it does not use; test and validate --input measure a labelled file; "
+          "predict defaults --ckpt as test does") {
+  test::TempDir dir("after_options");
+  const std::string cfg = shipped("tabular_csv.yaml"), run = dir / "run";
+  // Refused before anything is read or trained: exit 2 naming the option and who takes it.
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  const std::vector<Case> refused{
+      {{"test", "--config", cfg, "--split", "train"}, "--split is not an option of test; it goes with: predict"},
+      {{"validate", "--config", cfg, "--out", "x.csv"}, "--out is not an option of validate; it goes with: predict, report"},
+      {{"fit", "--config", cfg, "--ckpt", "best"}, "--ckpt is not an option of fit; it goes with: predict, test, validate"},
+      {{"fit", "--config", cfg, "--json"}, "--json is not an option of fit; it goes with: inspect, test, validate"},
+      {{"predict", "--config", cfg, "--overwrite"}, "--overwrite is not an option of predict; it goes with: fit"},
+      {{"inspect", "x.ckpt", "--config", cfg}, "--config is not an option of inspect"},
+      {{"fit", "--config", cfg, "stray"}, "fit takes no plain argument ('stray')"},
+  };
+  for (const auto& c : refused) {
+    auto r = test::cairn_cli(c.args);
+    CAPTURE(c.says);
+    CHECK_MESSAGE(r.exit_code == 2, r.output);
+    CHECK_MESSAGE(r.output.find(c.says) != std::string::npos, r.output);
+  }
+  CHECK_FALSE(test::fs::exists(run));
+
+  auto fit = test::cairn_cli({"fit", "--config", cfg, "--run-dir", run, "--set", "trainer.max_epochs=2"});
+  REQUIRE_MESSAGE(fit.exit_code == 0, fit.output);
+  // test --input on the test split's own file measures what test measures.
+  const std::string test_csv = std::string(CAIRN_SOURCE_DIR) + "/configs/data/tabular_test.csv";
+  auto split = test::cairn_cli({"test", "--config", cfg, "--run-dir", run, "--json"});
+  auto input = test::cairn_cli({"test", "--config", cfg, "--run-dir", run, "--json", "--input", test_csv});
+  REQUIRE_MESSAGE(split.exit_code == 0, split.output);
+  REQUIRE_MESSAGE(input.exit_code == 0, input.output);
+  const auto metrics_of = [](const std::string& json) { return json.substr(json.find("\"metrics\"")); };
+  CHECK(metrics_of(split.output) == metrics_of(input.output));
+  CHECK(input.output.find("\"input\": \"" + test_csv + "\"") != std::string::npos);
+  // A few rows of it measure something else, on validate too.
+  std::string head, line;
+  {
+    std::istringstream in(test::read_file(test_csv));
+    for (int i = 0; i < 41 && std::getline(in, line); ++i) head += line + "\n";
+  }
+  test::write_file(dir / "head.csv", head);
+  auto few = test::cairn_cli({"validate", "--config", cfg, "--run-dir", run, "--json", "--input", dir / "head.csv"});
+  REQUIRE_MESSAGE(few.exit_code == 0, few.output);
+  CHECK(few.output.find("\"split\": \"valid\"") != std::string::npos);
+  CHECK(few.output.find("valid/") != std::string::npos);
+  // Without labels there is nothing to measure: exit 2, pointing at predict.
+  std::string unlabelled;
+  {
+    std::istringstream in(head);
+    while (std::getline(in, line)) unlabelled += line.substr(0, line.rfind(',')) + "\n";
+  }
+  test::write_file(dir / "unlabelled.csv", unlabelled);
+  auto none = test::cairn_cli({"test", "--config", cfg, "--run-dir", run, "--input", dir / "unlabelled.csv"});
+  CHECK(none.exit_code == 2);
+  CHECK_MESSAGE(none.output.find("has no labels") != std::string::npos, none.output);
+  CHECK(none.output.find("predict writes outputs for unlabelled examples") != std::string::npos);
+  // predict without --ckpt takes the best checkpoint, as test does.
+  auto predicted = test::cairn_cli({"predict", "--config", cfg, "--run-dir", run, "--out", dir / "p.pt"});
+  REQUIRE_MESSAGE(predicted.exit_code == 0, predicted.output);
+  const std::string used = cairn::read_checkpoint(dir / "p.pt").at("checkpoint").to_string();
+  CHECK_MESSAGE(split.output.find("\"checkpoint\": \"" + used + "\"") != std::string::npos, (split.output + used));
+}

@@ -22,6 +22,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <set>
 #include <sstream>
 
 namespace cairn {
@@ -38,9 +40,9 @@ const char* kUsage =
     "  cairn fit --config FILE [--set dotted.key=value]... [--run-dir DIR]\n"
     "            [--resume auto|never|PATH] [--overwrite] [--allow-config-change]\n"
     "            [--nproc N [--max-restarts K]]\n"
-    "  cairn test     --config FILE [--ckpt best|last|PATH] [--run-dir DIR] [--json]\n"
-    "  cairn validate --config FILE [--ckpt best|last|PATH] [--run-dir DIR] [--json]\n"
-    "  cairn predict  --config FILE --ckpt best|last|PATH [--run-dir DIR]\n"
+    "  cairn test     --config FILE [--ckpt best|last|PATH] [--run-dir DIR] [--input FILE] [--json]\n"
+    "  cairn validate --config FILE [--ckpt best|last|PATH] [--run-dir DIR] [--input FILE] [--json]\n"
+    "  cairn predict  --config FILE [--ckpt best|last|PATH] [--run-dir DIR]\n"
     "                 [--split test|valid|train | --input FILE.pt|FILE.csv] --out FILE.pt|FILE.csv\n"
     "  cairn print-config --config FILE [--set dotted.key=value]...\n"
     "  cairn inspect CHECKPOINT [--json]\n"
@@ -63,12 +65,13 @@ const char* kUsage =
     "answer within distributed.timeout, 128+N stopped by signal N (a checkpoint\n"
     "was saved).\n"
     "\n"
-    "test and validate evaluate a checkpoint of the run (default: its best one\n"
-    "when a checkpoint callback monitors a metric, else last) and print the\n"
-    "split's metrics; predict writes the model's outputs for a split, or for\n"
-    "the examples of --input (a torch.save dict with 'x' and optional 'y', or\n"
-    "a CSV with the training file's feature columns, labels optional). None\n"
-    "of them changes the run.\n";
+    "test, validate and predict use a checkpoint of the run (--ckpt; default:\n"
+    "its best one when a checkpoint callback monitors a metric, else last).\n"
+    "test and validate print the split's metrics, or those of the labelled\n"
+    "examples of --input; predict writes the model's outputs for a split, or\n"
+    "for the examples of --input (a torch.save dict with 'x' and optional 'y',\n"
+    "or a CSV with the training file's feature columns, labels optional). None\n"
+    "of them changes the run. A subcommand refuses options it does not use.\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -94,7 +97,45 @@ struct Args {
   int nproc = 1;
   int max_restarts = 0;
   std::vector<std::string> raw;  //!< argv[1..] without --nproc and --max-restarts (for the workers)
+  std::vector<std::string> given;  //!< the options on the command line, by name ("--ckpt")
 };
+
+//! The options each subcommand takes; any other is refused (exit 2) rather
+//! than accepted and ignored. "positional" stands for plain arguments.
+const std::map<std::string, std::set<std::string>>& options_by_command() {
+  static const std::map<std::string, std::set<std::string>> table{
+      {"fit", {"--config", "--set", "--run-dir", "--resume", "--overwrite", "--allow-config-change", "--nproc",
+               "--max-restarts"}},
+      {"test", {"--config", "--set", "--run-dir", "--ckpt", "--input", "--json"}},
+      {"validate", {"--config", "--set", "--run-dir", "--ckpt", "--input", "--json"}},
+      {"predict", {"--config", "--set", "--run-dir", "--ckpt", "--split", "--input", "--out"}},
+      {"print-config", {"--config", "--set", "--run-dir"}},
+      {"inspect", {"positional", "--json"}},
+      {"report", {"positional", "--out"}},
+  };
+  return table;
+}
+
+//! Refuses an option (or a plain argument) that `a.command` does not use,
+//! naming the subcommands that take it.
+void check_options(const Args& a) {
+  const auto& table = options_by_command();
+  const auto mine = table.find(a.command);
+  if (mine == table.end()) throw UsageError("unknown command '" + a.command + "'");
+  std::vector<std::string> given = a.given;
+  if (!a.positional.empty()) given.push_back("positional");
+  for (const auto& option : given) {
+    if (mine->second.count(option)) continue;
+    std::string takers;
+    for (const auto& kv : table) {
+      if (kv.second.count(option)) takers += (takers.empty() ? "" : ", ") + kv.first;
+    }
+    if (option == "positional") {
+      throw UsageError(a.command + " takes no plain argument ('" + a.positional[0] + "'); inspect and report do");
+    }
+    throw UsageError(option + " is not an option of " + a.command + "; it goes with: " + takers);
+  }
+}
 
 int parse_count(const std::string& flag, const std::string& text, int min) {
   char* end = nullptr;
@@ -120,7 +161,9 @@ Args parse_args(int argc, char** argv) {
       return argv[++i];
     };
     auto is = [&](const char* flag) {
-      return arg == flag || arg.compare(0, std::strlen(flag) + 1, std::string(flag) + "=") == 0;
+      const bool match = arg == flag || arg.compare(0, std::strlen(flag) + 1, std::string(flag) + "=") == 0;
+      if (match) a.given.push_back(flag);
+      return match;
     };
     if (is("--config")) {
       a.config = value("--config");
@@ -148,11 +191,11 @@ Args parse_args(int argc, char** argv) {
     } else if (is("--max-restarts")) {
       a.max_restarts = parse_count("--max-restarts", value("--max-restarts"), 0);
       continue;
-    } else if (arg == "--overwrite") {
+    } else if (is("--overwrite")) {
       a.overwrite = true;
-    } else if (arg == "--allow-config-change") {
+    } else if (is("--allow-config-change")) {
       a.allow_config_change = true;
-    } else if (arg == "--json") {
+    } else if (is("--json")) {
       a.json = true;
     } else if (!arg.empty() && arg[0] == '-') {
       throw UsageError("unknown option " + arg);
@@ -445,6 +488,8 @@ std::string choose_ckpt(const ExperimentSpec& spec, const std::string& run_dir, 
                    "); the newest is " + newest.path + " (--ckpt last)");
 }
 
+TensorDataset read_prediction_input(const std::string& path, const DataModule& data, const Loss& loss);
+
 //! The trainer of `spec` for evaluation: no callbacks (nothing written), one process.
 std::unique_ptr<Trainer> evaluation_trainer(ExperimentSpec& spec, const std::string& run_dir) {
   spec.callbacks.clear();
@@ -457,6 +502,17 @@ int cmd_evaluate(const Args& a, const std::string& split) {
   const std::string run_dir = a.run_dir.empty() ? spec.run_dir : a.run_dir;
   const std::string path = choose_ckpt(spec, run_dir, a.ckpt);  // "": best, else last
   std::unique_ptr<Trainer> trainer = evaluation_trainer(spec, run_dir);
+  if (!a.input.empty()) {
+    // A labelled file of one's own, measured as the split would be.
+    DataModule& data = trainer->data();
+    data.setup();
+    TensorDataset input = read_prediction_input(a.input, data, *trainer->loss());
+    if (!input.y.defined()) {
+      throw UsageError("--input " + a.input + " has no labels ('y', or the label columns of a CSV): " + a.command +
+                       " measures metrics against them; predict writes outputs for unlabelled examples");
+    }
+    (split == "test" ? data.test : data.valid) = std::move(input);
+  }
   std::map<std::string, double> metrics;
   try {
     metrics = trainer->evaluate(split, path);
@@ -465,7 +521,9 @@ int cmd_evaluate(const Args& a, const std::string& split) {
   }
   if (a.json) {
     std::ostringstream o;
-    o << "{\"checkpoint\": " << json::quote(path) << ", \"split\": " << json::quote(split) << ", \"metrics\": {";
+    o << "{\"checkpoint\": " << json::quote(path) << ", \"split\": " << json::quote(split);
+    if (!a.input.empty()) o << ", \"input\": " << json::quote(a.input);
+    o << ", \"metrics\": {";
     size_t i = 0;
     for (const auto& kv : metrics) o << (i++ ? ", " : "") << json::quote(kv.first) << ": " << json::number(kv.second);
     o << "}}";
@@ -473,6 +531,7 @@ int cmd_evaluate(const Args& a, const std::string& split) {
     return kExitOk;
   }
   std::cout << "checkpoint   " << path << "\n";
+  if (!a.input.empty()) std::cout << "input        " << a.input << "\n";
   for (const auto& kv : metrics) {
     char buf[160];
     std::snprintf(buf, sizeof buf, "%-12s %.6g\n", kv.first.c_str(), kv.second);
@@ -539,7 +598,6 @@ TensorDataset read_prediction_input(const std::string& path, const DataModule& d
 
 int cmd_predict(const Args& a) {
   if (a.config.empty()) throw UsageError("predict needs --config FILE");
-  if (a.ckpt.empty()) throw UsageError("predict needs --ckpt best|last|PATH");
   if (a.out.empty()) throw UsageError("predict needs --out FILE.pt or FILE.csv");
   const std::string ext = fs::path(a.out).extension().string();
   if (ext != ".pt" && ext != ".csv") throw UsageError("--out " + a.out + ": the file must end in .pt or .csv");
@@ -766,6 +824,7 @@ int cli_main(int argc, char** argv) {
       std::cout << kUsage;
       return kExitOk;
     }
+    check_options(a);
     if (a.command == "fit") return cmd_fit(a);
     if (a.command == "test") return cmd_evaluate(a, "test");
     if (a.command == "validate") return cmd_evaluate(a, "valid");
