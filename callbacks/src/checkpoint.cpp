@@ -101,7 +101,31 @@ bool Checkpoint::claims(const std::string& saved_key) const {
 }
 
 void Checkpoint::resolve_dir(const Loop& loop) {
-  if (dirpath_.empty()) dirpath_ = checkpoint_dir(loop);
+  if (!dirpath_.empty()) return;
+  dirpath_ = checkpoint_dir(loop);
+  // Saved relative to the run folder when inside it: a copied or moved run names its own folder.
+  std::error_code ec;
+  const fs::path rel = fs::relative(dirpath_, loop.run_dir().empty() ? "." : loop.run_dir(), ec);
+  saved_dirpath_ = !ec && !rel.empty() && *rel.begin() != ".." ? rel.string() : dirpath_;
+}
+
+namespace {
+//! How a run's state names one of its checkpoint files: by its name in the
+//! checkpoint folder, so that a copied or moved run folder names its own
+//! files (and never the original's, which retention would then delete).
+std::string kept_name(const std::string& path) { return path.empty() ? path : fs::path(path).filename().string(); }
+}  // namespace
+
+void Checkpoint::rebase_book() {
+  // Names from the saved state (or full paths, in files of cairn <= 0.1) are
+  // this run's files: in its checkpoint folder, wherever that is now.
+  auto here = [&](const std::string& p) { return p.empty() ? p : (fs::path(dirpath_) / kept_name(p)).string(); };
+  book_.best_path = here(book_.best_path);
+  book_.last_path = here(book_.last_path);
+  for (auto& p : book_.newest) p = here(p);
+  std::map<std::string, double> k;
+  for (const auto& kv : book_.best_k) k[here(kv.first)] = kv.second;
+  book_.best_k = std::move(k);
 }
 
 std::string default_checkpoint_filename(const std::string& monitor) {
@@ -118,6 +142,7 @@ std::string Checkpoint::checkpoint_dir(const Loop& loop) const {
 
 void Checkpoint::on_fit_begin(Loop& loop) {
   resolve_dir(loop);
+  rebase_book();
   std::error_code ec;
   fs::create_directories(dirpath_, ec);
   loop.lock_directory(dirpath_);  // throws RunLocked when another process trains here
@@ -479,18 +504,20 @@ Value Checkpoint::state_dict() const {
   Value d = Value::dict();
   d.set("monitor", options_.monitor().empty() ? Value() : Value(options_.monitor()));
   d.set("mode", mode_name(options_.mode()));
-  d.set("dirpath", dirpath_);
-  d.set("best_model_path", book_.best_path);
+  d.set("dirpath", saved_dirpath_.empty() ? dirpath_ : saved_dirpath_);
+  d.set("best_model_path", kept_name(book_.best_path));
   d.set("best_model_score", book_.best_score ? Value(*book_.best_score) : Value());
   Value k = Value::dict();
-  for (const auto& kv : book_.best_k) k.set(kv.first, kv.second);
+  for (const auto& kv : book_.best_k) k.set(kept_name(kv.first), kv.second);
   d.set("best_k_models", std::move(k));
-  d.set("newest_paths", Value(book_.newest));
-  d.set("last_model_path", book_.last_path);
+  std::vector<std::string> newest;
+  for (const auto& p : book_.newest) newest.push_back(kept_name(p));
+  d.set("newest_paths", Value(newest));
+  d.set("last_model_path", kept_name(book_.last_path));
   d.set("monitor_values_seen", book_.seen);
   if (!options_.monitor().empty()) {
     d.set("summary", run_checkpoint::summary(options_.monitor(), mode_name(options_.mode()), book_.best_score,
-                                             book_.best_path));
+                                             kept_name(book_.best_path)));
   }
   return d;
 }

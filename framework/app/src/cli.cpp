@@ -228,7 +228,7 @@ int cmd_inspect(const Args& a) {
   const std::string path = choice.path;
   Value c = std::move(choice.checkpoint);
   // What each monitoring callback says about its metric (its `summary`).
-  const std::vector<run_checkpoint::MonitorSummary> monitors = run_checkpoint::monitor_summaries(c);
+  const std::vector<run_checkpoint::MonitorSummary> monitors = run_checkpoint::monitor_summaries(c, path);
   std::string name;
   if (const Value* hp = c.find("hyper_parameters")) {
     if (hp->is_dict() && hp->contains("name") && hp->at("name").is_string()) name = hp->at("name").to_string();
@@ -469,7 +469,7 @@ std::string choose_ckpt(const ExperimentSpec& spec, const std::string& run_dir, 
     return choice;
   }
   const std::string dir = checkpoint_dir_of(spec, run_dir);
-  CheckpointChoice newest = newest_checkpoint(dir);
+  CheckpointChoice newest = newest_checkpoint(dir, /*weights_only_too=*/true);  // evaluating, not resuming
   if (!newest.found) {
     std::string why = "--ckpt " + (choice.empty() ? std::string("last") : choice) + ": the run has no checkpoint in " + dir;
     for (const auto& r : newest.rejected) why += "\n  " + r.second;
@@ -477,7 +477,7 @@ std::string choose_ckpt(const ExperimentSpec& spec, const std::string& run_dir, 
   }
   if (choice == "last") return newest.path;
   std::string monitors;
-  for (const auto& m : run_checkpoint::monitor_summaries(newest.checkpoint)) {
+  for (const auto& m : run_checkpoint::monitor_summaries(newest.checkpoint, newest.path)) {
     std::error_code ec;
     if (!m.best_path.empty() && fs::exists(m.best_path, ec)) return m.best_path;
     monitors += (monitors.empty() ? "" : ", ") + m.monitor;
@@ -731,10 +731,28 @@ int cmd_fit(const Args& a) {
       }
     }
   } else if (a.resume == "auto") {
+    // Weights-only files cannot resume a run: starting over would silently
+    // replace the trained run (every rank looks, so all refuse together).
+    if (holds_weights_only(ckpt_dir)) {
+      throw UsageError("the run directory " + run_dir + " holds weights-only checkpoints (save_weights_only) in " +
+                       ckpt_dir + ", which cannot resume a run. Evaluate them with cairn test/validate/predict; "
+                       "to train it again from scratch pass --resume never --overwrite, or use a new --run-dir");
+    }
     trainer->resume_from(ckpt_dir);
   } else {
     if (!fs::exists(a.resume, ec)) throw CheckpointError("checkpoint " + a.resume + " does not exist");
     trainer->resume_from(a.resume);
+    // One timeline per folder: once the resume (and its drift check) passed,
+    // the checkpoints of the future this resume abandons leave the folder.
+    trainer->loop().on(Event::fit_begin, [&](Loop&) {
+      if (!rank0 || !trainer->resume_info().resumed) return;
+      std::string into;
+      const auto moved = abandon_after(ckpt_dir, a.resume, &into);
+      if (!moved.empty()) {
+        std::cout << "cairn: resuming from " << a.resume << " abandons the later timeline of " << ckpt_dir << ": "
+                  << moved.size() << " checkpoint(s) moved to " << into << " (no resume or --ckpt choice picks them)\n";
+      }
+    }, Order::producer);
   }
 
   // config.yaml is rewritten only once the resume (and its drift check) passed.

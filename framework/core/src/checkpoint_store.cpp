@@ -10,7 +10,10 @@
 #include "cairn/loop.h"
 #include "cairn/run_checkpoint.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <tuple>
@@ -73,7 +76,7 @@ std::vector<std::string> list_checkpoints(const std::string& dir) {
   return out;
 }
 
-CheckpointChoice newest_checkpoint(const std::string& dir) {
+CheckpointChoice newest_checkpoint(const std::string& dir, bool weights_only_too) {
   CheckpointChoice choice;
   const auto candidates = scan_checkpoints(dir);
   // Damaged headers first in the report; they are never chosen.
@@ -81,7 +84,7 @@ CheckpointChoice newest_checkpoint(const std::string& dir) {
     if (!c.readable) choice.rejected.emplace_back(c.path, c.error);
   }
   for (const auto& c : candidates) {
-    if (!c.readable || c.weights_only) continue;
+    if (!c.readable || (c.weights_only && !weights_only_too)) continue;
     try {
       choice.checkpoint = read_checkpoint(c.path);
       choice.path = c.path;
@@ -92,6 +95,61 @@ CheckpointChoice newest_checkpoint(const std::string& dir) {
     }
   }
   return choice;
+}
+
+bool holds_weights_only(const std::string& dir) {
+  bool weights = false;
+  for (const auto& c : scan_checkpoints(dir)) {
+    if (!c.readable) continue;
+    if (!c.weights_only) return false;
+    weights = true;
+  }
+  return weights;
+}
+
+std::vector<std::string> abandon_after(const std::string& dir, const std::string& from, std::string* into) {
+  ReadOptions header;
+  header.header_only = true;
+  const Value h = read_checkpoint(from, header);
+  const auto position = [](int64_t step, int64_t epoch, int64_t batch, bool finished) {
+    return std::make_tuple(step, epoch, batch, finished);
+  };
+  bool from_finished = false;
+  if (const Value* loop = h.find("loop")) {
+    if (const Value* f = loop->find("finished")) from_finished = f->to_bool();
+  }
+  const auto at = position(h.at("global_step").to_int(), h.at("epoch").to_int(), h.at("batch_in_epoch").to_int(),
+                           from_finished);
+  std::vector<std::string> moved;
+  std::error_code ec;
+  fs::path folder;
+  for (const auto& c : scan_checkpoints(dir)) {
+    if (!c.readable || position(c.global_step, c.epoch, c.batch, c.finished) <= at) continue;
+    if (fs::equivalent(c.path, from, ec)) continue;
+    if (folder.empty()) {
+      char stamp[32];
+      const std::time_t now = std::time(nullptr);
+      std::tm utc{};
+      gmtime_r(&now, &utc);
+      std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &utc);
+      folder = fs::path(dir) / "abandoned" / stamp;
+      for (int n = 2; fs::exists(folder, ec); ++n) folder = fs::path(dir) / "abandoned" / (std::string(stamp) + "-" + std::to_string(n));
+      fs::create_directories(folder, ec);
+      if (ec) throw CheckpointWriteError("cannot create " + folder.string() + ": " + ec.message(), ec.value());
+    }
+    const fs::path target = folder / fs::path(c.path).filename();
+    if (::rename(c.path.c_str(), target.c_str()) != 0) {
+      const int e = errno;
+      throw CheckpointWriteError("cannot move " + c.path + " to " + target.string() + ": " + std::strerror(e), e);
+    }
+    moved.push_back(target.string());
+  }
+  if (!moved.empty()) {
+    fsync_directory(folder.string());
+    fsync_directory(dir);
+  }
+  if (into) *into = folder.string();
+  return moved;
 }
 
 ResumeInfo Loop::resume(const std::string& path) {

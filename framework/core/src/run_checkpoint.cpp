@@ -16,6 +16,8 @@
 #define CAIRN_VERSION "0.0.0"
 #endif
 
+#include <filesystem>
+
 namespace cairn {
 
 namespace run_checkpoint {
@@ -30,7 +32,7 @@ Value summary(const std::string& monitor, const std::string& mode, std::optional
   return s;
 }
 
-std::vector<MonitorSummary> monitor_summaries(const Value& checkpoint) {
+std::vector<MonitorSummary> monitor_summaries(const Value& checkpoint, const std::string& file) {
   std::vector<MonitorSummary> out;
   const Value* cbs = checkpoint.find("callbacks");
   if (!cbs || !cbs->is_dict()) return out;
@@ -53,6 +55,11 @@ std::vector<MonitorSummary> monitor_summaries(const Value& checkpoint) {
     if (best && best->is_number()) m.best = best->to_double();
     const Value* path = src.find(s ? "best_path" : "best_model_path");
     if (path && path->is_string()) m.best_path = path->to_string();
+    // A name in the folder of the file that keeps it (full paths in files of
+    // cairn <= 0.1: the same name there, so a copied run names its own file).
+    if (!file.empty() && !m.best_path.empty()) {
+      m.best_path = (std::filesystem::path(file).parent_path() / std::filesystem::path(m.best_path).filename()).string();
+    }
     out.push_back(std::move(m));
   }
   return out;
@@ -70,6 +77,21 @@ Value weights_only(const Value& checkpoint) {
       slim.set("evaluate_with", *with);
       slim.set(with->to_string(), *w);
     }
+  }
+  // What the run's monitors say (best value, best file by name): a weights-only
+  // run is evaluated by `--ckpt best` as any other (its callbacks' states, which
+  // only a resume needs, stay out).
+  if (const Value* cbs = checkpoint.find("callbacks"); cbs && cbs->is_dict()) {
+    Value kept = Value::dict();
+    for (size_t i = 0; i < cbs->keys().size(); ++i) {
+      const Value& state = cbs->values()[i];
+      const Value* summary = state.is_dict() ? state.find("summary") : nullptr;
+      if (!summary) continue;
+      Value only = Value::dict();
+      only.set("summary", *summary);
+      kept.set(cbs->keys()[i].to_string(), std::move(only));
+    }
+    if (kept.size() > 0) slim.set("callbacks", std::move(kept));
   }
   slim.set("weights_only", true);
   return slim;

@@ -131,6 +131,8 @@ class Checkpoint : public Callback {
 
   //! Renders the filename template (without ".ckpt") for the loop's state.
   std::string format_filename(const Loop& loop) const;
+  //! Makes the book's names (as loaded) paths in this run's checkpoint folder.
+  void rebase_book();
 
  private:
   //! The save schedule part of on_batch_end (every N steps, every T seconds).
@@ -150,6 +152,7 @@ class Checkpoint : public Callback {
 
   CheckpointOptions options_;
   std::string dirpath_;                          //!< resolved folder
+  std::string saved_dirpath_;                    //!< dirpath_ as the state saves it (relative to the run folder)
   Book book_;                                    //!< what is kept: top-k files, the best, the newest
   int64_t last_saved_step_ = -1;                 //!< global step of the last save
   bool due_ = false;                             //!< a step save came due mid-accumulation

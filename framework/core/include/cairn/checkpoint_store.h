@@ -31,7 +31,22 @@ struct CheckpointChoice {
   //! Newer candidates that failed verification: (path, reason).
   std::vector<std::pair<std::string, std::string>> rejected;
 };
-CheckpointChoice newest_checkpoint(const std::string& dir);
+//! `weights_only_too`: weights-only files are candidates too (for readers
+//! that evaluate a run: test, validate, predict).
+CheckpointChoice newest_checkpoint(const std::string& dir, bool weights_only_too = false);
+
+//! True when `dir` holds checkpoints and every one whose header reads holds
+//! weights only (save_weights_only): there is nothing to resume, and a fit
+//! that started over would silently replace the run.
+bool holds_weights_only(const std::string& dir);
+
+//! One timeline per folder: moves every checkpoint of `dir` that holds a
+//! later position than the file `from` (the abandoned future of a run
+//! resumed from `from`) into `dir`/abandoned/<UTC time>/, where no choice
+//! looks; `from` itself stays. Returns the files moved (their new paths) and
+//! sets `into` to the folder. Throws CheckpointWriteError on a failed move or
+//! fsync (with the errno's text); what was moved before stays moved.
+std::vector<std::string> abandon_after(const std::string& dir, const std::string& from, std::string* into = nullptr);
 
 //! The checkpoint a reader of a run wants (`cairn report`, `cairn inspect`):
 //! `target` is a checkpoint file, a folder of checkpoints, or a run directory

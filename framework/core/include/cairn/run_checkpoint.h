@@ -55,8 +55,9 @@ Value summary(const std::string& monitor, const std::string& mode, std::optional
               const std::string& best_path);
 //! Every monitoring callback's summary in `checkpoint` (files written before
 //! summaries existed are read from the Checkpoint and EarlyStopping callbacks'
-//! own keys, here and nowhere else).
-std::vector<MonitorSummary> monitor_summaries(const Value& checkpoint);
+//! own keys, here and nowhere else). A run keeps its files by name; given the
+//! checkpoint's own path `file`, best_path is that name in the file's folder.
+std::vector<MonitorSummary> monitor_summaries(const Value& checkpoint, const std::string& file = "");
 
 //! The weights-only form of `checkpoint` (position, weights, config, values).
 Value weights_only(const Value& checkpoint);
