@@ -1,6 +1,7 @@
 #include "cairn/metrics.h"
 
 #include "cairn/host_sync.h"
+#include "cairn/loop.h"
 
 #include <ATen/ATen.h>
 
@@ -171,6 +172,7 @@ MetricLog::StatEntry* MetricLog::find_stat(const std::string& name) {
 void MetricLog::declare(const std::string& name, std::shared_ptr<const Metric> metric) {
   if (!metric) throw std::invalid_argument("declare: metric '" + name + "' is null");
   if (StatEntry* e = find_stat(name)) {
+    check_loaded(name, *metric, e->stats);  // statistics a checkpoint brought before their owner
     e->metric = std::move(metric);
     return;
   }
@@ -305,7 +307,7 @@ void MetricLog::load_stats_state(const Value& state) {
       if (!t || t->is_none()) return at::Tensor();
       at::Tensor x = t->to_tensor();
       if (x.dim() != dim || x.scalar_type() != at::kDouble) {
-        throw std::runtime_error("metric '" + name + "': " + key + " must be a " + std::to_string(dim) +
+        throw CheckpointMismatch("loop.metric_states['" + name + "']." + key + " must be a " + std::to_string(dim) +
                                  "-D float64 tensor");
       }
       return x;
@@ -314,6 +316,15 @@ void MetricLog::load_stats_state(const Value& state) {
     s.rows = tensor("rows", 2);
     const Value* count = v.find("count");
     s.count = count && !count->is_none() ? count->to_double() : 0.0;
+    if (const StatEntry* e = find_stat(name); e && e->metric) check_loaded(name, *e->metric, s);
+  }
+}
+
+void MetricLog::check_loaded(const std::string& name, const Metric& metric, const MetricStats& stats) {
+  const std::string why = metric.check_state(stats);
+  if (!why.empty()) {
+    throw CheckpointMismatch("loop.metric_states['" + name + "'] cannot be the running statistics of " + name +
+                             ": " + why);
   }
 }
 

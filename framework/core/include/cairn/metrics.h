@@ -96,6 +96,9 @@ class MetricLog : public Stateful {
   //! Drops statistics that no declared Metric owns (a metric removed from the
   //! config); returns their names.
   std::vector<std::string> drop_undeclared_stats();
+  //! Throws CheckpointMismatch naming the key when `stats`, read from a
+  //! checkpoint, cannot be `metric`'s (Metric::check_state).
+  static void check_loaded(const std::string& name, const Metric& metric, const MetricStats& stats);
   //! The statistics as they are (tensor handles: updates never write in
   //! place, so this is a snapshot), for the loop's roll-back point.
   std::vector<std::pair<std::string, MetricStats>> stats_snapshot() const;

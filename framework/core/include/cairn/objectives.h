@@ -146,6 +146,11 @@ class Metric {
     (void)stats, (void)sum, (void)weight;
     return false;
   }
+  //! Why statistics read from a checkpoint cannot be this metric's ("" when
+  //! they can): their sizes, shapes and dtypes are checked before any update
+  //! or compute reads them, so a file whose bytes verify but whose contents do
+  //! not fit is an error naming the key, never a crash.
+  virtual std::string check_state(const MetricStats& stats) const;
 };
 
 //! Fraction of correct predictions (see the table above). Logged as "acc".
@@ -155,6 +160,7 @@ class Accuracy : public Metric {
   void update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const override;
   double compute(const MetricStats& s) const override;
   void check(const at::Tensor& output, const at::Tensor& target) const override;
+  std::string check_state(const MetricStats& stats) const override;
   //! The old host mean of batch accuracies weighted by batch size is the
   //! count of correct predictions over the examples: exactly these statistics.
   bool fold_host_mean(MetricStats& stats, double sum, double weight) const override;
@@ -184,6 +190,7 @@ class F1Score : public Metric {
   void update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const override;
   double compute(const MetricStats& s) const override;
   void check(const at::Tensor& output, const at::Tensor& target) const override;
+  std::string check_state(const MetricStats& stats) const override;
 
  private:
   int64_t classes_;
@@ -198,6 +205,7 @@ class BinaryAuroc : public Metric {
   void update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const override;
   double compute(const MetricStats& s) const override;
   void check(const at::Tensor& output, const at::Tensor& target) const override;
+  std::string check_state(const MetricStats& stats) const override;
 };
 
 //! mae (mean absolute error) and rmse (root of the mean squared error, over
@@ -210,6 +218,7 @@ class ErrorMetric : public Metric {
   void update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const override;
   double compute(const MetricStats& s) const override;
   void check(const at::Tensor& output, const at::Tensor& target) const override;
+  std::string check_state(const MetricStats& stats) const override;
 
  private:
   Kind kind_;
@@ -224,6 +233,7 @@ class R2Score : public Metric {
   void update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const override;
   double compute(const MetricStats& s) const override;
   void check(const at::Tensor& output, const at::Tensor& target) const override;
+  std::string check_state(const MetricStats& stats) const override;
 };
 
 //! exp(mean cross-entropy per target), over every target that is not
@@ -235,6 +245,7 @@ class Perplexity : public Metric {
   void update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const override;
   double compute(const MetricStats& s) const override;
   void check(const at::Tensor& output, const at::Tensor& target) const override;
+  std::string check_state(const MetricStats& stats) const override;
 
  private:
   int64_t ignore_index_;
