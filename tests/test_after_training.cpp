@@ -64,9 +64,12 @@ TEST_CASE("fit tests the best checkpoint and says so; test and validate evaluate
   auto fit = test::cairn_cli(with({"fit"}, brief(cfg, run, 2)));
   REQUIRE_MESSAGE(fit.exit_code == 0, fit.output);
   const cairn::Value last = cairn::read_checkpoint(run + "/checkpoints/last.ckpt");
-  const std::string best =
+  // The run keeps its files by name, in its checkpoint folder.
+  const std::string best_name =
       last.at("callbacks").at("Checkpoint{monitor=valid/acc,mode=max}").at("best_model_path").to_string();
-  REQUIRE(!best.empty());
+  REQUIRE(!best_name.empty());
+  CHECK(best_name.find('/') == std::string::npos);
+  const std::string best = run + "/checkpoints/" + best_name;
   CHECK_MESSAGE(fit.output.find("cairn: testing the best checkpoint " + best) != std::string::npos, fit.output);
   // The run's own state keeps the final weights (last.ckpt is what a resume continues).
   const cairn::Value best_file = cairn::read_checkpoint(best);

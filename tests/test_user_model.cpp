@@ -59,7 +59,7 @@ TEST_CASE("a scripted CNN from Python trains, resumes bit-identically after SIGK
   // Python: load_state_dict (strict) into the scripted module and evaluate the
   // weights fit's test pass used (the best checkpoint, when one was kept).
   std::string tested = dir / "ref/checkpoints/last.ckpt";
-  for (const auto& m : cairn::run_checkpoint::monitor_summaries(a)) {
+  for (const auto& m : cairn::run_checkpoint::monitor_summaries(a, tested)) {  // names read in last.ckpt's folder
     if (!m.best_path.empty()) tested = m.best_path;
   }
   CHECK(ref.output.find("cairn: testing the " + std::string(tested.find("last.ckpt") == std::string::npos

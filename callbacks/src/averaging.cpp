@@ -56,7 +56,7 @@ std::vector<at::Tensor> from_checkpoint(const Loop& loop, const std::string& key
   for (size_t i = 0; i < names.size(); ++i) {
     const Value* t = d->find(names[i]);
     if (!t || !t->is_tensor() || t->to_tensor().sizes() != params[i].sizes()) {
-      throw std::runtime_error("the checkpoint's '" + key + "' does not match the model at '" + names[i] + "'");
+      throw CheckpointMismatch("the checkpoint's '" + key + "' does not match the model at '" + names[i] + "'");
     }
     out.push_back(t->to_tensor().to(params[i].device(), params[i].scalar_type()).clone());
   }
@@ -137,7 +137,10 @@ Value Ema::state_dict() const {
   return d;
 }
 
-void Ema::load_state_dict(const Value& state) { updates_ = state.at("updates").to_int(); }
+void Ema::load_state_dict(const Value& state) {
+  updates_ = state.at("updates").to_int();
+  if (updates_ < 0) throw CheckpointMismatch("callbacks['" + key() + "'].updates is " + std::to_string(updates_));
+}
 
 // --- SWA -----------------------------------------------------------------------
 
@@ -195,6 +198,11 @@ void Swa::set_lrs(Loop& loop) {
                        : std::min(1.0, static_cast<double>(into + 1) / static_cast<double>(options_.annealing_epochs));
   const double alpha = options_.annealing_strategy == "cos" ? (1.0 - std::cos(M_PI * t)) / 2.0 : t;
   auto& groups = loop.optimizers().front()->param_groups();
+  if (start_lrs_.size() != groups.size()) {  // a saved state of another optimizer
+    throw CheckpointMismatch("callbacks['" + key() + "'].start_lrs holds " + std::to_string(start_lrs_.size()) +
+                             " learning rate(s); the optimizer has " + std::to_string(groups.size()) +
+                             " parameter group(s)");
+  }
   for (size_t i = 0; i < groups.size(); ++i) {
     const double swa = options_.swa_lrs.size() == 1 ? options_.swa_lrs[0] : options_.swa_lrs[i];
     groups[i].options().set_lr(swa * alpha + start_lrs_[i] * (1.0 - alpha));
@@ -258,6 +266,12 @@ void Swa::load_state_dict(const Value& state) {
   n_averaged_ = state.at("n_averaged").to_int();
   start_lrs_ = state.at("start_lrs").to_double_list();
   applied_ = state.at("applied").to_bool();
+  if (n_averaged_ < 0) throw CheckpointMismatch("callbacks['" + key() + "'].n_averaged is " + std::to_string(n_averaged_));
+  for (double lr : start_lrs_) {
+    if (!std::isfinite(lr) || lr < 0) {
+      throw CheckpointMismatch("callbacks['" + key() + "'].start_lrs holds " + std::to_string(lr));
+    }
+  }
 }
 
 int64_t update_batchnorm(torch::nn::Module& model, const std::function<void()>& forward_all) {

@@ -225,7 +225,11 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
       }
     }
   }
-  metrics_.load_state_dict(c.at("metrics"));
+  try {
+    metrics_.load_state_dict(c.at("metrics"));
+  } catch (const std::exception& e) {
+    throw CheckpointMismatch(from + ": metrics: " + e.what());
+  }
   values_.load(c.at("values"));
   const Value& cbs = c.at("callbacks");
   std::vector<bool> claimed(cbs.keys().size(), false);
@@ -233,7 +237,13 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
     for (size_t i = 0; i < cbs.keys().size(); ++i) {
       if (claimed[i] || !cb->claims(cbs.keys()[i].to_string())) continue;
       claimed[i] = true;
-      cb->load_state_dict(cbs.values()[i]);
+      try {
+        cb->load_state_dict(cbs.values()[i]);
+      } catch (const CheckpointMismatch& e) {
+        throw CheckpointMismatch(from + ": " + e.what());
+      } catch (const std::exception& e) {  // a missing key, a wrong type: a file that is not this callback's state
+        throw CheckpointMismatch(from + ": callbacks['" + cbs.keys()[i].to_string() + "']: " + e.what());
+      }
       break;
     }
   }
