@@ -29,15 +29,6 @@ std::string config(const std::string& run, int epochs, const std::string& extra_
   return c.str();
 }
 
-bool wait_for(const std::function<bool()>& cond, double seconds) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < end) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return cond();
-}
-
 bool verifies(const std::string& path) {
   try {
     cairn::read_checkpoint(path);
@@ -85,7 +76,7 @@ TEST_CASE("a second process on a run in training is refused at once naming the h
   test::write_file(dir / "c.yaml", config(run, 60, "", "{name: cosine, warmup_steps: 5, total_steps: 2000}",
                                            "{name: checkpoint, every_n_train_steps: 5}", 6000));
   const pid_t first = test::spawn({CAIRN_CLI, "fit", "--config", dir / "c.yaml"}, dir / "first.log");
-  REQUIRE(wait_for([&] { return test::read_file(dir / "first.log").find("cairn: run") != std::string::npos; }, 60));
+  REQUIRE(test::wait_until([&] { return test::read_file(dir / "first.log").find("cairn: run") != std::string::npos; }, 20));
 
   auto second = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
   CHECK(second.exit_code == 4);
@@ -95,7 +86,7 @@ TEST_CASE("a second process on a run in training is refused at once naming the h
   CHECK_THROWS_AS(cairn::RunLock::acquire(run), cairn::RunLocked);
 
   // Leftover temp files: one of a dead writer, one of a live process (this one).
-  REQUIRE(wait_for([&] { return test::fs::exists(run + "/checkpoints/last.ckpt"); }, 60));
+  REQUIRE(test::wait_for_file(run + "/checkpoints/last.ckpt"));
   ::kill(first, SIGKILL);
   test::wait_exit(first);
   const std::string dead_tmp = run + "/checkpoints/last.ckpt.999999999-0.tmp";
