@@ -226,6 +226,9 @@ TEST_CASE("each subcommand refuses options it does not use; test and validate --
       {{"predict", "--config", cfg, "--overwrite"}, "--overwrite is not an option of predict; it goes with: fit"},
       {{"inspect", "x.ckpt", "--config", cfg}, "--config is not an option of inspect"},
       {{"fit", "--config", cfg, "stray"}, "fit takes no plain argument ('stray')"},
+      // A switch takes no value: --overwrite=false must never mean "overwrite".
+      {{"fit", "--config", cfg, "--overwrite=false"}, "unknown option --overwrite=false"},
+      {{"fit", "--config", cfg, "--allow-config-change=no"}, "unknown option --allow-config-change=no"},
   };
   for (const auto& c : refused) {
     auto r = test::cairn_cli(c.args);

@@ -125,6 +125,32 @@ TEST_CASE("a copied run folder resumes on its own files: the original is never r
   CHECK(moved.output.find("checkpoint   " + c + "/checkpoints/" + best) != std::string::npos);
 }
 
+TEST_CASE("resumed from another folder's file, a run never deletes or picks its own files by that folder's names") {
+  test::TempDir dir("rundir_foreign");
+  const std::string a = dir / "A", b = dir / "B";
+  test::write_file(dir / "c.yaml", job(a, 2, "monitor: valid/acc, mode: max, save_top_k: 1, every_n_train_steps: 4"));
+  REQUIRE(test::cairn_cli({"fit", "--config", dir / "c.yaml"}).exit_code == 0);
+  const cairn::Value from = cairn::read_checkpoint(a + "/checkpoints/last.ckpt");
+  const cairn::Value& state = from.at("callbacks").values()[0];
+  // B already holds an unrelated file under each name A's book knows.
+  test::fs::create_directories(b + "/checkpoints");
+  std::vector<std::string> decoys;
+  for (const auto& k : state.at("best_k_models").keys()) decoys.push_back(k.to_string());
+  REQUIRE(!decoys.empty());
+  for (const auto& d : decoys) test::write_file(b + "/checkpoints/" + d, "not B's checkpoint");
+  auto more = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--run-dir", b, "--resume", a + "/checkpoints/last.ckpt",
+                               "--set", "trainer.max_epochs=4"});
+  REQUIRE_MESSAGE(more.exit_code == 0, more.output);
+  CHECK_MESSAGE(more.output.find("starts afresh here") != std::string::npos, more.output);
+  for (const auto& d : decoys) {
+    CAPTURE(d);
+    CHECK(test::read_file(b + "/checkpoints/" + d) == "not B's checkpoint");
+  }
+  auto best = test::cairn_cli({"test", "--config", dir / "c.yaml", "--run-dir", b, "--ckpt", "best"});
+  REQUIRE_MESSAGE(best.exit_code == 0, best.output);
+  for (const auto& d : decoys) CHECK(best.output.find("checkpoints/" + d + "\n") == std::string::npos);
+}
+
 TEST_CASE("a weights-only run is evaluable with --ckpt best|last, and a fit into it is refused instead of retraining") {
   test::TempDir dir("rundir_weights");
   const std::string run = dir / "run", ckpts = run + "/checkpoints";

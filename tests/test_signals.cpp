@@ -3,6 +3,8 @@
 // itself: Trainer::fit handles both while it runs. Real processes, real signals.
 #include "support.h"
 
+#include <cairn/callbacks.h>
+
 #include <csignal>
 
 #ifndef CAIRN_EXAMPLE_SUBCLASS_TRAINER
@@ -65,4 +67,33 @@ TEST_CASE("signals::Scope puts back the handler it replaced") {
   ::sigaction(SIGTERM, nullptr, &after);
   CHECK((after.sa_handler == SIG_IGN));
   ::sigaction(SIGTERM, &before, nullptr);
+}
+
+TEST_CASE("after a fit a signal stopped, the next fit in the same process starts clean and saves on its own Ctrl-C") {
+  test::TempDir dir("signals_again");
+  auto make = [&] {
+    auto t = std::make_unique<cairn::Trainer>(cairn::TrainerOptions().max_epochs(2).threads(1));
+    t->set_model(cairn::Model::wrap(torch::nn::Sequential(torch::nn::Linear(16, 8), torch::nn::ReLU(),
+                                                          torch::nn::Linear(8, 4))));
+    t->set_data(test::synthetic(320, 32));
+    t->loop().set_run_dir(dir.str());
+    t->add_callback(std::make_shared<cairn::Checkpoint>(cairn::CheckpointOptions()));
+    t->resume_from(dir / "checkpoints");
+    return t;
+  };
+  for (int round = 0; round < 2; ++round) {  // each fit is stopped by its own SIGINT, raised at its 3rd step
+    CAPTURE(round);
+    auto t = make();
+    const int64_t stop_at = 3 * (round + 1);
+    t->loop().on(cairn::Event::batch_end, [&](cairn::Loop& l) {
+      if (l.state().global_step == stop_at) ::raise(SIGINT);
+    });
+    const cairn::FitResult r = t->fit();  // the second SIGINT would _exit(130) if the first were still pending
+    CHECK(r.interrupted);
+    CHECK(r.signal == SIGINT);
+    CHECK(r.global_step == stop_at + 1);  // its own signal, at the next boundary; not at once by the last fit's
+  }
+  const cairn::FitResult done = make()->fit();
+  CHECK_FALSE(done.interrupted);
+  CHECK(done.epochs_completed == 2);
 }

@@ -176,6 +176,12 @@ void Swa::on_fit_begin(Loop& loop) {
     throw std::invalid_argument("swa_lrs has " + std::to_string(options_.swa_lrs.size()) + " values for " +
                                 std::to_string(groups) + " parameter groups");
   }
+  // A resumed state of another optimizer: said before anything trains (or is saved again).
+  if (!start_lrs_.empty() && start_lrs_.size() != groups) {
+    throw CheckpointMismatch("callbacks['" + key() + "'].start_lrs holds " + std::to_string(start_lrs_.size()) +
+                             " learning rate(s); the optimizer has " + std::to_string(groups) +
+                             " parameter group(s)");
+  }
 }
 
 void Swa::on_epoch_begin(Loop& loop) {
@@ -198,11 +204,6 @@ void Swa::set_lrs(Loop& loop) {
                        : std::min(1.0, static_cast<double>(into + 1) / static_cast<double>(options_.annealing_epochs));
   const double alpha = options_.annealing_strategy == "cos" ? (1.0 - std::cos(M_PI * t)) / 2.0 : t;
   auto& groups = loop.optimizers().front()->param_groups();
-  if (start_lrs_.size() != groups.size()) {  // a saved state of another optimizer
-    throw CheckpointMismatch("callbacks['" + key() + "'].start_lrs holds " + std::to_string(start_lrs_.size()) +
-                             " learning rate(s); the optimizer has " + std::to_string(groups.size()) +
-                             " parameter group(s)");
-  }
   for (size_t i = 0; i < groups.size(); ++i) {
     const double swa = options_.swa_lrs.size() == 1 ? options_.swa_lrs[0] : options_.swa_lrs[i];
     groups[i].options().set_lr(swa * alpha + start_lrs_[i] * (1.0 - alpha));

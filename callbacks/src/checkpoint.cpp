@@ -106,7 +106,7 @@ void Checkpoint::resolve_dir(const Loop& loop) {
   // Saved relative to the run folder when inside it: a copied or moved run names its own folder.
   std::error_code ec;
   const fs::path rel = fs::relative(dirpath_, loop.run_dir().empty() ? "." : loop.run_dir(), ec);
-  saved_dirpath_ = !ec && !rel.empty() && *rel.begin() != ".." ? rel.string() : dirpath_;
+  saved_dirpath_ = !ec && !rel.empty() && *rel.begin() != ".." ? rel.string() : fs::absolute(dirpath_, ec).string();
 }
 
 namespace {
@@ -116,7 +116,13 @@ namespace {
 std::string kept_name(const std::string& path) { return path.empty() ? path : fs::path(path).filename().string(); }
 }  // namespace
 
-void Checkpoint::rebase_book() {
+void Checkpoint::rebase_book(bool own_folder) {
+  if (!own_folder) {  // never delete or choose a file of this folder by another folder's name
+    const int64_t seen = book_.seen;
+    book_ = Book();
+    book_.seen = seen;
+    return;
+  }
   // Names from the saved state (or full paths, in files of cairn <= 0.1) are
   // this run's files: in its checkpoint folder, wherever that is now.
   auto here = [&](const std::string& p) { return p.empty() ? p : (fs::path(dirpath_) / kept_name(p)).string(); };
@@ -142,9 +148,23 @@ std::string Checkpoint::checkpoint_dir(const Loop& loop) const {
 
 void Checkpoint::on_fit_begin(Loop& loop) {
   resolve_dir(loop);
-  rebase_book();
   std::error_code ec;
   fs::create_directories(dirpath_, ec);
+  {
+    // The book names files of the folder the resumed file is in: this run's
+    // when that is its own checkpoint folder (a copied or moved run too).
+    // A folder outside the run is saved as an absolute path: that same folder is its own too.
+    const ResumeInfo& from = loop.resume_info();
+    std::error_code same;
+    const fs::path from_dir = fs::path(from.path).parent_path();
+    const bool own = !from.resumed || fs::equivalent(from_dir.empty() ? fs::path(".") : from_dir, dirpath_, same) ||
+                     (fs::path(loaded_dirpath_).is_absolute() && fs::equivalent(loaded_dirpath_, dirpath_, same));
+    if (!own && (!book_.best_k.empty() || !book_.newest.empty() || !book_.best_path.empty())) {
+      std::cerr << "cairn: note: resumed from a file outside " << dirpath_
+                << ": its top-k list names another folder's files; this run's starts afresh here\n";
+    }
+    rebase_book(own);
+  }
   loop.lock_directory(dirpath_);  // throws RunLocked when another process trains here
   owns_dir_ = true;
   // Temp files whose writer is gone are garbage: the rename never happened.
@@ -523,6 +543,8 @@ Value Checkpoint::state_dict() const {
 }
 
 void Checkpoint::load_state_dict(const Value& s) {
+  const Value* dir = s.find("dirpath");
+  loaded_dirpath_ = dir && dir->is_string() ? dir->to_string() : "";
   book_.best_path = s.at("best_model_path").to_string();
   const Value& score = s.at("best_model_score");
   book_.best_score = score.is_none() ? std::nullopt : std::optional<double>(score.to_double());

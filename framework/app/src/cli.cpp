@@ -160,8 +160,13 @@ Args parse_args(int argc, char** argv) {
       if (i + 1 >= argc) throw UsageError(std::string(flag) + " needs a value");
       return argv[++i];
     };
-    auto is = [&](const char* flag) {
+    auto is = [&](const char* flag) {  // an option with a value: --flag V or --flag=V
       const bool match = arg == flag || arg.compare(0, std::strlen(flag) + 1, std::string(flag) + "=") == 0;
+      if (match) a.given.push_back(flag);
+      return match;
+    };
+    auto switch_ = [&](const char* flag) {  // a switch: exactly --flag (--overwrite=false is unknown, not a yes)
+      const bool match = arg == flag;
       if (match) a.given.push_back(flag);
       return match;
     };
@@ -191,11 +196,11 @@ Args parse_args(int argc, char** argv) {
     } else if (is("--max-restarts")) {
       a.max_restarts = parse_count("--max-restarts", value("--max-restarts"), 0);
       continue;
-    } else if (is("--overwrite")) {
+    } else if (switch_("--overwrite")) {
       a.overwrite = true;
-    } else if (is("--allow-config-change")) {
+    } else if (switch_("--allow-config-change")) {
       a.allow_config_change = true;
-    } else if (is("--json")) {
+    } else if (switch_("--json")) {
       a.json = true;
     } else if (!arg.empty() && arg[0] == '-') {
       throw UsageError("unknown option " + arg);

@@ -59,6 +59,9 @@ void fsync_directory(const std::string& dir) {
     throw CheckpointWriteError("cannot open the folder " + name + " to make its renames durable: " + errno_text(e), e);
   }
   int e = ::fsync(fd) != 0 ? errno : 0;
+  // A filesystem that cannot fsync a folder (some network ones say EINVAL)
+  // offers nothing more to wait for; any other error is the disk's.
+  if (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP) e = 0;
   if (::close(fd) != 0 && e == 0) e = errno;
   if (e != 0) {
     throw CheckpointWriteError("fsync of the folder " + name +
@@ -252,7 +255,7 @@ void atomic_link(const std::string& source, const std::string& target) {
     // A copy serves where the filesystem has no hard links; any other error
     // (EIO, ENOSPC, ...) is the disk's, and said.
     const int e = errno;
-    if (e != EPERM && e != EXDEV && e != EMLINK && e != EOPNOTSUPP && e != ENOTSUP) {
+    if (e != EPERM && e != EXDEV && e != EMLINK && e != EOPNOTSUPP && e != ENOTSUP && e != ENOSYS) {
       ::unlink(tmp.c_str());
       throw CheckpointWriteError("cannot link " + source + " to " + tmp + ": " + errno_text(e), e);
     }

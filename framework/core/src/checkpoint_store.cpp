@@ -250,7 +250,15 @@ void Loop::resume_into(const std::string& path, bool is_dir, ResumeInfo& info) {
       }
       info.skipped.push_back(r.second);
     }
-    if (!info.set_aside.empty()) fsync_directory(path);
+    if (!info.set_aside.empty()) {
+      // The renames only keep damaged files out of later choices: a folder
+      // that cannot be synced is said, and the resume (already agreed by every rank) goes on.
+      try {
+        fsync_directory(path);
+      } catch (const CheckpointWriteError& e) {
+        std::cerr << "cairn: warning: " << e.what() << "\n";
+      }
+    }
     c = std::move(choice.checkpoint);
     info.path = choice.path;
   } else {

@@ -28,6 +28,8 @@ class WeightedMean : public Metric {
     return c.contiguous().data_ptr<double>()[0] / s.count;
   }
   void check(const at::Tensor&, const at::Tensor&) const override {}
+  //! compute() reads the first sum: at least one.
+  std::string check_state(const MetricStats& s) const override { return metric_state_shape(s, 0, 1, 0); }
 };
 
 //! Whether value * weight is exact in double for every value of `dtype`: a

@@ -142,10 +142,7 @@ void RegressionLoss::check(const at::Tensor& output, const at::Tensor& target) c
 
 // --- metrics ------------------------------------------------------------------
 
-namespace {
-//! Sums of `exact` float64 values (or a positive multiple of `multiple`), rows
-//! of `width` columns; either may be absent (nothing measured yet).
-std::string state_shape(const MetricStats& s, int64_t exact, int64_t multiple, int64_t width) {
+std::string metric_state_shape(const MetricStats& s, int64_t exact, int64_t multiple, int64_t width) {
   std::ostringstream why;
   if (!std::isfinite(s.count) || s.count < 0) why << "count is " << s.count << "; ";
   if (s.sums.defined()) {
@@ -156,14 +153,12 @@ std::string state_shape(const MetricStats& s, int64_t exact, int64_t multiple, i
       why << "sums holds " << n << " values, this metric keeps " << exact << "; ";
     } else if (multiple > 0 && (n == 0 || n % multiple != 0)) {
       why << "sums holds " << n << " values, this metric keeps a positive multiple of " << multiple << "; ";
-    } else if (exact <= 0 && multiple <= 0) {
-      why << "sums holds values this metric does not keep; ";
     }
   }
   if (s.rows.defined()) {
-    if (width <= 0) {
+    if (width == 0) {
       why << "rows are kept where this metric keeps none; ";
-    } else if (s.rows.dim() != 2 || s.rows.size(1) != width || s.rows.scalar_type() != at::kDouble) {
+    } else if (s.rows.dim() != 2 || (width > 0 && s.rows.size(1) != width) || s.rows.scalar_type() != at::kDouble) {
       why << "rows must be a float64 table of " << width << " columns, not " << s.rows.sizes() << " "
           << s.rows.scalar_type() << "; ";
     }
@@ -172,15 +167,16 @@ std::string state_shape(const MetricStats& s, int64_t exact, int64_t multiple, i
   if (out.size() >= 2) out.resize(out.size() - 2);
   return out;
 }
-}  // namespace
 
-std::string Metric::check_state(const MetricStats& s) const { return state_shape(s, 0, 1, 0); }
-std::string Accuracy::check_state(const MetricStats& s) const { return state_shape(s, 1, 0, 0); }
-std::string F1Score::check_state(const MetricStats& s) const { return state_shape(s, 0, 3, 0); }
-std::string BinaryAuroc::check_state(const MetricStats& s) const { return state_shape(s, 0, 0, 2); }
-std::string ErrorMetric::check_state(const MetricStats& s) const { return state_shape(s, 1, 0, 0); }
-std::string R2Score::check_state(const MetricStats& s) const { return state_shape(s, 0, 4, 0); }
-std::string Perplexity::check_state(const MetricStats& s) const { return state_shape(s, 2, 0, 0); }
+// A metric of one's own: only what every metric's statistics are (its own
+// compute() knows the rest); the built-in ones check their exact layout.
+std::string Metric::check_state(const MetricStats& s) const { return metric_state_shape(s, 0, 0, -1); }
+std::string Accuracy::check_state(const MetricStats& s) const { return metric_state_shape(s, 1, 0, 0); }
+std::string F1Score::check_state(const MetricStats& s) const { return metric_state_shape(s, 0, 3, 0); }
+std::string BinaryAuroc::check_state(const MetricStats& s) const { return metric_state_shape(s, 0, 0, 2); }
+std::string ErrorMetric::check_state(const MetricStats& s) const { return metric_state_shape(s, 1, 0, 0); }
+std::string R2Score::check_state(const MetricStats& s) const { return metric_state_shape(s, 0, 4, 0); }
+std::string Perplexity::check_state(const MetricStats& s) const { return metric_state_shape(s, 2, 0, 0); }
 
 void Accuracy::check(const at::Tensor& output, const at::Tensor& target) const {
   if (is_integer(target)) {

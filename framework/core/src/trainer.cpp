@@ -720,6 +720,9 @@ FitResult Trainer::fit() {
   }
   result.interrupted = st.stop.interrupt;
   result.signal = st.stop.signal;
+  // The stop signal is consumed: a later fit in this process starts clean (and
+  // its first Ctrl-C saves instead of counting as a second one).
+  if (result.interrupted) signals::clear();
   result.save_error = st.final_save_error;
   result.stop_reason = st.stop.interrupt ? "" : st.stop.reason;
   result.epochs_completed = st.epoch;

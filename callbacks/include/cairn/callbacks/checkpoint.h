@@ -131,8 +131,9 @@ class Checkpoint : public Callback {
 
   //! Renders the filename template (without ".ckpt") for the loop's state.
   std::string format_filename(const Loop& loop) const;
-  //! Makes the book's names (as loaded) paths in this run's checkpoint folder.
-  void rebase_book();
+  //! Makes the book's names (as loaded) paths in this run's checkpoint folder
+  //! when the resumed file lay in it (`own_folder`); else empties the list.
+  void rebase_book(bool own_folder);
 
  private:
   //! The save schedule part of on_batch_end (every N steps, every T seconds).
@@ -153,6 +154,7 @@ class Checkpoint : public Callback {
   CheckpointOptions options_;
   std::string dirpath_;                          //!< resolved folder
   std::string saved_dirpath_;                    //!< dirpath_ as the state saves it (relative to the run folder)
+  std::string loaded_dirpath_;                   //!< the resumed state's `dirpath`
   Book book_;                                    //!< what is kept: top-k files, the best, the newest
   int64_t last_saved_step_ = -1;                 //!< global step of the last save
   bool due_ = false;                             //!< a step save came due mid-accumulation

@@ -153,6 +153,12 @@ class Metric {
   virtual std::string check_state(const MetricStats& stats) const;
 };
 
+//! Why `stats` read from a checkpoint do not have a metric's layout ("" when
+//! they do): sums of `exact` float64 values (or a positive multiple of
+//! `multiple`; any count when both are 0), rows of `width` columns (0: none
+//! kept; -1: any width), a finite count >= 0. For Metric::check_state.
+std::string metric_state_shape(const MetricStats& stats, int64_t exact, int64_t multiple, int64_t width);
+
 //! Fraction of correct predictions (see the table above). Logged as "acc".
 class Accuracy : public Metric {
  public:
