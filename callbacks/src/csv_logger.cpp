@@ -4,7 +4,11 @@
 #include "cairn/loop.h"
 
 #include <charconv>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <unistd.h>
 #include <filesystem>
 #include <stdexcept>
 
@@ -52,16 +56,40 @@ void MetricFileLogger::rewrite(Loop& loop) {
   // Write the whole log to a temp file and rename, so a crash never leaves a half file.
   const std::string tmp = path_ + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "w");
-  if (!f) throw std::runtime_error("cannot write " + tmp);
-  auto put = [](std::FILE* out, const std::string& bytes) { std::fwrite(bytes.data(), 1, bytes.size(), out); };
-  put(f, header());
+  if (!f) throw std::runtime_error("cannot write " + tmp + ": " + std::strerror(errno));
+  int error = 0;
+  auto put = [&](const std::string& bytes) {
+    if (!error && std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) error = errno ? errno : EIO;
+  };
+  put(header());
   const auto& names = loop.metrics().names();
-  for (const auto& r : loop.metrics().rows()) put(f, row(r.point.epoch, r.point.step, names[r.series], r.point.value));
-  std::fclose(f);
-  fs::rename(tmp, path_);
+  for (const auto& r : loop.metrics().rows()) put(row(r.point.epoch, r.point.step, names[r.series], r.point.value));
+  if (std::fflush(f) != 0 && !error) error = errno;
+  if (std::fclose(f) != 0 && !error) error = errno;
+  if (error) {
+    // The file is derived from the checkpoint's metric log: the old one stays,
+    // and the next resume writes it again. Said, not fatal to the run.
+    fs::remove(tmp, ec);
+    warn(std::string("cannot write ") + tmp + ": " + std::strerror(error) + " (" + path_ +
+         " is left as it was and no longer appended to; a resume writes it again from the checkpoint)");
+    return;
+  }
+  fs::rename(tmp, path_, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    warn("cannot rename " + tmp + " to " + path_ + ": " + ec.message());
+    return;
+  }
   written_ = loop.metrics().rows().size();
   file_ = std::fopen(path_.c_str(), "a");
-  if (!file_) throw std::runtime_error("cannot append to " + path_);
+  if (!file_) throw std::runtime_error("cannot append to " + path_ + ": " + std::strerror(errno));
+  whole_bytes_ = fs::file_size(path_, ec);
+}
+
+void MetricFileLogger::warn(const std::string& what) {
+  if (warned_) return;  // once per logger: a full disk must not flood the console
+  warned_ = true;
+  std::fprintf(stderr, "cairn: warning: %s\n", what.c_str());
 }
 
 void MetricFileLogger::append(Loop& loop) {
@@ -72,9 +100,26 @@ void MetricFileLogger::append(Loop& loop) {
   for (; written_ < rows.size(); ++written_) {
     const auto& r = rows[written_];
     const std::string bytes = row(r.point.epoch, r.point.step, names[r.series], r.point.value);
-    std::fwrite(bytes.data(), 1, bytes.size(), file_);
+    if (std::fwrite(bytes.data(), 1, bytes.size(), file_) != bytes.size()) break;
   }
-  std::fflush(file_);
+  if (std::fflush(file_) != 0 || std::ferror(file_)) {
+    // No half rows after a failure: the file is cut back to the whole rows
+    // written before it, and not appended to again.
+    const int e = errno ? errno : EIO;
+    std::fclose(file_);  // (it may write a little more of its buffer: cut below)
+    file_ = nullptr;
+    if (::truncate(path_.c_str(), static_cast<off_t>(whole_bytes_)) != 0) {
+      warn("writing " + path_ + " failed: " + std::strerror(e) + ", and cutting it back to whole rows failed too: " +
+           std::strerror(errno));
+      return;
+    }
+    warn("writing " + path_ + " failed: " + std::strerror(e) +
+         " (it is no longer appended to; every value stays in the checkpoints' metric log, and a resume writes "
+         "the file again from it)");
+    return;
+  }
+  const long at = std::ftell(file_);
+  if (at >= 0) whole_bytes_ = static_cast<uintmax_t>(at);
 }
 
 }  // namespace cairn

@@ -43,12 +43,16 @@ class MetricFileLogger : public Callback {
  private:
   void rewrite(Loop& loop);
   void append(Loop& loop);
+  //! Says an I/O error on stderr, once per logger.
+  void warn(const std::string& what);
 
   std::string requested_;     //!< the path asked for ("" = run dir + default name)
   std::string default_name_;  //!< file name inside the run directory
   std::string path_;          //!< resolved file
   std::FILE* file_ = nullptr;
   size_t written_ = 0;        //!< metric-log rows already in the file
+  bool warned_ = false;       //!< an I/O error was said (once per logger)
+  uintmax_t whole_bytes_ = 0; //!< the file's size after the last rows written whole
 };
 
 struct CsvLoggerOptions {
