@@ -2,7 +2,7 @@
 # build cairn: a clear CMake error instead of a compile or link error 500 lines
 # long. One home for the platform differences the build system must know.
 #
-# Two platforms are supported and built in CI (README, "Building"):
+# Two platforms are supported and built in CI (docs/building.md, "Two platforms"):
 #   - Debian's LibTorch 1.13 (libtorch-dev, CPU only);
 #   - LibTorch 2.x from PyPI's `torch` wheel (the CUDA build), found with
 #     -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')".

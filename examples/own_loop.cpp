@@ -9,6 +9,7 @@
 #include <cairn/callbacks.h>
 #include <cairn/data.h>
 #include <cairn/loop.h>
+#include <cairn/run_dir.h>
 #include <cairn/signals.h>
 
 #include <torch/torch.h>
@@ -47,7 +48,7 @@ int main(int argc, char** argv) {
   cairn::signals::install();  // SIGTERM/SIGINT: save at the next batch, then exit 128+signal
 
   try {
-    const cairn::ResumeInfo resumed = loop.resume(run_dir + "/checkpoints");
+    const cairn::ResumeInfo resumed = cairn::resume(loop, run_dir + "/checkpoints");
     if (resumed.resumed) std::cout << "resumed at epoch " << resumed.epoch << ", batch " << resumed.batch_in_epoch << "\n";
     if (resumed.finished) {
       std::cout << "already finished\n";

@@ -117,7 +117,7 @@ TEST_CASE("the best value survives resume: a worse value never replaces a better
   Scripted s(dir.str());
   auto cb = std::make_shared<cairn::Checkpoint>(opts);
   s.loop.add(cb);
-  REQUIRE(s.loop.resume(ck).resumed);
+  REQUIRE(cairn::resume(s.loop, ck).resumed);
   CHECK(*cb->best_model_score() == 0.8);
   s.epoch(0.7);  // better than the last epoch, worse than the best
   CHECK(ckpt_files(ck).count("e0.ckpt") == 1);
@@ -194,7 +194,7 @@ TEST_CASE("resume auto falls back to the newest checkpoint that verifies, naming
     Scripted s(dir.str());
     s.loop.add(std::make_shared<cairn::Checkpoint>(
         cairn::CheckpointOptions().monitor("valid/acc").mode(cairn::Mode::max).save_top_k(1).filename("best")));
-    const cairn::ResumeInfo info = s.loop.resume(ck);
+    const cairn::ResumeInfo info = cairn::resume(s.loop, ck);
     CHECK(info.resumed);
     REQUIRE(info.skipped.size() == 1);
     CHECK(info.skipped[0].find("last.ckpt") != std::string::npos);
@@ -208,7 +208,7 @@ TEST_CASE("resume auto with every checkpoint corrupt is an error, not a fresh st
   test::fs::create_directories(dir / "checkpoints");
   test::write_file(dir / "checkpoints/last.ckpt", "junk");
   cairn::Loop loop;
-  CHECK_THROWS_AS(loop.resume(dir / "checkpoints"), cairn::CheckpointError);
+  CHECK_THROWS_AS(cairn::resume(loop, dir / "checkpoints"), cairn::CheckpointError);
   // Through the CLI: exit 3.
   test::write_file(dir / "c.yaml", test::small_config(dir.str(), "", 1, 320));
   auto r = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
@@ -320,14 +320,14 @@ TEST_CASE("save_weights_only files hold the model and are skipped by resume") {
   cairn::load_weights(*model, dir / "weights/last.ckpt");  // fine-tuning from it works
   cairn::Loop loop;
   loop.track(*model);
-  CHECK_THROWS_WITH_AS(loop.resume(dir / "weights/last.ckpt"), doctest::Contains("holds weights only"),
+  CHECK_THROWS_WITH_AS(cairn::resume(loop, dir / "weights/last.ckpt"), doctest::Contains("holds weights only"),
                        cairn::CheckpointError);
   // This loop has none of the callbacks whose state the file holds: refused,
   // naming them, unless dropping it is allowed.
-  CHECK_THROWS_WITH_AS(loop.resume(dir / "full"), doctest::Contains("Checkpoint{monitor=None,mode=min}"),
+  CHECK_THROWS_WITH_AS(cairn::resume(loop, dir / "full"), doctest::Contains("Checkpoint{monitor=None,mode=min}"),
                        cairn::UnclaimedState);
   loop.set_allow_unclaimed_state(true);
-  CHECK(loop.resume(dir / "full").resumed);
+  CHECK(cairn::resume(loop, dir / "full").resumed);
 }
 
 namespace {

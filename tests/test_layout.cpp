@@ -8,6 +8,7 @@
 #include <cairn/json.h>
 #include <cairn/metrics.h>
 
+#include <map>
 #include <regex>
 #include <set>
 
@@ -63,6 +64,71 @@ TEST_CASE("the core and the callback library include neither yaml-cpp nor the ap
     }
   }
   CHECK(checked > 50);
+}
+
+TEST_CASE("the run on disk is a wing of its own: the file below the store, the store below the run, the Loop beside") {
+  const fs::path core = fs::path(CAIRN_SOURCE_DIR) / "framework/core";
+  // Who may include what, by file (header or source).
+  const std::set<std::string> file_layer = {"include/cairn/checkpoint_file.h", "include/cairn/run_checkpoint.h",
+                                            "src/checkpoint_file.cpp", "src/checkpoint_view.cpp",
+                                            "src/pickle_codec.cpp", "src/pickle_codec.h", "src/zip_writer.cpp",
+                                            "src/zip_writer.h", "src/zip_reader.cpp", "src/zip_reader.h",
+                                            "src/zip_format.h", "src/file_io.cpp", "src/file_io.h", "src/checksums.h"};
+  const std::set<std::string> store = {"include/cairn/checkpoint_store.h", "src/checkpoint_store.cpp"};
+  const std::set<std::string> run_layer = {"include/cairn/run_dir.h", "src/run_dir.cpp"};
+  const std::set<std::string> loop = {"include/cairn/loop.h", "src/loop.cpp"};
+  const std::set<std::string> above_file = {"cairn/checkpoint_store.h", "cairn/run_dir.h", "cairn/run_lock.h",
+                                            "cairn/loop.h", "cairn/trainer.h", "cairn/callback.h",
+                                            "cairn/distributed.h"};
+  std::map<std::string, size_t> seen;
+  for (const auto& inc : includes_under(core)) {
+    const std::string file = fs::relative(inc.first, core).string();
+    const std::string& name = inc.second;
+    ++seen[file];
+    if (file_layer.count(file)) {
+      CHECK_MESSAGE(above_file.count(name) == 0, file << " (the checkpoint file) includes " << name);
+    }
+    if (store.count(file)) {
+      for (const char* up : {"cairn/run_dir.h", "cairn/loop.h", "cairn/trainer.h", "cairn/distributed.h"}) {
+        CHECK_MESSAGE(name != up, file << " (the store) includes " << name);
+      }
+    }
+    if (loop.count(file)) {
+      // The Loop writes and reads the dictionary; which file, which folder and its lock are the run layer's.
+      for (const char* run : {"cairn/checkpoint_store.h", "cairn/run_dir.h", "cairn/run_lock.h"}) {
+        CHECK_MESSAGE(name != run, file << " (the Loop) includes " << name);
+      }
+    }
+    if (run_layer.count(file)) CHECK_MESSAGE(name != "cairn/trainer.h", file << " (the run layer) includes " << name);
+  }
+  for (const auto& f : {"include/cairn/run_dir.h", "src/run_dir.cpp", "src/checkpoint_view.cpp", "src/loop.cpp",
+                        "src/checkpoint_store.cpp", "src/checkpoint_file.cpp"}) {
+    CHECK_MESSAGE(seen[f] > 0, f << " has no #include: the rule looked at nothing");
+  }
+  for (const auto& f : loop) {
+    CHECK_MESSAGE(test::read_file((core / f).string()).find("RunLock") == std::string::npos, f << " names RunLock");
+  }
+
+  // One view type: outside the Loop's own writer and reader (run_checkpoint.cpp)
+  // and the View (checkpoint_view.cpp), no source reads a checkpoint's
+  // top-level keys by name.
+  const std::regex key_read(R"re(\b(at|find|contains)\("(global_step|batch_in_epoch|hyper_parameters|evaluate_with|format_version|section_versions|optimizer_states|lr_schedulers|rng_states|loop|metrics|callbacks|weights_only)"\))re");
+  size_t files = 0;
+  for (const auto& dir : {fs::path(CAIRN_SOURCE_DIR) / "framework", fs::path(CAIRN_SOURCE_DIR) / "callbacks"}) {
+    for (const auto& e : fs::recursive_directory_iterator(dir)) {
+      const std::string name = e.path().filename().string();
+      if (!e.is_regular_file() || (e.path().extension() != ".cpp" && e.path().extension() != ".h")) continue;
+      if (name == "run_checkpoint.cpp" || name == "checkpoint_view.cpp") continue;
+      ++files;
+      std::istringstream in(test::read_file(e.path().string()));
+      std::string line;
+      for (int n = 1; std::getline(in, line); ++n) {
+        CHECK_MESSAGE(!std::regex_search(line, key_read),
+                      e.path().string() << ":" << n << " reads a checkpoint key by name (use run_checkpoint::View): " << line);
+      }
+    }
+  }
+  CHECK(files > 80);
 }
 
 TEST_CASE("json::quote escapes quotes, backslashes and every control character") {

@@ -144,7 +144,7 @@ TEST_CASE("user values, registered generators and tracked objects are restored")
   cairn::Loop loop;
   loop.track("counter", restored);
   loop.track_generator("augment", gen2);
-  auto info = loop.resume(dir / "a.ckpt");
+  auto info = cairn::resume(loop, dir / "a.ckpt");
   CHECK(info.resumed);
   CHECK(restored.n == 42);
   CHECK(loop.values().get<int64_t>("n_classes") == 1000);

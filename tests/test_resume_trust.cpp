@@ -416,7 +416,7 @@ TEST_CASE("on_load_checkpoint reads back the keys a callback added to the checkp
   b.track(*model);
   auto extra = std::make_shared<Extra>();
   b.add(extra);
-  b.resume(dir / "x.ckpt");
+  cairn::resume(b, dir / "x.ckpt");
   CHECK(extra->restored == 42);
   CHECK(b.loaded_checkpoint() == nullptr);
 }

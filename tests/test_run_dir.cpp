@@ -229,3 +229,88 @@ TEST_CASE("a checkpoint whose checksums verify but whose metric statistics canno
   auto ok = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
   CHECK_MESSAGE(ok.exit_code == 0, ok.output);
 }
+
+TEST_CASE("one rule for which checkpoint: fit's final test, cairn test, choose() and a resume take the same file") {
+  test::TempDir dir("rundir_choose");
+  const std::string run = dir / "run", ckpts = run + "/checkpoints";
+  // save_top_k 1 on valid/loss (min): the best file is an epoch file, last.ckpt is the newest.
+  test::write_file(dir / "c.yaml", job(run, 3, "monitor: valid/loss, mode: min, save_top_k: 1"));
+  auto fit = test::cairn_cli({"fit", "--config", dir / "c.yaml"});
+  REQUIRE_MESSAGE(fit.exit_code == 0, fit.output);
+
+  const cairn::RunDir here(run);
+  CHECK(here.checkpoints == ckpts);
+  CHECK(here.config() == run + "/config.yaml");
+  const cairn::CheckpointChoice best = cairn::choose(here, "best", cairn::Purpose::evaluate);
+  REQUIRE_MESSAGE(best.found, best.why);
+  const cairn::CheckpointChoice last = cairn::choose(here, "last", cairn::Purpose::evaluate);
+  REQUIRE_MESSAGE(last.found, last.why);
+  CHECK(test::fs::path(last.path).filename() == "last.ckpt");
+  CHECK(test::fs::path(best.path).filename().string().rfind("epoch=", 0) == 0);
+  CHECK(cairn::choose(here, "auto", cairn::Purpose::evaluate).path == best.path);
+  CHECK(cairn::choose(here, "", cairn::Purpose::evaluate).path == best.path);
+  // A resume takes the newest run state; "auto" means that for a resume.
+  CHECK(cairn::choose(here, "auto", cairn::Purpose::resume).path == last.path);
+
+  // The file fit's final test named is the one choose() gives, and the one `cairn test` evaluates.
+  CHECK_MESSAGE(fit.output.find("cairn: testing the best checkpoint " + best.path + "\n") != std::string::npos, fit.output);
+  auto tested = test::cairn_cli({"test", "--config", dir / "c.yaml", "--json"});
+  REQUIRE_MESSAGE(tested.exit_code == 0, tested.output);
+  CHECK_MESSAGE(tested.output.find(best.path) != std::string::npos, tested.output);
+
+  // Moved elsewhere, the folder answers the same, by its new paths.
+  const std::string moved = dir / "moved";
+  test::fs::rename(run, moved);
+  const cairn::CheckpointChoice again = cairn::choose(cairn::RunDir(moved), "best", cairn::Purpose::evaluate);
+  REQUIRE_MESSAGE(again.found, again.why);
+  CHECK(again.path == moved + "/checkpoints/" + test::fs::path(best.path).filename().string());
+
+  // What cannot be met says why, and nothing is chosen.
+  const cairn::CheckpointChoice none = cairn::choose(cairn::RunDir(dir / "empty"), "best", cairn::Purpose::evaluate);
+  CHECK_FALSE(none.found);
+  CHECK_MESSAGE(none.why.find("the run has no checkpoint in") != std::string::npos, none.why);
+  const cairn::CheckpointChoice missing = cairn::choose(cairn::RunDir(moved), dir / "nope.ckpt", cairn::Purpose::evaluate);
+  CHECK_FALSE(missing.found);
+  CHECK(missing.why.find("no such file") != std::string::npos);
+
+  // A resume that fails (this loop tracks no optimizer) leaves the folder free ...
+  {
+    cairn::Loop bare;
+    CHECK_THROWS_WITH_AS(cairn::resume(bare, moved + "/checkpoints"), doctest::Contains("this run has 0"),
+                         cairn::CheckpointMismatch);
+    auto free = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--run-dir", moved});
+    CHECK_MESSAGE(free.exit_code == 0, free.output);  // the finished run: nothing to do
+  }
+  // ... and a fit's hold on it is the run layer's lock, until fit_end.
+  cairn::Loop loop;
+  cairn::lock_for_fit(loop, moved + "/checkpoints");
+  auto locked = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--run-dir", moved});
+  CHECK_MESSAGE(locked.exit_code != 0, locked.output);
+  CHECK_MESSAGE(locked.output.find("another process") != std::string::npos, locked.output);
+  loop.fit_end();
+  auto after = test::cairn_cli({"fit", "--config", dir / "c.yaml", "--run-dir", moved});
+  CHECK_MESSAGE(after.exit_code == 0, after.output);
+}
+
+TEST_CASE("a checkpoint that verifies but lacks the run's keys is exit 3 naming the key, before anything is printed") {
+  test::TempDir dir("rundir_view");
+  cairn::Value c = cairn::Value::dict();
+  c.set("state_dict", cairn::Value::dict());
+  c.set("global_step", int64_t{3});
+  cairn::write_checkpoint(dir / "odd.ckpt", c);  // cairn's writer: every checksum is valid
+  const std::vector<std::vector<std::string>> commands = {{"inspect", dir / "odd.ckpt"},
+                                                          {"report", dir / "odd.ckpt", "--out", dir / "r.html"}};
+  for (const auto& cmd : commands) {
+    auto p = test::cairn_cli(cmd);
+    CHECK_MESSAGE(p.exit_code == 3, cmd[0] << ": " << p.output);
+    CHECK_MESSAGE(p.output.find("has no 'epoch'") != std::string::npos, cmd[0] << ": " << p.output);
+    CHECK_MESSAGE(p.output.find("position") == std::string::npos, cmd[0] << ": " << p.output);
+  }
+  // A key of the wrong type is named too.
+  c.set("epoch", "zero");
+  c.set("batch_in_epoch", int64_t{0});
+  cairn::write_checkpoint(dir / "odd.ckpt", c);
+  auto p = test::cairn_cli({"inspect", dir / "odd.ckpt"});
+  CHECK_MESSAGE(p.exit_code == 3, p.output);
+  CHECK_MESSAGE(p.output.find("'epoch' is str, not an int") != std::string::npos, p.output);
+}

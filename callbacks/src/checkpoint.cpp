@@ -4,6 +4,7 @@
 #include "cairn/distributed.h"
 #include "cairn/loop.h"
 #include "cairn/run_checkpoint.h"
+#include "cairn/run_dir.h"
 #include "cairn/run_lock.h"
 
 #include <cmath>
@@ -165,7 +166,7 @@ void Checkpoint::on_fit_begin(Loop& loop) {
     }
     rebase_book(own);
   }
-  loop.lock_directory(dirpath_);  // throws RunLocked when another process trains here
+  lock_for_fit(loop, dirpath_);  // throws RunLocked when another process trains here
   owns_dir_ = true;
   // Temp files whose writer is gone are garbage: the rename never happened.
   // (A live writer's are left alone; with the lock held there should be none.)

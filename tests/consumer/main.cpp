@@ -5,6 +5,7 @@
 #include <cairn/callbacks/early_stopping.h>
 #include <cairn/data.h>
 #include <cairn/loop.h>
+#include <cairn/run_dir.h>
 
 #include <torch/torch.h>
 
@@ -44,7 +45,7 @@ int main(int argc, char** argv) {
   loop.state().max_epochs = epochs;
   loop.state().batches_per_epoch = sampler.batches_per_epoch();
 
-  const cairn::ResumeInfo resumed = loop.resume(run_dir + "/checkpoints");
+  const cairn::ResumeInfo resumed = cairn::resume(loop, run_dir + "/checkpoints");
   if (resumed.resumed) std::cout << "resumed at epoch " << resumed.epoch << "\n";
   if (resumed.finished) {
     std::cout << "already finished\n";

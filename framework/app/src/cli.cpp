@@ -12,13 +12,17 @@
 #include "cairn/optim_state.h"
 #include "cairn/report.h"
 #include "cairn/run_checkpoint.h"
+#include "cairn/run_dir.h"
 #include "cairn/run_lock.h"
 #include "cairn/signals.h"
 
 #include <torch/torch.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -31,7 +35,7 @@ namespace cairn {
 namespace fs = std::filesystem;
 
 namespace {
-// The documented exit codes (README, "Exit codes").
+// The documented exit codes (docs/cli.md, the exit-code table).
 constexpr int kExitOk = 0, kExitError = 1, kExitUsage = 2, kExitCheckpoint = 3, kExitLocked = 4,
               kExitNotSaved = 5, kExitPeer = 6;
 
@@ -45,7 +49,7 @@ const char* kUsage =
     "  cairn predict  --config FILE [--ckpt best|last|PATH] [--run-dir DIR]\n"
     "                 [--split test|valid|train | --input FILE.pt|FILE.csv] --out FILE.pt|FILE.csv\n"
     "  cairn print-config --config FILE [--set dotted.key=value]...\n"
-    "  cairn inspect CHECKPOINT [--json]\n"
+    "  cairn inspect CHECKPOINT|RUN_DIR [--json]\n"
     "  cairn report RUN_DIR|CHECKPOINT [MORE RUNS...] [--out report.html]\n"
     "  cairn --version\n"
     "\n"
@@ -226,28 +230,44 @@ int cmd_print_config(const Args& a) {
   return kExitOk;
 }
 
+//! Writes `text` to `path` through a temporary file and a rename, so a failed
+//! write leaves the previous file whole. Returns "" or the error, with the
+//! errno's text.
+std::string write_text_file(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) return "cannot create " + tmp + ": " + std::strerror(errno);
+  const size_t n = std::fwrite(text.data(), 1, text.size(), f);
+  int err = n == text.size() ? 0 : errno;
+  if (std::fflush(f) != 0 && err == 0) err = errno;
+  if (std::fclose(f) != 0 && err == 0) err = errno;
+  if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err == 0) return "";
+  std::remove(tmp.c_str());
+  return "cannot write " + path + ": " + std::strerror(err);
+}
+
 int cmd_inspect(const Args& a) {
   if (a.positional.size() != 1) throw UsageError("inspect needs exactly one checkpoint, checkpoint folder or run directory");
   CheckpointChoice choice = open_checkpoint(a.positional[0]);  // throws CheckpointError -> exit 3
   for (const auto& r : choice.rejected) std::cerr << "cairn: warning: skipping " << r.second << "\n";
   const std::string path = choice.path;
-  Value c = std::move(choice.checkpoint);
+  const Value c = std::move(choice.checkpoint);
+  const run_checkpoint::View view(c, path);
   // What each monitoring callback says about its metric (its `summary`).
-  const std::vector<run_checkpoint::MonitorSummary> monitors = run_checkpoint::monitor_summaries(c, path);
-  std::string name;
-  if (const Value* hp = c.find("hyper_parameters")) {
-    if (hp->is_dict() && hp->contains("name") && hp->at("name").is_string()) name = hp->at("name").to_string();
-  }
-  const Value* loop = c.find("loop");
-  const bool finished = loop && loop->contains("finished") && loop->at("finished").to_bool();
-  const Value empty = Value::dict();
-  const Value& metrics = c.contains("metrics") ? c.at("metrics") : empty;
+  const std::vector<run_checkpoint::MonitorSummary> monitors = view.monitors();
+  const std::string name = view.name();
+  const bool finished = view.finished();
+  const auto series = view.series();
+  // Read before anything is printed: a file that lacks them is exit 3, not half a report.
+  const int64_t epoch = view.epoch(), global_step = view.global_step(), batch = view.batch_in_epoch();
+  const int64_t format = view.format_version();
   if (a.json) {
     std::ostringstream o;
     o << "{\"path\": " << json::quote(path) << ", \"verified\": true, \"name\": " << json::quote(name)
-      << ", \"epoch\": " << c.at("epoch").to_int() << ", \"global_step\": " << c.at("global_step").to_int()
-      << ", \"batch_in_epoch\": " << c.at("batch_in_epoch").to_int() << ", \"finished\": " << (finished ? "true" : "false")
-      << ", \"format_version\": " << c.at("format_version").to_int() << ", \"monitors\": [";
+      << ", \"epoch\": " << epoch << ", \"global_step\": " << global_step
+      << ", \"batch_in_epoch\": " << batch << ", \"finished\": " << (finished ? "true" : "false")
+      << ", \"format_version\": " << format << ", \"monitors\": [";
     for (size_t i = 0; i < monitors.size(); ++i) {
       const auto& m = monitors[i];
       o << (i ? ", " : "") << "{\"callback\": " << json::quote(m.callback) << ", \"monitor\": " << json::quote(m.monitor)
@@ -255,9 +275,9 @@ int cmd_inspect(const Args& a) {
         << ", \"best_path\": " << json::quote(m.best_path) << "}";
     }
     o << "], \"metrics\": {";
-    for (size_t i = 0; i < metrics.keys().size(); ++i) {
-      const auto values = metrics.values()[i].at("value").to_double_list();
-      o << (i ? ", " : "") << json::quote(metrics.keys()[i].to_string()) << ": {\"length\": " << values.size()
+    for (size_t i = 0; i < series.size(); ++i) {
+      const auto& values = series[i].value;
+      o << (i ? ", " : "") << json::quote(series[i].name) << ": {\"length\": " << values.size()
         << ", \"last\": " << (values.size() ? json::number(values.back()) : "null") << "}";
     }
     o << "}}";
@@ -266,20 +286,20 @@ int cmd_inspect(const Args& a) {
   }
   std::cout << "checkpoint   " << path << " (verified)\n";
   if (!name.empty()) std::cout << "experiment   " << name << "\n";
-  std::cout << "position     " << describe_position(c.at("epoch").to_int(), c.at("batch_in_epoch").to_int(), c.at("global_step").to_int())
+  std::cout << "position     " << describe_position(epoch, batch, global_step)
             << (finished ? ", run finished" : "") << "\n";
-  if (run_checkpoint::is_weights_only(c)) std::cout << "contents     weights only (cannot resume a run)\n";
+  if (view.weights_only()) std::cout << "contents     weights only (cannot resume a run)\n";
   for (const auto& m : monitors) {
     std::cout << "best         " << m.monitor << " (" << m.mode << ") = "
               << (m.best ? json::number(*m.best) : std::string("none yet"));
     if (!m.best_path.empty()) std::cout << "  [" << fs::path(m.best_path).filename().string() << "]";
     std::cout << "\n";
   }
-  std::cout << "metrics      " << metrics.keys().size() << "\n";
-  for (size_t i = 0; i < metrics.keys().size(); ++i) {
-    const auto values = metrics.values()[i].at("value").to_double_list();
+  std::cout << "metrics      " << series.size() << "\n";
+  for (const auto& one : series) {
+    const auto& values = one.value;
     char buf[200];
-    std::snprintf(buf, sizeof buf, "  %-22s %6zu values  last %s\n", metrics.keys()[i].to_string().c_str(),
+    std::snprintf(buf, sizeof buf, "  %-22s %6zu values  last %s\n", one.name.c_str(),
                   values.size(), values.size() ? json::number(values.back()).c_str() : "-");
     std::cout << buf;
   }
@@ -295,11 +315,8 @@ int cmd_report(const Args& a) {
     for (const auto& r : choice.rejected) std::cerr << "cairn: warning: skipping " << r.second << "\n";
     std::string label = fs::path(target).lexically_normal().filename().string();
     if (label.empty() || label == ".") label = fs::path(target).lexically_normal().parent_path().filename().string();
-    if (const Value* hp = choice.checkpoint.find("hyper_parameters")) {
-      if (a.positional.size() == 1 && hp->is_dict() && hp->contains("name") && hp->at("name").is_string()) {
-        label = hp->at("name").to_string();
-      }
-    }
+    const std::string name = run_checkpoint::View(choice.checkpoint, choice.path).name();
+    if (a.positional.size() == 1 && !name.empty()) label = name;
     // Two runs of one sweep often share a basename: fall back to the path given.
     for (const auto& r : runs) {
       if (r.label == label) label = target;
@@ -313,39 +330,28 @@ int cmd_report(const Args& a) {
   const std::string out = !a.out.empty() ? a.out
                           : (runs.size() == 1 && fs::is_directory(first, ec)) ? (fs::path(first) / "report.html").string()
                                                                                : "report.html";
-  std::ofstream f(out);
-  if (!f) throw UsageError("cannot write " + out);
-  f << render_report(runs, title);
-  f.close();
-  if (!f) throw UsageError("cannot write " + out);
+  if (const std::string error = write_text_file(out, render_report(runs, title)); !error.empty()) throw UsageError(error);
   std::cout << "cairn: wrote " << out << " from ";
   for (size_t i = 0; i < sources.size(); ++i) std::cout << (i ? ", " : "") << sources[i];
   std::cout << "\n";
   return kExitOk;
 }
 
-//! Where a run of `spec` in `run_dir` keeps its checkpoints, from the config
-//! alone (the launcher builds no trainer): the first checkpoint callback's
-//! `dirpath`, else <run_dir>/checkpoints, as Checkpoint::checkpoint_dir().
-std::string checkpoint_dir_of(const ExperimentSpec& spec, const std::string& run_dir) {
+//! The run of `spec` in `run_dir`, from the config alone (the launcher and
+//! the evaluating commands build no checkpoint callback): its checkpoint
+//! folder is the first checkpoint callback's `dirpath`, else
+//! <run_dir>/checkpoints, as RunDir::of a built trainer says.
+RunDir run_of(const ExperimentSpec& spec, const std::string& run_dir) {
   const YAML::Node cbs = spec.resolved()["callbacks"];
   if (cbs && cbs.IsSequence()) {
     for (const auto& c : cbs) {
       if (c["name"] && c["name"].as<std::string>() == "checkpoint" && c["dirpath"] && c["dirpath"].IsScalar() &&
           !c["dirpath"].as<std::string>().empty()) {
-        return c["dirpath"].as<std::string>();
+        return RunDir(run_dir, c["dirpath"].as<std::string>());
       }
     }
   }
-  return (fs::path(run_dir) / "checkpoints").string();
-}
-
-std::string checkpoint_dir_of(Trainer& t) {
-  for (const auto& cb : t.loop().callbacks()) {
-    const std::string d = cb->checkpoint_dir(t.loop());
-    if (!d.empty()) return d;
-  }
-  return (fs::path(t.loop().run_dir()) / "checkpoints").string();
+  return RunDir(run_dir);
 }
 
 //! Refuses a resume whose config changes what the checkpoint means (exit 2),
@@ -435,7 +441,7 @@ int launch(const Args& a, const ExperimentSpec& spec) {
   // checkpoint, the original arguments (its --resume source, its
   // --overwrite); after that, a resume from the job's own checkpoints, and
   // never --overwrite again (it would delete them).
-  const std::string ckpt_dir = checkpoint_dir_of(spec, a.run_dir.empty() ? spec.run_dir : a.run_dir);
+  const RunDir run = run_of(spec, a.run_dir.empty() ? spec.run_dir : a.run_dir);
   const auto started = fs::file_time_type::clock::now();
   std::vector<std::string> continue_args;
   for (size_t i = 0; i < a.raw.size(); ++i) {
@@ -448,12 +454,14 @@ int launch(const Args& a, const ExperimentSpec& spec) {
     if (x.rfind("--resume=", 0) == 0) continue;
     continue_args.push_back(x);
   }
-  o.restart = [ckpt_dir, started, continue_args, original = a.raw] {
+  o.restart = [run, started, continue_args, original = a.raw] {
+    // The file a resume of the folder would take (choose's rule): when this
+    // job wrote it, the restart resumes from it.
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(ckpt_dir, ec)) {
-      if (e.path().extension() != ".ckpt") continue;
-      const auto t = fs::last_write_time(e.path(), ec);
-      if (!ec && t >= started) return LaunchOptions::Restart{continue_args, "from the job's last checkpoint"};
+    const CheckpointChoice c = choose(run, "last", Purpose::resume);
+    if (c.found) {
+      const auto t = fs::last_write_time(c.path, ec);
+      if (!ec && t >= started) return LaunchOptions::Restart{continue_args, "from the job's last checkpoint " + c.path};
     }
     return LaunchOptions::Restart{original, "with the original arguments (the job has no checkpoint yet)"};
   };
@@ -463,34 +471,13 @@ int launch(const Args& a, const ExperimentSpec& spec) {
 // ---------------------------------------------------------------------------
 // After training: test, validate, predict. They read the run, never write it.
 
-//! The checkpoint `choice` names for a run of `spec` in `run_dir`: "best"
-//! (the file of a monitoring callback's best value), "last" (the newest that
-//! verifies), "" (best when the run keeps one, else last) or a path. Names
-//! what exists when the choice cannot be met (exit 2).
+//! The checkpoint `choice` (--ckpt) names for a run of `spec` in `run_dir`:
+//! choose()'s rule ("" is auto: best when the run keeps one, else last).
+//! Names what exists when the choice cannot be met (exit 2).
 std::string choose_ckpt(const ExperimentSpec& spec, const std::string& run_dir, const std::string& choice) {
-  if (!choice.empty() && choice != "best" && choice != "last") {
-    std::error_code ec;
-    if (!fs::exists(choice, ec)) throw UsageError("--ckpt " + choice + ": no such file (use best, last or a checkpoint path)");
-    return choice;
-  }
-  const std::string dir = checkpoint_dir_of(spec, run_dir);
-  CheckpointChoice newest = newest_checkpoint(dir, /*weights_only_too=*/true);  // evaluating, not resuming
-  if (!newest.found) {
-    std::string why = "--ckpt " + (choice.empty() ? std::string("last") : choice) + ": the run has no checkpoint in " + dir;
-    for (const auto& r : newest.rejected) why += "\n  " + r.second;
-    throw UsageError(why + (newest.rejected.empty() ? " (train it first: cairn fit --config ...)" : ""));
-  }
-  if (choice == "last") return newest.path;
-  std::string monitors;
-  for (const auto& m : run_checkpoint::monitor_summaries(newest.checkpoint, newest.path)) {
-    std::error_code ec;
-    if (!m.best_path.empty() && fs::exists(m.best_path, ec)) return m.best_path;
-    monitors += (monitors.empty() ? "" : ", ") + m.monitor;
-  }
-  if (choice.empty()) return newest.path;  // no best kept: the newest
-  throw UsageError("--ckpt best: no checkpoint of " + dir + " is kept as the best of a monitored metric (" +
-                   (monitors.empty() ? std::string("no checkpoint callback monitors one") : "monitored: " + monitors) +
-                   "); the newest is " + newest.path + " (--ckpt last)");
+  const CheckpointChoice c = choose(run_of(spec, run_dir), choice, Purpose::evaluate);
+  if (!c.found) throw UsageError("--ckpt " + c.why);
+  return c.path;
 }
 
 TensorDataset read_prediction_input(const std::string& path, const DataModule& data, const Loss& loss);
@@ -700,21 +687,20 @@ int cmd_fit(const Args& a) {
   }
   std::unique_ptr<Trainer> trainer = build_trainer(spec, run_dir, group);
   if (group) trainer->loop().set_process_group(group);
-  const std::string ckpt_dir = checkpoint_dir_of(*trainer);
+  RunDir run = RunDir::of(trainer->loop());
+  if (run.checkpoints.empty()) run = RunDir(run_dir);  // no checkpoint callback: the folder a later one would use
+  const std::string& ckpt_dir = run.checkpoints;
   std::error_code ec;
 
   const Value current = yaml_to_value(spec.resolved());
   trainer->loop().set_allow_unclaimed_state(a.allow_config_change);
   trainer->loop().set_resume_check([&](const Value& ckpt, const std::string& path) {
-    const Value* hp = ckpt.find("hyper_parameters");
-    int64_t saved_world = 1, saved_global = 0;
-    if (const Value* l = ckpt.find("loop")) {
-      if (const Value* w = l->find("world_size")) saved_world = w->to_int();
-      if (const Value* g = l->find("global_batch_size")) saved_global = g->to_int();
-    }
+    const run_checkpoint::View v(ckpt, path);
+    const Value* hp = v.config();
+    const int64_t saved_world = v.world_size() > 0 ? v.world_size() : 1;
     if (hp && hp->is_dict() && hp->size() > 0) {
       check_config_drift(trainer->loop(), *hp, current, path, a.config, a.allow_config_change, saved_world,
-                         env.world_size, saved_global);
+                         env.world_size, v.global_batch_size());
     }
   });
   // The checkpoint folder may lie outside the run directory (a callback's
@@ -732,7 +718,7 @@ int cmd_fit(const Args& a) {
       if (rank0) {
         for (const auto& f : existing) fs::remove(f, ec);
         // What was derived from the old run goes with it.
-        fs::remove(fs::path(run_dir) / "report.html", ec);
+        fs::remove(run.report(), ec);
       }
     }
   } else if (a.resume == "auto") {
@@ -761,11 +747,14 @@ int cmd_fit(const Args& a) {
   }
 
   // config.yaml is rewritten only once the resume (and its drift check) passed.
-  const std::string config_path = (fs::path(run_dir) / "config.yaml").string();
+  const std::string config_path = run.config();
   const std::string resolved = yaml_to_string(spec.resolved());
   trainer->loop().on(Event::fit_begin, [&](Loop& loop) {
     if (!rank0) return;
-    std::ofstream(config_path) << resolved;
+    if (const std::string error = write_text_file(config_path, resolved); !error.empty()) {
+      // Informative only: every checkpoint holds the resolved config (hyper_parameters).
+      std::cerr << "cairn: warning: " << error << " (the resolved config is in every checkpoint's hyper_parameters too)\n";
+    }
     const ResumeInfo& ri = trainer->resume_info();
     if (!ri.resumed) return;
     std::ostringstream lrs;

@@ -73,16 +73,15 @@ struct RunData {
 
 RunData collect(const Value& c, size_t run, std::vector<std::string>& order, int64_t& max_step) {
   RunData d;
-  const Value& metrics = c.at("metrics");
-  for (size_t i = 0; i < metrics.keys().size(); ++i) {
-    const auto parts = MetricLog::split_name(metrics.keys()[i].to_string());
-    const Value& m = metrics.values()[i];
+  const run_checkpoint::View view(c);
+  for (auto& one : view.series()) {
+    const auto parts = MetricLog::split_name(one.name);
     Series s;
     s.run = run;
     s.split = parts.first;
-    s.epoch = m.at("epoch").to_int_list();
-    s.step = m.at("step").to_int_list();
-    s.value = m.at("value").to_double_list();
+    s.epoch = std::move(one.epoch);
+    s.step = std::move(one.step);
+    s.value = std::move(one.value);
     if (s.value.empty()) continue;
     for (size_t k = 0; k < s.step.size(); ++k) {
       max_step = std::max(max_step, s.step[k]);
@@ -94,7 +93,7 @@ RunData collect(const Value& c, size_t run, std::vector<std::string>& order, int
     if (std::find(order.begin(), order.end(), parts.second) == order.end()) order.push_back(parts.second);
     d.charts[parts.second].push_back(std::move(s));
   }
-  for (const auto& m : run_checkpoint::monitor_summaries(c)) {
+  for (const auto& m : view.monitors()) {
     if (m.best && !m.mode.empty()) d.monitors.push_back({m.monitor, m.mode, *m.best});
   }
   // An epoch starts where the previous one ended (its epoch means are logged
@@ -107,11 +106,7 @@ RunData collect(const Value& c, size_t run, std::vector<std::string>& order, int
       e.second = 0;
     }
   }
-  if (const Value* loop = c.find("loop")) {
-    if (const Value* r = loop->find("resumes")) {
-      for (const auto& p : r->items()) d.resumes.push_back(p.to_int_list().at(1));
-    }
-  }
+  for (const auto& r : view.resumes()) d.resumes.push_back(r.second);
   return d;
 }
 }  // namespace
@@ -174,15 +169,15 @@ std::string render_report(const std::vector<ReportRun>& runs, const std::string&
       << " metric(s). Line style: train solid, valid dashed, test dotted; circles mark each run's best value of a "
          "monitored metric; dashed vertical lines mark resumes.</p>\n<ul class=\"runs\">";
     for (size_t r = 0; r < runs.size(); ++r) {
-      const Value& c = runs[r].checkpoint;
+      const run_checkpoint::View c(runs[r].checkpoint);
       h << "<li class=\"run\" data-run=\"" << r << "\"><span class=\"swatch\" style=\"background:" << run_colour(r)
-        << "\"></span>" << escape(runs[r].label) << " — epoch " << c.at("epoch").to_int() << ", global step "
-        << c.at("global_step").to_int() << ", " << data[r].resumes.size() << " resume(s)</li>";
+        << "\"></span>" << escape(runs[r].label) << " — epoch " << c.epoch() << ", global step "
+        << c.global_step() << ", " << data[r].resumes.size() << " resume(s)</li>";
     }
     h << "</ul>\n";
   } else if (!runs.empty()) {
-    const Value& c = runs[0].checkpoint;
-    h << "<p>epoch " << c.at("epoch").to_int() << ", global step " << c.at("global_step").to_int() << "; "
+    const run_checkpoint::View c(runs[0].checkpoint);
+    h << "<p>epoch " << c.epoch() << ", global step " << c.global_step() << "; "
       << order.size() << " metric(s); " << data[0].resumes.size() << " resume(s) (dashed orange lines)</p>\n";
   }
 

@@ -3,7 +3,6 @@
 // pickle_codec.{h,cpp}.
 #include "cairn/checkpoint_file.h"
 
-#include "cairn/run_lock.h"
 #include "checksums.h"
 #include "file_io.h"
 #include "pickle_codec.h"
@@ -14,12 +13,13 @@
 #define XXH_INLINE_ALL  // header-only: no library to link or carry
 #include <xxhash.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
-#include <atomic>
 #include <future>
 #include <thread>
 #include <sstream>
@@ -489,4 +489,26 @@ namespace cairn {
 bool CheckpointWriteError::no_space() const {
   return error_number_ == ENOSPC || error_number_ == EDQUOT || error_number_ == EFBIG;
 }
+bool temp_file_is_stale(const std::string& filename, bool include_self) {
+  // <name>.<pid>-<n>.tmp
+  const std::string base = fs::path(filename).filename().string();
+  if (base.size() < 5 || base.compare(base.size() - 4, 4, ".tmp") != 0) return false;
+  const std::string stem = base.substr(0, base.size() - 4);
+  const auto dot = stem.rfind('.');
+  const auto dash = stem.rfind('-');
+  if (dot == std::string::npos || dash == std::string::npos || dash < dot) return true;
+  const std::string pid_text = stem.substr(dot + 1, dash - dot - 1);
+  if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) return true;
+  const long pid = std::strtol(pid_text.c_str(), nullptr, 10);
+  if (pid <= 0) return true;
+  if (pid == ::getpid()) return include_self;
+  if (::kill(static_cast<pid_t>(pid), 0) == 0) return false;
+  return errno == ESRCH;
+}
+
+std::string unique_temp_name(const std::string& target) {
+  static std::atomic<uint64_t> counter{0};
+  return target + "." + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".tmp";
+}
+
 }  // namespace cairn

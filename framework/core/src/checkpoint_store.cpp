@@ -1,13 +1,10 @@
-// Which checkpoint a run resumes from: scanning a folder, ordering its files
-// by the position they hold (not their mtime), verifying in that order,
-// setting damaged files aside, and the Loop's resume policy on top (a file, a
-// folder, nothing yet; rank 0 chooses for a job and broadcasts its choice).
-// Declared in cairn/checkpoint_store.h (and Loop::resume in cairn/loop.h).
+// A folder of checkpoint files: scanning it, ordering its files by the
+// position they hold (not their mtime), verifying in that order, moving an
+// abandoned timeline aside. Declared in cairn/checkpoint_store.h; the run
+// layer on top (choose, resume, locks) is run_dir.cpp.
 #include "cairn/checkpoint_store.h"
 
 #include "cairn/checkpoint_file.h"
-#include "cairn/distributed.h"
-#include "cairn/loop.h"
 #include "cairn/run_checkpoint.h"
 
 #include <cerrno>
@@ -45,13 +42,12 @@ std::vector<Candidate> scan_checkpoints(const std::string& dir) {
       ReadOptions header;
       header.header_only = true;
       const Value h = read_checkpoint(c.path, header);
-      c.global_step = h.at("global_step").to_int();
-      c.epoch = h.at("epoch").to_int();
-      c.batch = h.at("batch_in_epoch").to_int();
-      c.weights_only = run_checkpoint::is_weights_only(h);
-      if (const Value* loop = h.find("loop")) {
-        if (const Value* f = loop->find("finished")) c.finished = f->to_bool();
-      }
+      const run_checkpoint::View v(h, c.path);
+      c.global_step = v.global_step();
+      c.epoch = v.epoch();
+      c.batch = v.batch_in_epoch();
+      c.weights_only = v.weights_only();
+      c.finished = v.finished();
       c.readable = true;
     } catch (const std::exception& ex) {
       c.error = ex.what();
@@ -111,15 +107,11 @@ std::vector<std::string> abandon_after(const std::string& dir, const std::string
   ReadOptions header;
   header.header_only = true;
   const Value h = read_checkpoint(from, header);
+  const run_checkpoint::View v(h, from);
   const auto position = [](int64_t step, int64_t epoch, int64_t batch, bool finished) {
     return std::make_tuple(step, epoch, batch, finished);
   };
-  bool from_finished = false;
-  if (const Value* loop = h.find("loop")) {
-    if (const Value* f = loop->find("finished")) from_finished = f->to_bool();
-  }
-  const auto at = position(h.at("global_step").to_int(), h.at("epoch").to_int(), h.at("batch_in_epoch").to_int(),
-                           from_finished);
+  const auto at = position(v.global_step(), v.epoch(), v.batch_in_epoch(), v.finished());
   std::vector<std::string> moved;
   std::error_code ec;
   fs::path folder;
@@ -152,41 +144,6 @@ std::vector<std::string> abandon_after(const std::string& dir, const std::string
   return moved;
 }
 
-ResumeInfo Loop::resume(const std::string& path) {
-  ResumeInfo info;
-  std::error_code ec;
-  // What `path` is (a folder, a file, or nothing yet), as rank 0 sees it: every
-  // rank takes the same branch below, whatever the name ends with (a file
-  // named without .ckpt once sent rank 0 one way and the others the other,
-  // each waiting on the other's collective).
-  char kind = fs::is_directory(path, ec) ? 'd' : fs::exists(path, ec) ? 'f' : 'm';
-  if (group_) kind = group_->broadcast_bytes(std::string(1, kind), 0).at(0);
-  if (kind == 'm') {
-    // A run directory that does not exist yet is a fresh start; a missing file is an error.
-    if (fs::path(path).extension() != ".ckpt") {
-      resume_info_ = info;
-      return info;
-    }
-    throw CheckpointError("checkpoint " + path + " does not exist");
-  }
-  const bool is_dir = kind == 'd';
-  if (group_ && rank_ != 0 && is_dir) {
-    // Rank 0 owns the run directory (its lock); the others read what it chose.
-    resume_into(path, /*is_dir=*/true, info);
-    resume_info_ = info;
-    return info;
-  }
-  const size_t locks_before = locks_.size();
-  try {
-    resume_into(path, is_dir, info);
-  } catch (...) {
-    locks_.resize(locks_before);  // a failed resume does not keep the folder locked
-    throw;
-  }
-  resume_info_ = info;
-  return info;
-}
-
 CheckpointChoice open_checkpoint(const std::string& target) {
   std::error_code ec;
   if (!fs::is_directory(target, ec)) {
@@ -205,76 +162,6 @@ CheckpointChoice open_checkpoint(const std::string& target) {
     throw CheckpointError("no usable checkpoint in " + dir + why);
   }
   return choice;
-}
-
-void Loop::resume_into(const std::string& path, bool is_dir, ResumeInfo& info) {
-  Value c;
-  if (is_dir && group_ && rank_ != 0) {
-    // Rank 0 chooses (and sets damaged files aside); the others read its choice.
-    const std::string chosen = group_->broadcast_bytes("", 0);
-    if (chosen.empty()) return;
-    if (chosen[0] == '!') throw CheckpointError(chosen.substr(1));
-    c = read_checkpoint(chosen);
-    if (resume_check_) resume_check_(c, chosen);
-    info.path = chosen;
-  } else if (is_dir) {
-    try {
-      lock_directory(path);
-    } catch (const std::exception& e) {
-      if (group_) group_->broadcast_bytes(std::string("!") + e.what(), 0);
-      throw;
-    }
-    CheckpointChoice choice = newest_checkpoint(path);
-    if (!choice.found) {
-      if (choice.rejected.empty()) {
-        if (group_) group_->broadcast_bytes("", 0);
-        return;  // nothing to resume (weights-only files are not run states)
-      }
-      // Nothing is renamed: the next attempt fails just as loudly.
-      std::string why;
-      for (const auto& r : choice.rejected) why += "\n  " + r.second;
-      const std::string what = "no usable checkpoint in " + path + ": all " + std::to_string(choice.rejected.size()) +
-                               " file(s) are corrupt:" + why;
-      if (group_) group_->broadcast_bytes("!" + what, 0);
-      throw CheckpointError(what);
-    }
-    if (group_) group_->broadcast_bytes(choice.path, 0);
-    if (resume_check_) resume_check_(choice.checkpoint, choice.path);
-    for (const auto& r : choice.rejected) {
-      const std::string aside = r.first + ".corrupt";
-      if (::rename(r.first.c_str(), aside.c_str()) == 0) {
-        std::cerr << "cairn: warning: " << r.second << "; set aside as " << aside << "\n";
-        info.set_aside.push_back(aside);
-      } else {
-        std::cerr << "cairn: warning: skipping " << r.second << "\n";
-      }
-      info.skipped.push_back(r.second);
-    }
-    if (!info.set_aside.empty()) {
-      // The renames only keep damaged files out of later choices: a folder
-      // that cannot be synced is said, and the resume (already agreed by every rank) goes on.
-      try {
-        fsync_directory(path);
-      } catch (const CheckpointWriteError& e) {
-        std::cerr << "cairn: warning: " << e.what() << "\n";
-      }
-    }
-    c = std::move(choice.checkpoint);
-    info.path = choice.path;
-  } else {
-    c = read_checkpoint(path);
-    if (run_checkpoint::is_weights_only(c)) {
-      throw CheckpointError("checkpoint " + path + " holds weights only (save_weights_only) and cannot resume a run");
-    }
-    if (resume_check_) resume_check_(c, path);
-    info.path = path;
-  }
-  load_checkpoint(c, info.path);
-  info.resumed = true;
-  info.epoch = state_.epoch;
-  info.batch_in_epoch = state_.batch_in_epoch;
-  info.global_step = state_.global_step;
-  info.finished = state_.finished;
 }
 
 }  // namespace cairn

@@ -5,7 +5,6 @@
 #include "cairn/host_sync.h"
 #include "cairn/optim_state.h"
 #include "cairn/rng.h"
-#include "cairn/run_lock.h"
 #include "cairn/schedulers.h"
 #include "cairn/signals.h"
 
@@ -639,14 +638,14 @@ void Loop::fit_end() {
   if (!state_.stop.interrupt) state_.finished = true;
   state_.stage = Stage::idle;
   emit(Event::fit_end);
-  locks_.clear();
+  held_.clear();  // the run folder's lock, ...
 }
 
 void Loop::exception(std::exception_ptr e) {
   current_exception_ = e;
   state_.dirty = !roll_back_to_boundary();
   emit(Event::exception);
-  locks_.clear();
+  held_.clear();  // the run folder's lock, ...
 }
 
 void Loop::mark_boundary() {
@@ -713,13 +712,5 @@ void Loop::flush_resume_warnings() {
   pending_warnings_.clear();
 }
 
-void Loop::lock_directory(const std::string& dir) {
-  if (group_ && rank_ != 0) return;  // rank 0 owns the run's folders for the whole job
-  auto lock = RunLock::acquire(dir);
-  for (const auto& l : locks_) {
-    if (l == lock) return;
-  }
-  locks_.push_back(std::move(lock));
-}
 
 }  // namespace cairn

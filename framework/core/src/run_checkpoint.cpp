@@ -1,4 +1,5 @@
-// A run's checkpoint dictionary, written and read (layout: cairn/run_checkpoint.h).
+// A run's checkpoint dictionary, written and read by the Loop (layout:
+// cairn/run_checkpoint.h; every other reader goes through checkpoint_view.cpp).
 #include "cairn/run_checkpoint.h"
 
 #include "cairn/checkpoint_file.h"
@@ -20,86 +21,6 @@
 
 namespace cairn {
 
-namespace run_checkpoint {
-
-Value summary(const std::string& monitor, const std::string& mode, std::optional<double> best,
-              const std::string& best_path) {
-  Value s = Value::dict();
-  s.set("monitor", monitor);
-  s.set("mode", mode);
-  s.set("best", best ? Value(*best) : Value());
-  s.set("best_path", best_path);
-  return s;
-}
-
-std::vector<MonitorSummary> monitor_summaries(const Value& checkpoint, const std::string& file) {
-  std::vector<MonitorSummary> out;
-  const Value* cbs = checkpoint.find("callbacks");
-  if (!cbs || !cbs->is_dict()) return out;
-  for (size_t i = 0; i < cbs->keys().size(); ++i) {
-    const Value& state = cbs->values()[i];
-    if (!state.is_dict()) continue;
-    MonitorSummary m;
-    m.callback = cbs->keys()[i].to_string();
-    const Value* s = state.find("summary");
-    // Files written before summaries existed: the Checkpoint and EarlyStopping callbacks' own keys.
-    const Value& src = s && s->is_dict() ? *s : state;
-    const Value* monitor = src.find("monitor");
-    if (!monitor || !monitor->is_string() || monitor->to_string().empty()) continue;
-    m.monitor = monitor->to_string();
-    if (const Value* mode = src.find("mode"); mode && mode->is_string()) m.mode = mode->to_string();
-    const Value* best = src.find("best");
-    if (!s) {
-      if (const Value* b = state.find("best_model_score")) best = b;
-    }
-    if (best && best->is_number()) m.best = best->to_double();
-    const Value* path = src.find(s ? "best_path" : "best_model_path");
-    if (path && path->is_string()) m.best_path = path->to_string();
-    // A name in the folder of the file that keeps it (full paths in files of
-    // cairn <= 0.1: the same name there, so a copied run names its own file).
-    if (!file.empty() && !m.best_path.empty()) {
-      m.best_path = (std::filesystem::path(file).parent_path() / std::filesystem::path(m.best_path).filename()).string();
-    }
-    out.push_back(std::move(m));
-  }
-  return out;
-}
-
-Value weights_only(const Value& checkpoint) {
-  Value slim = Value::dict();
-  for (const char* key : {"format_version", "cairn_version", "epoch", "global_step", "batch_in_epoch", "state_dict",
-                          "hyper_parameters", "values"}) {
-    slim.set(key, checkpoint.at(key));
-  }
-  // The weights its scores were measured with (an EMA's), when not the model's own.
-  if (const Value* with = checkpoint.find("evaluate_with"); with && with->is_string()) {
-    if (const Value* w = checkpoint.find(with->to_string())) {
-      slim.set("evaluate_with", *with);
-      slim.set(with->to_string(), *w);
-    }
-  }
-  // What the run's monitors say (best value, best file by name): a weights-only
-  // run is evaluated by `--ckpt best` as any other (its callbacks' states, which
-  // only a resume needs, stay out).
-  if (const Value* cbs = checkpoint.find("callbacks"); cbs && cbs->is_dict()) {
-    Value kept = Value::dict();
-    for (size_t i = 0; i < cbs->keys().size(); ++i) {
-      const Value& state = cbs->values()[i];
-      const Value* summary = state.is_dict() ? state.find("summary") : nullptr;
-      if (!summary) continue;
-      Value only = Value::dict();
-      only.set("summary", *summary);
-      kept.set(cbs->keys()[i].to_string(), std::move(only));
-    }
-    if (kept.size() > 0) slim.set("callbacks", std::move(kept));
-  }
-  slim.set("weights_only", true);
-  return slim;
-}
-
-bool is_weights_only(const Value& checkpoint) { return checkpoint.is_dict() && checkpoint.contains("weights_only"); }
-
-}  // namespace run_checkpoint
 
 Value Loop::make_checkpoint(bool emit_event) {
   pending_ = Value::dict();

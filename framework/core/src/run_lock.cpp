@@ -96,26 +96,4 @@ RunLock::~RunLock() {
   }
 }
 
-bool temp_file_is_stale(const std::string& filename, bool include_self) {
-  // <name>.<pid>-<n>.tmp
-  const std::string base = fs::path(filename).filename().string();
-  if (base.size() < 5 || base.compare(base.size() - 4, 4, ".tmp") != 0) return false;
-  const std::string stem = base.substr(0, base.size() - 4);
-  const auto dot = stem.rfind('.');
-  const auto dash = stem.rfind('-');
-  if (dot == std::string::npos || dash == std::string::npos || dash < dot) return true;
-  const std::string pid_text = stem.substr(dot + 1, dash - dot - 1);
-  if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) return true;
-  const long pid = std::strtol(pid_text.c_str(), nullptr, 10);
-  if (pid <= 0) return true;
-  if (pid == ::getpid()) return include_self;
-  if (::kill(static_cast<pid_t>(pid), 0) == 0) return false;
-  return errno == ESRCH;
-}
-
-std::string unique_temp_name(const std::string& target) {
-  static std::atomic<uint64_t> counter{0};
-  return target + "." + std::to_string(::getpid()) + "-" + std::to_string(counter++) + ".tmp";
-}
-
 }  // namespace cairn

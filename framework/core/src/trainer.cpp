@@ -1,6 +1,8 @@
 #include "cairn/trainer.h"
 
 #include "cairn/checkpoint_file.h"
+#include "cairn/run_checkpoint.h"
+#include "cairn/run_dir.h"
 
 #include "cairn/distributed.h"
 #include "cairn/optimizers.h"
@@ -574,20 +576,11 @@ double Trainer::test() {
 
 void Trainer::load_model_weights(const std::string& path) {
   const Value c = read_checkpoint(path);
-  const Value* sd = c.find("state_dict");
-  if (!sd || !sd->is_dict()) throw CheckpointError(path + " holds no state_dict");
   // A checkpoint whose metrics were measured with other weights (an EMA's)
-  // says so: evaluate those. They are parameters; buffers stay the model's.
-  Value merged;
-  if (const Value* with = c.find("evaluate_with"); with && with->is_string()) {
-    const Value* other = c.find(with->to_string());
-    if (!other || !other->is_dict()) throw CheckpointError(path + ": evaluate_with names '" + with->to_string() + "', which it does not hold");
-    merged = *sd;
-    for (size_t i = 0; i < other->keys().size(); ++i) merged.set(other->keys()[i].to_string(), other->values()[i]);
-    sd = &merged;
-  }
+  // says so: the view lays those over the model's own.
+  const Value weights = run_checkpoint::View(c, path).evaluated_weights();
   try {
-    load_model_state(*model_.module, *sd, /*strict=*/true);
+    load_model_state(*model_.module, weights, /*strict=*/true);
   } catch (const CheckpointMismatch& e) {
     throw CheckpointMismatch(path + ": " + e.what());
   }
@@ -629,12 +622,18 @@ at::Tensor Trainer::predict(const TensorDataset& ds, const std::string& ckpt) {
 }
 
 void Trainer::final_test() {
+  // Saves still in flight land first (a failed one rolls its callback's book
+  // back to a file on disk); then the run's files answer, by the one rule
+  // `cairn test --ckpt best` uses too.
+  bool keeps_checkpoints = false;
+  for (const auto& cb : loop_.callbacks()) {
+    cb->best_checkpoint(loop_);
+    keeps_checkpoints = keeps_checkpoints || !cb->checkpoint_dir(loop_).empty();
+  }
   std::string best;
-  if (options_.test_ckpt() == "best") {
-    for (const auto& cb : loop_.callbacks()) {
-      best = cb->best_checkpoint(loop_);
-      if (!best.empty()) break;
-    }
+  if (options_.test_ckpt() == "best" && keeps_checkpoints && loop_.is_rank_zero()) {
+    const CheckpointChoice c = choose(RunDir::of(loop_), "best", Purpose::evaluate);
+    if (c.found) best = c.path;
   }
   // Rank 0's choice holds for the job (its writer knows which saves are durable).
   if (loop_.process_group()) best = loop_.process_group()->broadcast_bytes(best, 0);
@@ -675,7 +674,7 @@ FitResult Trainer::fit() {
   FitResult result;
   auto& st = loop_.state();
   if (!resume_path_.empty()) {
-    resume_info_ = loop_.resume(resume_path_);
+    resume_info_ = resume(loop_, resume_path_);
     // A run that reached its max_epochs continues when asked for more epochs;
     // one that a callback stopped (early stopping) stays finished.
     if (resume_info_.resumed && st.finished && st.stop.reason.empty() && st.epoch < options_.max_epochs()) {

@@ -1,4 +1,4 @@
-// The `cairn` command line (README, "The command line"):
+// The `cairn` command line (docs/cli.md):
 //
 //   cairn fit --config FILE [--set dotted.key=value]... [--run-dir DIR] [--resume auto|never|PATH]
 //             [--overwrite] [--allow-config-change] [--nproc N [--max-restarts K]]

@@ -5,7 +5,7 @@
 // and builds the model, optimizer, scheduler and callbacks through the Registry.
 //
 // Sections: name, seed, run, data, model, loss, metrics, optimizer, scheduler,
-// trainer, distributed, callbacks (see README for every key). Relative paths
+// trainer, distributed, callbacks (see docs/yaml.md for every key). Relative paths
 // of input files (data, model, init_from) are resolved from the config
 // file's folder; run.dir, an output, from the current directory. Unless the config lists them, a
 // `checkpoint`, a `csv_logger` and a `progress_bar` callback are added

@@ -102,4 +102,12 @@ namespace pickle {
 std::string dumps(const Value& v, std::vector<at::Tensor>* tensors_out);
 }  // namespace pickle
 
+//! Whether a temp file name written by cairn (`<name>.<pid>-<n>.tmp`) belongs
+//! to a process that is gone (or to this process, when `include_self`). Names
+//! without a pid are treated as stale.
+bool temp_file_is_stale(const std::string& filename, bool include_self);
+
+//! A unique temp name beside `target`: `<target>.<pid>-<counter>.tmp`.
+std::string unique_temp_name(const std::string& target);
+
 }  // namespace cairn

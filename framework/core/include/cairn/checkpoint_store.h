@@ -5,11 +5,11 @@
 // batch, a finished run after an unfinished one; `last.ckpt` wins ties),
 // never by modification time, and verified in full in that order; a damaged
 // newer file is skipped (and set aside as NAME.corrupt by a resume). The
-// resume policy on top of this (a file, a folder, nothing yet; locks; the
-// drift check; rank 0's choice broadcast to a job) is Loop::resume().
+// run layer on top of this (which file a resume or a reader takes, the resume
+// itself, locks) is cairn/run_dir.h.
 //
 //   cairn::CheckpointChoice c = cairn::newest_checkpoint("runs/x/checkpoints");
-//   if (c.found) std::cout << c.path << " at step " << c.checkpoint.at("global_step").to_int();
+//   if (c.found) std::cout << c.path << " at step " << cairn::run_checkpoint::View(c.checkpoint).global_step();
 #pragma once
 
 #include "cairn/value.h"
@@ -27,7 +27,8 @@ namespace cairn {
 struct CheckpointChoice {
   bool found = false;
   std::string path;   //!< the file chosen
-  Value checkpoint;   //!< its whole content, verified
+  Value checkpoint;   //!< its whole content, verified (see choose() for when it is left empty)
+  std::string why;    //!< when not found: what was asked and what exists
   //! Newer candidates that failed verification: (path, reason).
   std::vector<std::pair<std::string, std::string>> rejected;
 };

@@ -20,6 +20,7 @@
 #include "cairn/optimizers.h"
 #include "cairn/rng.h"
 #include "cairn/run_checkpoint.h"
+#include "cairn/run_dir.h"
 #include "cairn/run_lock.h"
 #include "cairn/schedulers.h"
 #include "cairn/signals.h"

@@ -7,7 +7,7 @@
 //   loop.track(*model);
 //   loop.track(optimizer);
 //   loop.add(std::make_shared<cairn::Checkpoint>(cairn::CheckpointOptions("runs/x/checkpoints")));
-//   loop.resume("runs/x/checkpoints");            // no-op when there is nothing to resume
+//   cairn::resume(loop, "runs/x/checkpoints");    // cairn/run_dir.h; no-op when there is nothing to resume
 //   loop.fit_begin();
 //   for (; loop.state().epoch < epochs && !loop.should_stop();) {
 //     loop.epoch_begin();
@@ -26,7 +26,6 @@
 #pragma once
 
 #include "cairn/callback.h"
-#include "cairn/checkpoint_store.h"
 #include "cairn/events.h"
 #include "cairn/metrics.h"
 #include "cairn/state.h"
@@ -46,7 +45,6 @@
 namespace cairn {
 
 class Scheduler;
-class RunLock;
 class ProcessGroup;
 
 //! When a filtered slot runs (as Ignite's event filters). The count an event
@@ -328,18 +326,13 @@ class Loop {
   //! Records a warning in the checkpoint's resume history (`loop.resume_warnings`).
   void add_resume_warning(const std::string& text);
   const std::vector<std::string>& resume_warnings() const { return resume_warnings_; }
-  //! `path` is a checkpoint file, or a directory in which the newest file that
-  //! verifies is used (see newest_checkpoint; newer damaged ones are renamed
-  //! NAME.corrupt with a warning, once a good one is found). A missing or
-  //! empty directory is a fresh start. A directory is locked for this process
-  //! (RunLock; throws RunLocked when another process trains there). Throws
-  //! CheckpointError when a file was named and cannot be used, or every file
-  //! in the directory is damaged (then nothing is renamed).
-  ResumeInfo resume(const std::string& path);
-  //! What the last resume() found.
+  //! What the last resume (cairn::resume in cairn/run_dir.h) found.
   const ResumeInfo& resume_info() const { return resume_info_; }
-  //! Locks `dir` for this loop until fit_end (see RunLock). Throws RunLocked.
-  void lock_directory(const std::string& dir);
+  //! Keeps `resource` (a run folder's lock) alive until fit_end() or
+  //! exception(): the run layer decides what a fit holds, the Loop only how long.
+  void hold_until_fit_end(std::shared_ptr<void> resource) { held_.push_back(std::move(resource)); }
+  //! The check set_resume_check() installed (empty when none).
+  const std::function<void(const Value&, const std::string&)>& resume_check() const { return resume_check_; }
   //! Where this run resumed before: (epoch, global_step) pairs.
   const std::vector<std::pair<int64_t, int64_t>>& resume_points() const { return resume_points_; }
 
@@ -421,9 +414,9 @@ class Loop {
   std::vector<std::string> resume_warnings_;
   std::vector<std::string> pending_warnings_;  //!< added by a resume check, stamped once loaded
   void flush_resume_warnings();
-  void resume_into(const std::string& path, bool is_dir, ResumeInfo& info);
+  friend ResumeInfo resume(Loop& loop, const std::string& path);  // run_dir.cpp sets resume_info_
   ResumeInfo resume_info_;
-  std::vector<std::shared_ptr<RunLock>> locks_;
+  std::vector<std::shared_ptr<void>> held_;
   std::string loss_metric_ = "train/loss";
   Boundary boundary_;
   Phase phase_ = Phase::at_boundary;

@@ -1,8 +1,9 @@
 // Run checkpoint: the layout of the dictionary a cairn checkpoint file holds.
 // This header is the one place that names its keys; Loop::make_checkpoint()
 // and Loop::load_checkpoint() (run_checkpoint.cpp) write and read it, and
-// everything else (weights-only files, `cairn inspect`, `cairn report`) goes
-// through the helpers below.
+// every other reader (the checkpoint store, `cairn inspect`, `cairn report`,
+// the drift check, the Trainer's weight loading) goes through View below
+// (checkpoint_view.cpp; tests/test_layout.cpp keeps it that way).
 //
 // Top level (a Contract: Lightning's .ckpt keys, loadable by Python's
 // `torch.load(path)`, weights_only included):
@@ -31,6 +32,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace cairn {
@@ -62,6 +64,62 @@ std::vector<MonitorSummary> monitor_summaries(const Value& checkpoint, const std
 //! The weights-only form of `checkpoint` (position, weights, config, values).
 Value weights_only(const Value& checkpoint);
 bool is_weights_only(const Value& checkpoint);
+
+//! A read-only view of a checkpoint's keys: how every reader outside the
+//! Loop (the checkpoint store, the CLI's inspect/report/fit, the Trainer's
+//! weight loading) reads one. It works on a whole checkpoint or on a header
+//! (read_checkpoint with header_only). A key that must be there and is not,
+//! or has the wrong type, throws CheckpointError naming it: never a crash.
+//!
+//!   const run_checkpoint::View v(c);
+//!   std::cout << "epoch " << v.epoch() << " step " << v.global_step() << (v.finished() ? " (finished)" : "");
+class View {
+ public:
+  explicit View(const Value& checkpoint, std::string file = "");
+  const Value& value() const { return *c_; }
+  const std::string& file() const { return file_; }
+
+  //! The position a resume continues at.
+  int64_t epoch() const;
+  int64_t global_step() const;
+  int64_t batch_in_epoch() const;
+  //! The run had completed (loop.finished).
+  bool finished() const;
+  int64_t format_version() const;
+  bool weights_only() const { return is_weights_only(*c_); }
+  //! The experiment's name (hyper_parameters.name), "" when none.
+  std::string name() const;
+  //! The resolved config (hyper_parameters), nullptr when none.
+  const Value* config() const;
+  //! The job's processes and global batch when saved (0 when not recorded).
+  int64_t world_size() const;
+  int64_t global_batch_size() const;
+
+  //! The model's weights (state_dict), with the weight set the checkpoint's
+  //! scores were measured with (`evaluate_with`, e.g. an EMA's parameters)
+  //! laid over them when it names one. Throws when either is missing.
+  Value evaluated_weights() const;
+  //! The name of that weight set ("state_dict" when the model's own).
+  std::string evaluated_with() const;
+
+  //! One metric series (metrics["split/name"]).
+  struct Series {
+    std::string name;
+    std::vector<int64_t> epoch, step;
+    std::vector<double> value;
+  };
+  std::vector<Series> series() const;
+  //! (epoch, global_step) of every resume the run went through.
+  std::vector<std::pair<int64_t, int64_t>> resumes() const;
+  //! Every monitoring callback's summary; best_path in the folder of file().
+  std::vector<MonitorSummary> monitors() const { return monitor_summaries(*c_, file_); }
+
+ private:
+  const Value& need(const char* key) const;
+  const Value* loop_section() const;
+  const Value* c_;
+  std::string file_;
+};
 
 }  // namespace run_checkpoint
 }  // namespace cairn
