@@ -8,8 +8,8 @@
 # against uncaptured ones, checkpoint snapshots page-locked in 64 MiB pieces,
 # Python 2.x reading checkpoints),
 # then the GPU benchmarks (bench_gpu, bench_checkpoint, bench_loop --device
-# cuda). Every log goes to one folder, $OUT (or ./gpu_out); the README's GPU
-# figures come from it, with the date and PyTorch version it records in env.txt.
+# cuda). Every log goes to one folder, $OUT (or ./gpu_out); the GPU figures of
+# docs/benchmarks.md come from it, with the date and PyTorch version it records in env.txt.
 #
 # Needs, next to the tree (git-ignored, carried to the machine):
 #   .debs/  apt-get download libyaml-cpp-dev libyaml-cpp0.7 libboost1.74-dev doctest-dev libxxhash-dev \

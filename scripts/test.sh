@@ -13,7 +13,7 @@
 #  3. each libFuzzer target for CAIRN_FUZZ_SECONDS (default 45) seconds;
 #  4. the threaded tests (checkpoint files and their helper threads, the
 #     async writer, signals and SIGKILL) built with ThreadSanitizer.
-# Every build has -Werror on cairn's own code. README "Building" says why
+# Every build has -Werror on cairn's own code. docs/building.md ("Two platforms") says why
 # each suite runs where it does.
 # Extra arguments go to the ctest of both whole suites (e.g. -R test_config).
 set -euo pipefail
@@ -33,7 +33,7 @@ echo "== test suite against LibTorch 2.x (PyPI's torch wheel, CUDA build, on thi
 bash scripts/check-build.sh torch2
 (cd build-torch2 && ctest --output-on-failure -j "$(nproc)" "$@")
 
-echo "== bench_loop smoke (20 steps an epoch: it runs, every leg; figures come from full runs, see the README)"
+echo "== bench_loop smoke (20 steps an epoch: it runs, every leg; figures come from full runs, see docs/benchmarks.md)"
 (cd build-torch2 && ./bench_loop --epochs 1 --repeats 1 --steps 20)
 
 echo "== fuzzing (${CAIRN_FUZZ_SECONDS:-45} s per target)"
