@@ -42,6 +42,23 @@ Result dispatch(const std::string& kind, const std::string& bytes) {
   if (kind == "weights") return cairn::fuzz::weights(p, bytes.size());
   if (kind == "config") return cairn::fuzz::config(p, bytes.size());
   if (kind == "set_args") return cairn::fuzz::set_args(p, bytes.size());
+  if (kind == "state") return cairn::fuzz::state(p, bytes.size());
+  if (kind == "state_sweep") {  // one mutation at a time, each 4 bytes of `bytes`
+    size_t rejected = 0, runs = 0;
+    for (size_t i = 0; i + 4 <= bytes.size(); i += 4, ++runs) {
+      if (std::getenv("CAIRN_STATE_TRACE")) {  // which node a crash happened on
+        std::fprintf(stderr, "state node %s op %d\n", cairn::fuzz::state_node_name(static_cast<size_t>(p[i] << 8 | p[i + 1])).c_str(), p[i + 2]);
+      }
+      try {
+        rejected += cairn::fuzz::state(p + i, 4).outcome == Outcome::rejected;
+      } catch (const std::exception& e) {
+        const size_t node = static_cast<size_t>(p[i] << 8 | p[i + 1]);
+        throw std::runtime_error("node " + std::to_string(node) + " " + cairn::fuzz::state_node_name(node) + ", op " + std::to_string(p[i + 2]) +
+                                 " arg " + std::to_string(p[i + 3]) + ": " + e.what());
+      }
+    }
+    return {Outcome::accepted, std::to_string(rejected) + " of " + std::to_string(runs) + " rejected"};
+  }
   throw std::runtime_error("unknown harness " + kind);
 }
 
@@ -298,4 +315,40 @@ TEST_CASE("memo references share objects as Python's do: a dict or list saved tw
   }
   CHECK(v.at("l1").to_int_list() == std::vector<int64_t>{1, 2, 3});
   CHECK(v.at("l2").to_int_list() == std::vector<int64_t>{1, 2, 3});
+}
+
+TEST_CASE("a checkpoint whose checksums verify and whose contents are wrong: every node, every kind of wrong, resumed") {
+  // Every node of a real checkpoint's tree (weights, optimizer moments, the
+  // schedule, RNG states, metric series and statistics, callback states, the
+  // loop section), changed in each way the state fuzzer changes it, written
+  // with valid checksums and resumed by a Trainer that trains on: each ends
+  // accepted or with cairn's documented error (exit 3, or 2 for unclaimed
+  // callback state), never a crash or another exception. In a child process
+  // per operation, so a crash is a failed check naming the node.
+  const size_t nodes = cairn::fuzz::state_nodes();  // the base is made here, once, and shared by the children
+  const Run base = isolated("state", "");             // the base itself: accepted
+  CHECK_MESSAGE(base.finished, "the base checkpoint's run crashed: " << base.message);
+  CHECK_MESSAGE(base.outcome == Outcome::accepted, base.message);
+  REQUIRE(nodes > 100);
+  const std::vector<std::pair<cairn::fuzz::StateOp, uint8_t>> ops = {
+      {cairn::fuzz::StateOp::remove, 0},  {cairn::fuzz::StateOp::integer, 0}, {cairn::fuzz::StateOp::integer, 7},
+      {cairn::fuzz::StateOp::real, 0},    {cairn::fuzz::StateOp::text, 1},    {cairn::fuzz::StateOp::reshape, 0x2e},
+      {cairn::fuzz::StateOp::retype, 2},  {cairn::fuzz::StateOp::empty, 0},   {cairn::fuzz::StateOp::grow, 0}};
+  std::map<std::string, int> outcomes;
+  for (const auto& op : ops) {
+    // One child per operation walks every node (a fork per node would cost the setup each time).
+    std::string bytes;
+    for (size_t n = 0; n < nodes; ++n) {
+      bytes += static_cast<char>(n >> 8);
+      bytes += static_cast<char>(n & 0xff);
+      bytes += static_cast<char>(op.first);
+      bytes += static_cast<char>(op.second);
+    }
+    const Run r = isolated("state_sweep", bytes);
+    std::printf("  state op %d arg %d: %s, %.1f s\n", int(op.first), int(op.second), r.message.c_str(), r.seconds);
+    CHECK_MESSAGE(r.finished, "op " << int(op.first) << ": the child died (signal " << r.signal << "): " << r.message);
+    CHECK_MESSAGE(r.exit_code == 0, "op " << int(op.first) << ": " << r.message);
+    ++outcomes[r.finished && r.exit_code == 0 ? "clean" : "finding"];
+  }
+  CHECK(outcomes["clean"] == static_cast<int>(ops.size()));
 }

@@ -11,10 +11,13 @@
 #include "cairn/loop.h"
 #include "cairn/models.h"
 #include "cairn/registry.h"
+#include "cairn/trainer.h"
 
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <unistd.h>
@@ -170,6 +173,223 @@ Result set_args(const uint8_t* data, size_t size) {
     (void)yaml_to_string(spec.doc.resolved);
     return {Outcome::accepted, ""};
   } catch (const ConfigError& e) {
+    return {Outcome::rejected, e.what()};
+  }
+}
+
+
+// ---------------------------------------------------------------------------
+// state: a verified checkpoint with wrong contents, resumed by a Trainer.
+
+namespace {
+const char* kStateConfig =
+    "name: fuzz_state\nseed: 3\n"
+    "data: {name: synthetic, train_size: 16, valid_size: 8, test_size: 8, features: 4, num_classes: 3, batch_size: 8}\n"
+    "model: {name: mlp, hidden: [3]}\n"
+    "optimizer: {name: adam, lr: 0.01}\n"
+    "scheduler: {name: cosine, warmup_steps: 1}\n"
+    "metrics: [{name: accuracy}, {name: f1}]\n"
+    "trainer: {max_epochs: 2, threads: 1, log_every_n_steps: 1, enable_progress_bar: false}\n"
+    "callbacks:\n"
+    "  - {name: checkpoint, monitor: valid/loss, save_top_k: 1}\n"
+    "  - {name: early_stopping, monitor: valid/loss, patience: 3}\n"
+    "  - {name: ema, decay: 0.9}\n";
+
+//! Fixed at first use: a forked child (tests/test_hostile.cpp) uses its parent's base files.
+const std::string& state_dir() {
+  static const std::string dir = scratch("-state");
+  static const pid_t owner = ::getpid();
+  static std::once_flag once;
+  // Removed when the process that made it exits (forked children leave by _exit).
+  std::call_once(once, [] {
+    std::atexit([] {
+      if (::getpid() == owner) {
+        std::error_code ec;
+        std::filesystem::remove_all(dir, ec);
+      }
+    });
+  });
+  return dir;
+}
+
+//! Builds the trainer of kStateConfig writing into `run_dir`.
+std::unique_ptr<Trainer> state_trainer(const std::string& run_dir, const std::vector<std::string>& sets = {}) {
+  const std::string cfg = state_dir() + "/config.yaml";
+  ExperimentSpec spec = parse_experiment(cfg, sets, registry());
+  auto t = build_trainer(spec, run_dir);
+  return t;
+}
+
+//! The base checkpoint: one epoch of kStateConfig, which the inputs' runs
+//! continue for a second (optimizer moments, schedule, metric series,
+//! callback states: everything a resume restores).
+const Value& state_base() {
+  static Value base;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    namespace fs = std::filesystem;
+    fs::remove_all(state_dir());
+    fs::create_directories(state_dir());
+    write(state_dir() + "/config.yaml", kStateConfig, std::strlen(kStateConfig));
+    auto t = state_trainer(state_dir() + "/base", {"trainer.max_epochs=1"});
+    t->fit();
+    base = read_checkpoint(state_dir() + "/base/checkpoints/last.ckpt");
+  });
+  return base;
+}
+
+void collect(Value& v, std::vector<Value*>& out) {
+  out.push_back(&v);
+  if (v.is_list()) {
+    for (auto& item : v.items()) collect(item, out);
+  } else if (v.is_dict()) {
+    for (const auto& k : std::vector<Value>(v.keys())) collect(*v.find(k), out);
+  }
+}
+
+//! The parent of `target` in the tree below `root` (nullptr for the root).
+Value* parent_of(Value& root, const Value* target) {
+  if (root.is_list()) {
+    for (auto& item : root.items()) {
+      if (&item == target) return &root;
+      if (Value* p = parent_of(item, target)) return p;
+    }
+  } else if (root.is_dict()) {
+    for (const auto& k : std::vector<Value>(root.keys())) {
+      Value* child = root.find(k);
+      if (child == target) return &root;
+      if (Value* p = parent_of(*child, target)) return p;
+    }
+  }
+  return nullptr;
+}
+
+void mutate(Value& root, size_t node, StateOp op, uint8_t arg) {
+  std::vector<Value*> nodes;
+  collect(root, nodes);
+  Value& v = *nodes[node % nodes.size()];
+  switch (op) {
+    case StateOp::remove: {
+      Value* parent = parent_of(root, &v);
+      if (parent && parent->is_dict()) {
+        for (const auto& k : parent->keys()) {
+          if (parent->find(k) == &v) {
+            const Value key = k;
+            parent->erase(key);
+            return;
+          }
+        }
+      }
+      if (v.is_list() && v.size() > 0) {
+        v.items().pop_back();
+      } else {
+        v = Value();
+      }
+      return;
+    }
+    case StateOp::integer: {
+      static const int64_t ints[] = {-1, 0, 1, int64_t{1} << 31, INT64_MIN, 1000000000000LL, 7, int64_t{1} << 62};
+      v = Value(ints[arg % 8]);
+      return;
+    }
+    case StateOp::real: {
+      static const double reals[] = {std::nan(""), INFINITY, -INFINITY, -1.5, 0.0, 1e300};
+      v = Value(reals[arg % 6]);
+      return;
+    }
+    case StateOp::text: v = Value(std::string(arg % 2 ? "fuzz" : "")); return;
+    case StateOp::reshape: {
+      const auto dtype = v.is_tensor() ? v.to_tensor().scalar_type() : at::kFloat;
+      std::vector<int64_t> shape;
+      for (int d = 0; d < arg % 4; ++d) shape.push_back((arg >> (2 + d)) % 4);
+      v = Value(at::zeros(shape, at::TensorOptions().dtype(dtype)));
+      return;
+    }
+    case StateOp::retype: {
+      static const at::ScalarType types[] = {at::kDouble, at::kLong, at::kBool, at::kByte, at::kFloat};
+      const at::Tensor t = v.is_tensor() ? v.to_tensor() : at::zeros({2});
+      v = Value(t.to(types[arg % 5]));
+      return;
+    }
+    case StateOp::empty:
+      if (v.is_list()) {
+        v = Value::list();
+      } else if (v.is_dict()) {
+        v = Value::dict();
+      } else if (v.is_tensor()) {
+        v = Value(at::zeros({0}, v.to_tensor().options()));
+      } else {
+        v = Value(std::string());
+      }
+      return;
+    case StateOp::grow:
+      if (v.is_list() && v.size() > 0) {
+        const Value first = v.items()[0];
+        v.push_back(first);
+      } else if (v.is_dict()) {
+        v.set("fuzz", Value(int64_t{1}));
+      } else if (v.is_tensor() && v.to_tensor().dim() > 0) {
+        v = Value(at::cat({v.to_tensor(), v.to_tensor()}, 0));
+      } else {
+        v = Value::list();
+      }
+      return;
+  }
+}
+}  // namespace
+
+namespace {
+void names(const Value& v, const std::string& path, std::vector<std::string>& out) {
+  out.push_back(path.empty() ? "<root>" : path);
+  if (v.is_list()) {
+    for (size_t i = 0; i < v.size(); ++i) names(v.items()[i], path + "[" + std::to_string(i) + "]", out);
+  } else if (v.is_dict()) {
+    for (size_t i = 0; i < v.keys().size(); ++i) {
+      const Value& k = v.keys()[i];
+      names(v.values()[i], path + "['" + (k.is_string() ? k.to_string() : std::to_string(k.to_int())) + "']", out);
+    }
+  }
+}
+}  // namespace
+
+std::string state_node_name(size_t node) {
+  std::vector<std::string> out;
+  names(state_base(), "", out);
+  return out[node % out.size()];
+}
+
+size_t state_nodes() {
+  Value copy = state_base();
+  std::vector<Value*> nodes;
+  collect(copy, nodes);
+  return nodes.size();
+}
+
+Result state(const uint8_t* data, size_t size) {
+  namespace fs = std::filesystem;
+  Value c = state_base();
+  for (size_t i = 0; i + 4 <= size && i < 16; i += 4) {
+    const size_t node = static_cast<size_t>(data[i]) << 8 | data[i + 1];
+    mutate(c, node, static_cast<StateOp>(data[i + 2] % kStateOps), data[i + 3]);
+  }
+  const std::string run = state_dir() + "/run";
+  fs::remove_all(run);
+  const std::string path = state_dir() + "/in.ckpt";
+  try {
+    write_checkpoint(path, c);
+  } catch (const std::exception& e) {
+    return {Outcome::rejected, std::string("not writable: ") + e.what()};  // e.g. a value the writer cannot encode
+  }
+  auto t = state_trainer(run);
+  t->resume_from(path);
+  try {
+    t->fit();
+    return {Outcome::accepted, ""};
+  } catch (const CheckpointError& e) {
+    return {Outcome::rejected, e.what()};
+  } catch (const CheckpointMismatch& e) {
+    return {Outcome::rejected, e.what()};
+  } catch (const UnclaimedState& e) {
     return {Outcome::rejected, e.what()};
   }
 }

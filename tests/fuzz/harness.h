@@ -43,6 +43,34 @@ Result config(const uint8_t* data, size_t size);
 //! `--set` arguments, one per line, applied to a small valid experiment.
 Result set_args(const uint8_t* data, size_t size);
 
+//! A run's checkpoint whose bytes verify and whose contents are wrong: a
+//! real checkpoint of a small run (model, Adam, a cosine schedule, metrics,
+//! checkpoint, early stopping and EMA callbacks) is changed by the input,
+//! written with valid checksums and resumed by a Trainer of the same config,
+//! which then trains on. The input is a list of 4-byte mutations: node (2
+//! bytes, an index into the tree's nodes in depth-first order), operation,
+//! argument (see StateOp). Rejections are CheckpointError, CheckpointMismatch
+//! and UnclaimedState (exit 3 / exit 2); a crash or another exception is a finding.
+Result state(const uint8_t* data, size_t size);
+
+//! The operations of `state`: what one mutation does to the node it picks.
+enum class StateOp : uint8_t {
+  remove = 0,    //!< a dict's entry removed (a list's last item; anything else: None)
+  integer = 1,   //!< an int: -1, 0, 1, 2^31, -2^63, 10^12, 7, 2^62 (by the argument)
+  real = 2,      //!< a float: NaN, inf, -inf, -1.5, 0, 1e300 (by the argument)
+  text = 3,      //!< a string
+  reshape = 4,   //!< a tensor of the same dtype and another shape (dims and sizes from the argument)
+  retype = 5,    //!< a tensor of the same shape and another dtype (float64, int64, bool, uint8, float32)
+  empty = 6,     //!< an empty list, dict or tensor of the same kind
+  grow = 7,      //!< a list's item repeated, a dict's extra key, a tensor's first dimension doubled
+};
+constexpr int kStateOps = 8;
+
+//! How many nodes the base checkpoint's tree has (the range of `state`'s node index).
+size_t state_nodes();
+//! The path of node `node` in the base checkpoint (e.g. `['optimizer_states'][0]['state'][1]['exp_avg']`).
+std::string state_node_name(size_t node);
+
 //! Wraps a pickle into a checkpoint zip as modes 2/3 do (for building seeds).
 std::string wrap_pickle(const std::string& pickle, bool with_checksums);
 

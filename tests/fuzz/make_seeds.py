@@ -2,12 +2,14 @@
 
 usage: make_seeds.py OUT_DIR CONFIG_DIR [CAIRN_CHECKPOINT ...]
 
-Writes OUT_DIR/{checkpoint,weights,config,set_args}/seed-* :
+Writes OUT_DIR/{checkpoint,weights,config,set_args,state}/seed-* :
   * checkpoints cairn wrote (whole files, and their data.pkl for the
     wrapped-pickle modes; see harness.h for the leading mode byte),
   * files saved by Python's torch.save (python3-torch): state_dicts of the
     harness's 4-3-2 MLP, nested and shared tensors, plain dicts,
   * the YAML experiments in CONFIG_DIR, and some --set argument lists,
+  * mutation lists for the state target (4 bytes each: node, operation,
+    argument; see harness.h): every operation at nodes spread over the tree,
   * the hand-made hostile inputs of tests/hostile/ up to 64 KiB.
 """
 import io
@@ -19,7 +21,7 @@ from collections import OrderedDict
 import torch
 
 out, config_dir, checkpoints = sys.argv[1], sys.argv[2], sys.argv[3:]
-dirs = {t: os.path.join(out, t) for t in ("checkpoint", "weights", "config", "set_args")}
+dirs = {t: os.path.join(out, t) for t in ("checkpoint", "weights", "config", "set_args", "state")}
 for d in dirs.values():
     os.makedirs(d, exist_ok=True)
 count = {t: 0 for t in dirs}
@@ -99,6 +101,13 @@ for lines in (
     b"seed=3\nrun.dir=/tmp/x\n",
 ):
     seed("set_args", lines)
+
+# The state target: one or two mutations of the base checkpoint's tree
+# (nodes 0..~280 in depth-first order; operations 0..7, tests/fuzz/harness.h).
+for node in range(0, 288, 9):
+    for op in range(8):
+        seed("state", bytes([node >> 8, node & 0xFF, op, (node * 7 + op) & 0xFF]))
+seed("state", bytes([0, 20, 5, 2, 0, 42, 1, 1]))
 
 # The hand-made hostile inputs (tests/hostile/) that fit libFuzzer's
 # -max_len: the fuzzers start from every trap already known.

@@ -4,6 +4,7 @@
 
 #include <torch/optim.h>
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 #include <type_traits>
@@ -19,12 +20,29 @@ Value step_value(int64_t step) {
   // PyTorch keeps `step` as a float tensor; float64 stays exact up to 2^53.
   return Value(torch::tensor(static_cast<double>(step), torch::kFloat64));
 }
+//! A saved step count: one finite, non-negative whole number (PyTorch saves a
+//! float tensor), never cast from whatever a file holds.
 int64_t step_from(const Value& v) {
-  if (v.is_tensor()) return static_cast<int64_t>(v.to_tensor().item<double>());
-  return static_cast<int64_t>(v.to_double());
+  double d = 0.0;
+  if (v.is_tensor()) {
+    const at::Tensor& t = v.to_tensor();
+    if (t.numel() != 1 || t.is_complex()) {
+      throw std::runtime_error("optimizer state 'step' holds " + std::to_string(t.numel()) + " values, not one count");
+    }
+    d = t.item<double>();
+  } else {
+    d = v.to_double();
+  }
+  if (!std::isfinite(d) || d < 0 || d > 9007199254740992.0 || d != std::floor(d)) {
+    std::ostringstream os;
+    os << "optimizer state 'step' is " << d << ", not a count of steps";
+    throw std::runtime_error(os.str());
+  }
+  return static_cast<int64_t>(d);
 }
 
-// Saved tensors live on the CPU; put them where the parameter lives.
+// Saved tensors live on the CPU; put them where the parameter lives, in its
+// dtype (as PyTorch's Optimizer.load_state_dict casts floating state).
 at::Tensor like_param(const Value& v, const at::Tensor& p, const char* what) {
   at::Tensor t = v.to_tensor();
   if (t.sizes() != p.sizes()) {
@@ -33,7 +51,12 @@ at::Tensor like_param(const Value& v, const at::Tensor& p, const char* what) {
        << p.sizes();
     throw std::runtime_error(os.str());
   }
-  return t.to(p.device(), /*non_blocking=*/false, /*copy=*/true);
+  if (!t.is_floating_point() && p.is_floating_point()) {
+    std::ostringstream os;
+    os << "optimizer state '" << what << "' is a " << t.scalar_type() << " tensor; the parameter is " << p.scalar_type();
+    throw std::runtime_error(os.str());
+  }
+  return t.to(p.device(), p.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
 }
 
 Value tensor_or_none(const at::Tensor& t) { return t.defined() ? Value(t) : Value(); }
@@ -73,13 +96,23 @@ void adam_state_to(const State& a, Value& d) {
 }
 
 template <class State, class OptTensor>
-std::unique_ptr<State> adam_state_from(const Value& d, const at::Tensor& p, OptTensor opt_tensor) {
+std::unique_ptr<State> adam_state_from(const Value& d, const at::Tensor& p, OptTensor opt_tensor, bool amsgrad) {
   auto s = std::make_unique<State>();
   s->step(step_from(d.at("step")));
   s->exp_avg(like_param(d.at("exp_avg"), p, "exp_avg"));
   s->exp_avg_sq(like_param(d.at("exp_avg_sq"), p, "exp_avg_sq"));
   s->max_exp_avg_sq(opt_tensor("max_exp_avg_sq"));
+  if (amsgrad && !s->max_exp_avg_sq().defined()) {
+    throw std::runtime_error("the param group has amsgrad on, but a parameter's state has no 'max_exp_avg_sq'");
+  }
   return s;
+}
+
+//! Whether a param group's (just loaded) options ask Adam(W) for AMSGrad.
+bool amsgrad_of(optim::OptimizerOptions& o) {
+  if (auto* a = dynamic_cast<optim::AdamOptions*>(&o)) return a->amsgrad();
+  if (auto* w = dynamic_cast<optim::AdamWOptions*>(&o)) return w->amsgrad();
+  return false;
 }
 
 Value group_options(optim::OptimizerOptions& o) {
@@ -155,13 +188,13 @@ Value param_state(optim::OptimizerParamState& s) {
 }
 
 std::unique_ptr<optim::OptimizerParamState> make_param_state(const std::string& kind, const Value& d,
-                                                             const at::Tensor& p) {
+                                                             const at::Tensor& p, bool amsgrad) {
   auto opt_tensor = [&](const char* k) -> at::Tensor {
     const Value* v = d.find(k);
     return (v && v->is_tensor()) ? like_param(*v, p, k) : at::Tensor();
   };
-  if (kind == "adam") return adam_state_from<optim::AdamParamState>(d, p, opt_tensor);
-  if (kind == "adamw") return adam_state_from<optim::AdamWParamState>(d, p, opt_tensor);
+  if (kind == "adam") return adam_state_from<optim::AdamParamState>(d, p, opt_tensor, amsgrad);
+  if (kind == "adamw") return adam_state_from<optim::AdamWParamState>(d, p, opt_tensor, amsgrad);
   if (kind == "sgd") {
     auto s = std::make_unique<optim::SGDParamState>();
     s->momentum_buffer(opt_tensor("momentum_buffer"));
@@ -242,7 +275,7 @@ void load_optimizer_state_dict(torch::optim::Optimizer& optimizer, const Value& 
       const auto& p = group.params()[j];
       const auto key = state_key(state, p);
       if (const Value* s = states.find(ids[j])) {
-        state[key] = make_param_state(kind, *s, p);
+        state[key] = make_param_state(kind, *s, p, amsgrad_of(group.options()));
       } else {
         state.erase(key);
       }
