@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <ftw.h>
 #include <unistd.h>
 #include <vector>
 
@@ -195,6 +196,15 @@ const char* kStateConfig =
     "  - {name: early_stopping, monitor: valid/loss, patience: 3}\n"
     "  - {name: ema, decay: 0.9}\n";
 
+//! Removes a folder tree with nftw (std::filesystem::remove_all binds to a
+//! broken copy inside the torch wheel's libtorch.so and crashes there).
+void remove_tree(const std::string& dir) {
+  ::nftw(
+      dir.c_str(),
+      [](const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }, 16,
+      FTW_DEPTH | FTW_PHYS);
+}
+
 //! Fixed at first use: a forked child (tests/test_hostile.cpp) uses its parent's base files.
 const std::string& state_dir() {
   static const std::string dir = scratch("-state");
@@ -204,8 +214,7 @@ const std::string& state_dir() {
   std::call_once(once, [] {
     std::atexit([] {
       if (::getpid() == owner) {
-        std::error_code ec;
-        std::filesystem::remove_all(dir, ec);
+        remove_tree(dir);
       }
     });
   });
@@ -228,7 +237,7 @@ const Value& state_base() {
   static std::once_flag once;
   std::call_once(once, [] {
     namespace fs = std::filesystem;
-    fs::remove_all(state_dir());
+    remove_tree(state_dir());
     fs::create_directories(state_dir());
     write(state_dir() + "/config.yaml", kStateConfig, std::strlen(kStateConfig));
     auto t = state_trainer(state_dir() + "/base", {"trainer.max_epochs=1"});
@@ -352,6 +361,15 @@ void names(const Value& v, const std::string& path, std::vector<std::string>& ou
 }
 }  // namespace
 
+void remove_scratch() {
+  for (const char* suffix : {".ckpt", ".pt", ".yaml", "-base.yaml"}) ::unlink(scratch(suffix).c_str());
+  remove_tree(scratch("-state"));
+}
+
+void state_cleanup() {
+  remove_tree(state_dir());
+}
+
 std::string state_node_name(size_t node) {
   std::vector<std::string> out;
   names(state_base(), "", out);
@@ -373,7 +391,7 @@ Result state(const uint8_t* data, size_t size) {
     mutate(c, node, static_cast<StateOp>(data[i + 2] % kStateOps), data[i + 3]);
   }
   const std::string run = state_dir() + "/run";
-  fs::remove_all(run);
+  remove_tree(run);
   const std::string path = state_dir() + "/in.ckpt";
   try {
     write_checkpoint(path, c);

@@ -68,8 +68,15 @@ constexpr int kStateOps = 8;
 
 //! How many nodes the base checkpoint's tree has (the range of `state`'s node index).
 size_t state_nodes();
+//! Removes the files `state` made in this process (the fuzzer leaves them to
+//! the process's exit; a forked child, which leaves by _exit, calls this).
+void state_cleanup();
 //! The path of node `node` in the base checkpoint (e.g. `['optimizer_states'][0]['state'][1]['exp_avg']`).
 std::string state_node_name(size_t node);
+
+//! Removes every scratch file this process's harness calls made (the fuzz
+//! targets leave theirs to be reused; a forked child calls this before _exit).
+void remove_scratch();
 
 //! Wraps a pickle into a checkpoint zip as modes 2/3 do (for building seeds).
 std::string wrap_pickle(const std::string& pickle, bool with_checksums);
