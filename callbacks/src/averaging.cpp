@@ -51,12 +51,17 @@ std::vector<at::Tensor> from_checkpoint(const Loop& loop, const std::string& key
   const Value* c = loop.loaded_checkpoint();
   const Value* d = c ? c->find(key) : nullptr;
   if (!d) return out;
+  if (!d->is_dict()) throw CheckpointMismatch("the checkpoint's '" + key + "' is a " + d->kind_name() + ", not a dict of tensors");
   const auto params = parameters_of(loop);
   const auto names = parameter_names(loop);
   for (size_t i = 0; i < names.size(); ++i) {
     const Value* t = d->find(names[i]);
     if (!t || !t->is_tensor() || t->to_tensor().sizes() != params[i].sizes()) {
       throw CheckpointMismatch("the checkpoint's '" + key + "' does not match the model at '" + names[i] + "'");
+    }
+    if (!t->to_tensor().is_floating_point()) {
+      throw CheckpointMismatch("the checkpoint's '" + key + "' holds a " + std::string(c10::toString(t->to_tensor().scalar_type())) +
+                               " tensor at '" + names[i] + "'; the parameter is floating point");
     }
     out.push_back(t->to_tensor().to(params[i].device(), params[i].scalar_type()).clone());
   }

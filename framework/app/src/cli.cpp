@@ -455,13 +455,19 @@ int launch(const Args& a, const ExperimentSpec& spec) {
     continue_args.push_back(x);
   }
   o.restart = [run, started, continue_args, original = a.raw] {
-    // The file a resume of the folder would take (choose's rule): when this
-    // job wrote it, the restart resumes from it.
-    std::error_code ec;
-    const CheckpointChoice c = choose(run, "last", Purpose::resume);
-    if (c.found) {
-      const auto t = fs::last_write_time(c.path, ec);
-      if (!ec && t >= started) return LaunchOptions::Restart{continue_args, "from the job's last checkpoint " + c.path};
+    // The newest checkpoint of the folder by position (the store's order,
+    // headers only): when this job wrote it, the restart continues the job
+    // (its resume then takes choose()'s file), and never passes --overwrite
+    // again. Weights-only files count: a restart must not delete them either.
+    try {
+      const auto files = list_checkpoints(run.checkpoints);
+      std::error_code ec;
+      if (!files.empty()) {
+        const auto t = fs::last_write_time(files.front(), ec);
+        if (!ec && t >= started) return LaunchOptions::Restart{continue_args, "from the job's last checkpoint"};
+      }
+    } catch (const std::exception& e) {
+      return LaunchOptions::Restart{continue_args, std::string("from the job's checkpoints (") + e.what() + ")"};
     }
     return LaunchOptions::Restart{original, "with the original arguments (the job has no checkpoint yet)"};
   };

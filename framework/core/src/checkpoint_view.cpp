@@ -10,6 +10,11 @@
 
 namespace cairn {
 
+namespace {
+//! A dict key as text (the pickle reader allows int keys too).
+std::string key_text(const Value& k) { return k.is_string() ? k.to_string() : std::to_string(k.to_int()); }
+}  // namespace
+
 namespace run_checkpoint {
 
 Value summary(const std::string& monitor, const std::string& mode, std::optional<double> best,
@@ -30,7 +35,7 @@ std::vector<MonitorSummary> monitor_summaries(const Value& checkpoint, const std
     const Value& state = cbs->values()[i];
     if (!state.is_dict()) continue;
     MonitorSummary m;
-    m.callback = cbs->keys()[i].to_string();
+    m.callback = key_text(cbs->keys()[i]);
     const Value* s = state.find("summary");
     // Files written before summaries existed: the Checkpoint and EarlyStopping callbacks' own keys.
     const Value& src = s && s->is_dict() ? *s : state;
@@ -79,7 +84,7 @@ Value weights_only(const Value& checkpoint) {
       if (!summary) continue;
       Value only = Value::dict();
       only.set("summary", *summary);
-      kept.set(cbs->keys()[i].to_string(), std::move(only));
+      kept.set(cbs->keys()[i], std::move(only));
     }
     if (kept.size() > 0) slim.set("callbacks", std::move(kept));
   }
@@ -169,7 +174,7 @@ Value View::evaluated_weights() const {
   }
   // Those weights are parameters; buffers stay the model's.
   Value merged = *sd;
-  for (size_t i = 0; i < other->keys().size(); ++i) merged.set(other->keys()[i].to_string(), other->values()[i]);
+  for (size_t i = 0; i < other->keys().size(); ++i) merged.set(other->keys()[i], other->values()[i]);
   return merged;
 }
 
@@ -180,7 +185,7 @@ std::vector<View::Series> View::series() const {
   if (!m->is_dict()) throw CheckpointError("'metrics' is " + std::string(m->kind_name()) + ", not a dict");
   for (size_t i = 0; i < m->keys().size(); ++i) {
     Series s;
-    s.name = m->keys()[i].to_string();
+    s.name = key_text(m->keys()[i]);
     const Value& one = m->values()[i];
     try {
       s.epoch = one.at("epoch").to_int_list();
@@ -205,7 +210,12 @@ std::vector<std::pair<int64_t, int64_t>> View::resumes() const {
   const Value* r = l ? l->find("resumes") : nullptr;
   if (!r || !r->is_list()) return out;
   for (const auto& p : r->items()) {
-    const auto pair = p.to_int_list();
+    std::vector<int64_t> pair;
+    try {
+      pair = p.to_int_list();
+    } catch (const std::exception& e) {
+      throw CheckpointError(std::string("loop.resumes: ") + e.what());
+    }
     if (pair.size() != 2) throw CheckpointError("loop.resumes holds an entry of " + std::to_string(pair.size()) + " values, not 2");
     out.emplace_back(pair[0], pair[1]);
   }

@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include <iostream>
+#include <new>
 
 #ifndef CAIRN_VERSION
 #define CAIRN_VERSION "0.0.0"
@@ -98,6 +99,7 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
   // checkpoint that does not fit this run, named by its section: exit 3,
   // never a crash or an "unexpected error".
   std::string section = "the top level";
+  bool checked = true;  // false while the load_checkpoint callbacks run
   try {
     const int64_t version = c.at("format_version").to_int();
     if (version > run_checkpoint::kFormatVersion) {
@@ -113,6 +115,16 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
           throw CheckpointMismatch(from + ": its " + name + " section has version " + std::to_string(v->to_int()) +
                                    "; this cairn reads up to " + std::to_string(mine) + " (a newer cairn wrote it)");
         }
+      }
+    }
+    section = "position (epoch, batch_in_epoch, global_step)";
+    {
+      // Before anything is loaded: a position that cannot be one leaves the loop as it was.
+      const run_checkpoint::View at(c, from);
+      if (at.epoch() < 0 || at.batch_in_epoch() < 0 || at.global_step() < 0) {
+        throw CheckpointMismatch(from + " holds a negative position: epoch " + std::to_string(at.epoch()) +
+                                 ", batch_in_epoch " + std::to_string(at.batch_in_epoch()) + ", global_step " +
+                                 std::to_string(at.global_step()));
       }
     }
     section = "state_dict";
@@ -217,12 +229,14 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
       for (const auto& item : w->items()) resume_warnings_.push_back(item.to_string());
     }
     for (const auto& kv : sections_) {
+      section = kv.first;  // grad_scaler, or a section of the user's (Loop::track_section)
       if (const Value* s = c.find(kv.first)) {
         kv.second->load_state_dict(*s);
       } else {
         add_resume_warning("the checkpoint has no '" + kv.first + "': it starts from its initial state");
       }
     }
+    section = "loop.objects";
     if (const Value* objects = loop.find("objects")) {
       for (const auto& kv : objects_) {
         if (const Value* s = objects->find(kv.first)) kv.second->load_state_dict(*s);
@@ -251,6 +265,17 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
         }
       }
     }
+    if (state_.batches_per_epoch > 0 && state_.batch_in_epoch > state_.batches_per_epoch) {
+      // Past this run's epoch (its data shrank: a change the drift check let
+      // through): the epoch is over, as the sampler would find; said, not silent.
+      add_resume_warning("batch_in_epoch " + std::to_string(state_.batch_in_epoch) + " is past this run's " +
+                         std::to_string(state_.batches_per_epoch) + " batches per epoch: epoch " +
+                         std::to_string(state_.epoch) + " ends there");
+      std::cerr << "cairn: warning: " << from << " stopped at batch " << state_.batch_in_epoch << " of epoch "
+                << state_.epoch << ", past this run's " << state_.batches_per_epoch
+                << " batches per epoch: the epoch ends there\n";
+      state_.batch_in_epoch = state_.batches_per_epoch;
+    }
     state_.global_step = c.at("global_step").to_int();
     state_.epoch_finished = false;
     state_.finished = loop.at("finished").to_bool();
@@ -263,17 +288,7 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
     }
     if (!state_.finished) resume_points_.emplace_back(state_.epoch, state_.global_step);
     flush_resume_warnings();  // those of the check that accepted this resume, at its position
-    section = "position (epoch, batch_in_epoch, global_step)";
-    if (state_.epoch < 0 || state_.batch_in_epoch < 0 || state_.global_step < 0) {
-      throw CheckpointMismatch(from + " holds a negative position: epoch " + std::to_string(state_.epoch) +
-                               ", batch_in_epoch " + std::to_string(state_.batch_in_epoch) + ", global_step " +
-                               std::to_string(state_.global_step));
-    }
-    if (state_.batches_per_epoch > 0 && state_.batch_in_epoch > state_.batches_per_epoch) {
-      throw CheckpointMismatch(from + ": batch_in_epoch " + std::to_string(state_.batch_in_epoch) + " is past this run's " +
-                               std::to_string(state_.batches_per_epoch) + " batches per epoch");
-    }
-    section = "load_checkpoint callbacks";
+    checked = false;  // the callbacks' own reactions (rewriting metrics.csv, ...): their errors stay theirs
     boundary_ = Boundary{};
     mark_boundary();
     loaded_ = &c;
@@ -290,7 +305,14 @@ void Loop::load_checkpoint(const Value& c, const std::string& source) {
     throw;
   } catch (const UnclaimedState&) {
     throw;
+  } catch (const CheckpointWriteError&) {  // a full disk, a lost peer, no memory: not the file's fault
+    throw;
+  } catch (const DistributedError&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw;
   } catch (const std::exception& e) {
+    if (!checked || std::string(e.what()).find("out of memory") != std::string::npos) throw;
     throw CheckpointMismatch(from + ": " + section + ": " + e.what());
   }
 }

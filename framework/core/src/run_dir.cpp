@@ -68,43 +68,56 @@ CheckpointChoice choose(const RunDir& run, const std::string& which, Purpose pur
     none.why = "the run keeps no checkpoints (no checkpoint callback)";
     return none;
   }
-  // The newest file that verifies: a resume's file, the "last" of a reader,
-  // and the file whose monitors' summaries say which one is the best.
-  CheckpointChoice newest = newest_checkpoint(run.checkpoints, /*weights_only_too=*/purpose == Purpose::evaluate);
   const std::string asked = which.empty() ? std::string("auto") : which;
-  if (!newest.found) {
-    newest.why = asked + ": the run has no checkpoint in " + run.checkpoints;
-    if (newest.rejected.empty()) {
-      newest.why += purpose == Purpose::evaluate ? " (train it first: cairn fit --config ...)" : "";
-    } else {
-      newest.why += rejected_lines(newest);
-    }
-    return newest;
-  }
-  if (which == "last" || (purpose == Purpose::resume && which != "best")) return newest;
-  std::string monitors;
-  for (const auto& m : run_checkpoint::View(newest.checkpoint, newest.path).monitors()) {
-    std::error_code ec;
-    if (!m.best_path.empty() && fs::exists(m.best_path, ec)) {
-      CheckpointChoice best;
-      best.found = true;
-      best.path = m.best_path;
-      best.rejected = std::move(newest.rejected);
-      if (fs::equivalent(m.best_path, newest.path, ec)) {
-        best.checkpoint = std::move(newest.checkpoint);
-      } else if (purpose == Purpose::resume) {
-        best.checkpoint = read_checkpoint(best.path);
+  const bool evaluate = purpose == Purpose::evaluate;
+  auto newest = [&] {
+    // The newest file that verifies: a resume's file, a reader's "last".
+    CheckpointChoice c = newest_checkpoint(run.checkpoints, /*weights_only_too=*/evaluate);
+    if (!c.found) {
+      c.why = asked + ": the run has no checkpoint in " + run.checkpoints;
+      if (c.rejected.empty()) {
+        c.why += evaluate ? " (train it first: cairn fit --config ...)" : "";
+      } else {
+        c.why += rejected_lines(c);
       }
-      return best;
     }
-    monitors += (monitors.empty() ? "" : ", ") + m.monitor;
+    return c;
+  };
+  if (which == "last" || (!evaluate && which != "best")) return newest();
+  // best (or auto): the summaries of the newest file whose header reads (a
+  // header only: the best file itself is verified by whoever loads it).
+  std::string monitors, newest_path;
+  for (const auto& path : list_checkpoints(run.checkpoints)) {
+    Value header;
+    try {
+      ReadOptions ro;
+      ro.header_only = true;
+      header = read_checkpoint(path, ro);
+      const run_checkpoint::View v(header, path);
+      if (!evaluate && v.weights_only()) continue;
+      newest_path = path;
+      for (const auto& m : v.monitors()) {
+        std::error_code ec;
+        if (!m.best_path.empty() && fs::is_regular_file(m.best_path, ec)) {
+          CheckpointChoice best;
+          best.found = true;
+          best.path = m.best_path;
+          if (!evaluate) best.checkpoint = read_checkpoint(best.path);
+          return best;
+        }
+        monitors += (monitors.empty() ? "" : ", ") + m.monitor;
+      }
+      break;  // the newest file with a readable header answers
+    } catch (const CheckpointError&) {
+      continue;  // a damaged header: the next newest answers
+    }
   }
-  if (which != "best") return newest;  // auto: no best kept, the newest
+  if (which != "best") return newest();  // auto: no best kept, the newest
+  if (newest_path.empty()) return newest();  // nothing readable at all: say what was found
   CheckpointChoice none;
-  none.rejected = std::move(newest.rejected);
   none.why = "best: no checkpoint of " + run.checkpoints + " is kept as the best of a monitored metric (" +
              (monitors.empty() ? std::string("no checkpoint callback monitors one") : "monitored: " + monitors) +
-             "); the newest is " + newest.path + ", which last chooses";
+             "); the newest is " + newest_path + ", which last chooses";
   return none;
 }
 
@@ -204,7 +217,10 @@ ResumeInfo resume(Loop& loop, const std::string& path) {
       return info;
     }
   } else {
-    c = choose(RunDir(), path, Purpose::resume).checkpoint;
+    c = read_checkpoint(path);
+    if (run_checkpoint::is_weights_only(c)) {
+      throw CheckpointError("checkpoint " + path + " holds weights only (save_weights_only) and cannot resume a run");
+    }
     if (loop.resume_check()) loop.resume_check()(c, path);
     info.path = path;
   }
@@ -219,5 +235,10 @@ ResumeInfo resume(Loop& loop, const std::string& path) {
   loop.resume_info_ = info;
   return info;
 }
+
+// The Loop's old spellings, kept for code written against them; defined here
+// so the Loop itself knows nothing of the run layer.
+ResumeInfo Loop::resume(const std::string& path) { return cairn::resume(*this, path); }
+void Loop::lock_directory(const std::string& dir) { lock_for_fit(*this, dir); }
 
 }  // namespace cairn

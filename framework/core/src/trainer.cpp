@@ -625,15 +625,23 @@ void Trainer::final_test() {
   // Saves still in flight land first (a failed one rolls its callback's book
   // back to a file on disk); then the run's files answer, by the one rule
   // `cairn test --ckpt best` uses too.
-  bool keeps_checkpoints = false;
-  for (const auto& cb : loop_.callbacks()) {
-    cb->best_checkpoint(loop_);
-    keeps_checkpoints = keeps_checkpoints || !cb->checkpoint_dir(loop_).empty();
-  }
+  // Each callback in turn: its folder's best by choose() (what `cairn test
+  // --ckpt best` takes), or what a callback of one's own names.
   std::string best;
-  if (options_.test_ckpt() == "best" && keeps_checkpoints && loop_.is_rank_zero()) {
-    const CheckpointChoice c = choose(RunDir::of(loop_), "best", Purpose::evaluate);
-    if (c.found) best = c.path;
+  for (const auto& cb : loop_.callbacks()) {
+    const std::string own = cb->best_checkpoint(loop_);
+    if (options_.test_ckpt() != "best" || !best.empty() || !loop_.is_rank_zero()) continue;
+    const std::string dir = cb->checkpoint_dir(loop_);
+    if (dir.empty()) {
+      best = own;
+      continue;
+    }
+    try {
+      const CheckpointChoice c = choose(RunDir(loop_.run_dir(), dir), "best", Purpose::evaluate);
+      if (c.found) best = c.path;
+    } catch (const std::exception& e) {  // rank 0 still broadcasts below: the others wait there
+      std::cerr << "cairn: warning: cannot choose the best checkpoint in " << dir << ": " << e.what() << "\n";
+    }
   }
   // Rank 0's choice holds for the job (its writer knows which saves are durable).
   if (loop_.process_group()) best = loop_.process_group()->broadcast_bytes(best, 0);
@@ -681,6 +689,7 @@ FitResult Trainer::fit() {
       st.finished = false;
     }
     if (resume_info_.resumed && st.finished) {
+      loop_.release_held();  // no fit_end comes: the folder is free again
       result.already_finished = true;
       result.stop_reason = st.stop.reason;
       result.epochs_completed = st.epoch;

@@ -70,8 +70,11 @@ class Callback : public Stateful {
   virtual void on_load_checkpoint(Loop&) {}
 
   //! The durable checkpoint file with this callback's best monitored value
-  //! ("" when it keeps none; a save in flight is finished first): fit()'s
-  //! test pass uses it (TrainerOptions::test_ckpt).
+  //! ("" when it keeps none; a save in flight is finished first). fit()'s
+  //! test pass (TrainerOptions::test_ckpt) calls it on every callback first;
+  //! for one with a checkpoint_dir() it then takes choose(..., "best") of
+  //! that folder (the same file, as `cairn test --ckpt best` reads it), for
+  //! one without, this file.
   virtual std::string best_checkpoint(Loop& loop) { (void)loop; return ""; }
   //! The folder this callback writes checkpoints to ("" for callbacks that do not);
   //! `cairn fit --resume auto` looks there.

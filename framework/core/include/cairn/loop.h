@@ -331,6 +331,13 @@ class Loop {
   //! Keeps `resource` (a run folder's lock) alive until fit_end() or
   //! exception(): the run layer decides what a fit holds, the Loop only how long.
   void hold_until_fit_end(std::shared_ptr<void> resource) { held_.push_back(std::move(resource)); }
+  //! Lets go of what hold_until_fit_end() kept, for a fit that ends without
+  //! fit_end() (a finished run that has nothing to do).
+  void release_held() { held_.clear(); }
+  //! Deprecated: cairn::resume(loop, path) in cairn/run_dir.h.
+  [[deprecated("use cairn::resume(loop, path) from cairn/run_dir.h")]] ResumeInfo resume(const std::string& path);
+  //! Deprecated: cairn::lock_for_fit(loop, dir) in cairn/run_dir.h.
+  [[deprecated("use cairn::lock_for_fit(loop, dir) from cairn/run_dir.h")]] void lock_directory(const std::string& dir);
   //! The check set_resume_check() installed (empty when none).
   const std::function<void(const Value&, const std::string&)>& resume_check() const { return resume_check_; }
   //! Where this run resumed before: (epoch, global_step) pairs.
