@@ -55,20 +55,19 @@ run_one() {
 }
 
 status=0
-running=0
 cores=$(getconf _NPROCESSORS_ONLN)  # (nproc would obey the OMP_NUM_THREADS=1 set above)
+# One target per core at a time, in batches; each waited for by its PID
+# (`wait -n` answers 127 when the job it should wait for already ended).
+pids=()
 for t in "${targets[@]}"; do
-  if [ "$running" -ge "$cores" ]; then
-    wait -n || status=1
-    running=$((running - 1))
-  fi
   run_one "$t" &
-  running=$((running + 1))
+  pids+=($!)
+  if [ "${#pids[@]}" -ge "$cores" ]; then
+    for p in "${pids[@]}"; do wait "$p" || status=1; done
+    pids=()
+  fi
 done
-while [ "$running" -gt 0 ]; do
-  wait -n || status=1
-  running=$((running - 1))
-done
+for p in "${pids[@]}"; do wait "$p" || status=1; done
 
 printf '%-11s %12s %10s %8s %8s  %s\n' target executions exec/s cov ft result
 for t in "${targets[@]}"; do
