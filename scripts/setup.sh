@@ -24,6 +24,7 @@ test_packages=(
   doctest-dev                             # the test framework
   clang libclang-rt-14-dev                # sanitizer builds and libFuzzer (scripts/test.sh, fuzz.sh)
   python3-torch                           # Python interop tests (/usr/bin/python3)
+  python3-sklearn                         # the metric tests compare with scikit-learn
   chromium                                # renders `cairn report` pages in the report test
   tmux                                    # the progress bar test runs on real terminals of 60 and 80 columns
 )

@@ -220,8 +220,8 @@ TEST_CASE("each subcommand refuses options it does not use; test and validate --
   };
   const std::vector<Case> refused{
       {{"test", "--config", cfg, "--split", "train"}, "--split is not an option of test; it goes with: predict"},
-      {{"validate", "--config", cfg, "--out", "x.csv"}, "--out is not an option of validate; it goes with: predict, report"},
-      {{"fit", "--config", cfg, "--ckpt", "best"}, "--ckpt is not an option of fit; it goes with: predict, test, validate"},
+      {{"validate", "--config", cfg, "--out", "x.csv"}, "--out is not an option of validate; it goes with: export, predict, report"},
+      {{"fit", "--config", cfg, "--ckpt", "best"}, "--ckpt is not an option of fit; it goes with: export, predict, test, validate"},
       {{"fit", "--config", cfg, "--json"}, "--json is not an option of fit; it goes with: inspect, test, validate"},
       {{"predict", "--config", cfg, "--overwrite"}, "--overwrite is not an option of predict; it goes with: fit"},
       {{"inspect", "x.ckpt", "--config", cfg}, "--config is not an option of inspect"},

@@ -450,3 +450,41 @@ TEST_CASE("cairn report writes one well-formed HTML file with a chart per metric
   CHECK(html.find("<text class=\"tick epoch\" x=\"64\"") != std::string::npos);
   CHECK(html.find(">e0</text>") != std::string::npos);
 }
+
+TEST_CASE("a monitor the run cannot log is refused before training; one not logged by the first validation stops the run") {
+  // No validation data: a valid/ monitor can never appear.
+  cairn::SyntheticOptions o;
+  o.train_size = 64;
+  o.valid_size = 0;
+  o.test_size = 0;
+  o.batch_size = 16;
+  cairn::Trainer t(cairn::TrainerOptions().max_epochs(2));
+  t.set_model(model()).set_data(std::make_shared<cairn::SyntheticData>(o));
+  t.add_callback(std::make_shared<cairn::EarlyStopping>(cairn::EarlyStoppingOptions().monitor("valid/loss")));
+  int64_t batches = 0;
+  t.loop().on(Event::batch_end, [&](cairn::Loop&) { ++batches; });
+  try {
+    t.fit();
+    FAIL("fit trained with a monitor it can never log");
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    CHECK(what.find("monitors 'valid/loss'") != std::string::npos);
+    CHECK(what.find("no validation data") != std::string::npos);
+    CHECK(what.find("train/loss") != std::string::npos);  // what it does log
+  }
+  CHECK(batches == 0);
+
+  // A metric nobody logs (a typo): the run stops at the end of the first epoch that validated.
+  cairn::Trainer u(cairn::TrainerOptions().max_epochs(3));
+  u.set_model(model()).set_data(data(64, 16));
+  u.add_callback(std::make_shared<cairn::EarlyStopping>(cairn::EarlyStoppingOptions().monitor("valid/acc_typo")));
+  try {
+    u.fit();
+    FAIL("fit went on with a monitor that never appears");
+  } catch (const std::invalid_argument& e) {
+    const std::string what = e.what();
+    CHECK(what.find("monitors 'valid/acc_typo'") != std::string::npos);
+    CHECK(what.find("valid/acc") != std::string::npos);
+  }
+  CHECK(u.loop().state().epoch == 1);
+}

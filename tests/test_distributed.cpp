@@ -283,6 +283,27 @@ TEST_CASE("cairn fit --nproc 2 with batch b: the weights and metrics of one proc
   CHECK(c.at("loop").at("resumes").size() == 1);
   CHECK(test::max_difference(a.at("state_dict"), c.at("state_dict")) < 1e-4);
   CHECK(metric_difference(a, c, "valid/acc") < 1e-5);
+  // The other way, from a one-process file mid-epoch (epoch 1, batch 4) to 2
+  // processes: each epoch's training means are logged once, over both parts.
+  const std::string half = dir / "half";
+  std::string half_yaml = dist_config(half, 32, false);
+  // Every file kept (no monitor): the one at step 36 is there to resume from.
+  half_yaml.replace(half_yaml.find("monitor: valid/acc, mode: max, save_top_k: 2"), 44, "save_top_k: -1");
+  test::write_file(dir / "half.yaml", half_yaml);
+  auto h = test::cairn_cli({"fit", "--config", dir / "half.yaml"});
+  REQUIRE_MESSAGE(h.exit_code == 0, h.output);
+  std::string mid;
+  for (const auto& e : test::fs::directory_iterator(half + "/checkpoints")) {
+    if (e.path().filename().string().find("step=36") != std::string::npos) mid = e.path().string();
+  }
+  REQUIRE_MESSAGE(!mid.empty(), "no checkpoint at step 36");
+  REQUIRE(cairn::read_checkpoint(mid).at("batch_in_epoch").to_int() == 4);
+  auto up = test::cairn_cli({"fit", "--config", dir / "half.yaml", "--resume", mid, "--nproc", "2", "--set", "data.batch_size=16"});
+  REQUIRE_MESSAGE(up.exit_code == 0, up.output);
+  const cairn::Value d = last_checkpoint(half);
+  for (const char* m : {"train/loss", "train/acc", "train/f1_macro", "valid/acc"}) {
+    CHECK_MESSAGE(metric_difference(a, d, m) < 1e-5, std::string(m) << " differs by " << metric_difference(a, d, m));
+  }
   // The comparison can fail: resumed at 1 process with the per-process batch
   // unchanged (a global batch of 16), the run takes other steps.
   const std::string other = dir / "other";

@@ -192,6 +192,168 @@ TEST_CASE("regression metrics: MAE, RMSE and R² (per output, averaged) equal th
   CHECK(std::abs(feed(cairn::R2Score(), out, yf) - r2) < 1e-10);
 }
 
+namespace {
+//! Batch splits of n examples: one batch, ones of one, uneven ones.
+std::vector<std::vector<int64_t>> splits(int64_t n) {
+  std::vector<std::vector<int64_t>> out = {{n}, {1, n - 1}};
+  std::vector<int64_t> uneven;
+  for (int64_t at = 0, b = 3; at < n; at += b, b = b * 2 + 1) uneven.push_back(std::min(b, n - at));
+  out.push_back(uneven);
+  std::vector<int64_t> sevens;
+  for (int64_t at = 0; at < n; at += 7) sevens.push_back(std::min<int64_t>(7, n - at));
+  out.push_back(sevens);
+  return out;
+}
+
+//! The metric's value over every split (a list, for Python to compare each).
+cairn::Value values(const cairn::Metric& m, const at::Tensor& out, const at::Tensor& y) {
+  std::vector<double> v;
+  for (const auto& split : splits(out.size(0))) {
+    cairn::MetricStats s;
+    int64_t at = 0;
+    for (int64_t b : split) {
+      m.update(s, out.slice(0, at, at + b), y.slice(0, at, at + b));
+      at += b;
+    }
+    v.push_back(m.compute(s));
+  }
+  return cairn::Value(v);
+}
+}  // namespace
+
+TEST_CASE("metrics equal scikit-learn and torchmetrics: F1 averages, binary tasks, ignore_index, AUROC with ties, "
+          "centred R²; in any batch split") {
+  torch::manual_seed(21);
+  cairn::Value cases = cairn::Value::dict();
+  auto add_classes = [&](const std::string& name, const at::Tensor& out, const at::Tensor& y, int64_t ignore) {
+    const int64_t c = out.size(1);
+    cairn::Value got = cairn::Value::dict();
+    got.set("acc", values(cairn::Accuracy(ignore), out, y));
+    got.set("top3_acc", values(cairn::TopKAccuracy(3, ignore), out, y));
+    got.set("f1_macro", values(cairn::F1Score(c, cairn::F1Score::macro, ignore), out, y));
+    got.set("f1_micro", values(cairn::F1Score(c, cairn::F1Score::micro, ignore), out, y));
+    got.set("f1_weighted", values(cairn::F1Score(c, cairn::F1Score::weighted, ignore), out, y));
+    cairn::Value k = cairn::Value::dict();
+    k.set("kind", "multiclass");
+    k.set("output", out);
+    k.set("target", y);
+    k.set("ignore_index", ignore);
+    k.set("cairn", got);
+    cases.set(name, k);
+    return got;
+  };
+  // The issue's case: 3 of 10 classes, predicted perfectly: macro F1 is 1, not 0.3.
+  {
+    const at::Tensor y = torch::tensor({0, 3, 7, 3, 0, 7, 7}, torch::kLong);
+    const at::Tensor out = torch::nn::functional::one_hot(y, 10).to(torch::kFloat);
+    const cairn::Value got = add_classes("three_of_ten", out, y, -100);
+    CHECK(got.at("f1_macro").to_double_list().front() == 1.0);
+  }
+  // Random: 7 classes, one never present (sometimes predicted), one neither present nor predicted.
+  {
+    at::Tensor out = torch::randn({203, 7});
+    out.select(1, 6).fill_(-1e9);  // class 6 never predicted
+    at::Tensor y = torch::randint(0, 5, {203}, torch::kLong);  // classes 5, 6 never present
+    add_classes("random", out, y, -100);
+    // ignore_index: a fifth of the targets ignored (the loss's -100, and another value).
+    at::Tensor yi = y.clone();
+    yi.masked_fill_(torch::rand({203}) < 0.2, -100);
+    const cairn::Value got = add_classes("ignored", out, yi, -100);
+    at::Tensor y3 = y.clone();
+    y3.masked_fill_(torch::rand({203}) < 0.2, 255);
+    add_classes("ignored_255", out, y3, 255);
+    // Every target ignored: nothing measured, NaN (not 0, not a crash).
+    CHECK(std::isnan(feed(cairn::Accuracy(), out.slice(0, 0, 103), torch::full({103}, -100, torch::kLong))));
+    CHECK(std::isnan(feed(cairn::F1Score(7, cairn::F1Score::macro), out.slice(0, 0, 103), torch::full({103}, -100, torch::kLong))));
+  }
+  // Binary, one logit: macro is the mean of both classes' F1 (scikit-learn), micro the accuracy.
+  {
+    const at::Tensor out = torch::randn({157}) + 0.3;
+    const at::Tensor y = torch::bernoulli(torch::sigmoid(out * 2)).to(torch::kFloat);
+    cairn::Value got = cairn::Value::dict();
+    got.set("acc", values(cairn::Accuracy(), out, y));
+    got.set("f1_macro", values(cairn::F1Score(0, cairn::F1Score::macro), out, y));
+    got.set("f1_micro", values(cairn::F1Score(0, cairn::F1Score::micro), out, y));
+    got.set("f1_weighted", values(cairn::F1Score(0, cairn::F1Score::weighted), out, y));
+    cairn::Value k = cairn::Value::dict();
+    k.set("kind", "binary");
+    k.set("output", out);
+    k.set("target", y);
+    k.set("cairn", got);
+    cases.set("binary", k);
+    // The same as [N, 1].
+    CHECK(feed(cairn::F1Score(0, cairn::F1Score::macro), out.slice(0, 0, 103).unsqueeze(1), y.slice(0, 0, 103).unsqueeze(1)) ==
+          feed(cairn::F1Score(0, cairn::F1Score::macro), out.slice(0, 0, 103), y.slice(0, 0, 103)));
+  }
+  // Multi-label: 5 labels, the last never present nor predicted (it counts 0 in macro, as both references).
+  {
+    at::Tensor out = torch::randn({131, 5});
+    out.select(1, 4).fill_(-3);
+    at::Tensor y = torch::bernoulli(torch::full({131, 5}, 0.4));
+    y.select(1, 4).zero_();
+    cairn::Value got = cairn::Value::dict();
+    got.set("f1_macro", values(cairn::F1Score(0, cairn::F1Score::macro), out, y));
+    got.set("f1_micro", values(cairn::F1Score(0, cairn::F1Score::micro), out, y));
+    got.set("f1_weighted", values(cairn::F1Score(0, cairn::F1Score::weighted), out, y));
+    cairn::Value k = cairn::Value::dict();
+    k.set("kind", "multilabel");
+    k.set("output", out);
+    k.set("target", y);
+    k.set("cairn", got);
+    cases.set("multilabel", k);
+  }
+  // AUROC with many ties.
+  {
+    const at::Tensor score = (torch::randn({181}, torch::kDouble) * 3).round() / 10;
+    const at::Tensor label = torch::bernoulli(torch::full({181}, 0.35, torch::kDouble)).to(torch::kLong);
+    cairn::Value got = cairn::Value::dict();
+    got.set("auroc", values(cairn::BinaryAuroc(), score, label));
+    cairn::Value k = cairn::Value::dict();
+    k.set("kind", "auroc");
+    k.set("output", score);
+    k.set("target", label);
+    k.set("cairn", got);
+    cases.set("auroc_ties", k);
+  }
+  // R²: three outputs of very different scales, far from 0 (an uncentred formula loses digits there).
+  {
+    const at::Tensor y = torch::randn({149, 3}, torch::kDouble) * torch::tensor({1.0, 5.0, 1e-3}, torch::kDouble) + 1e4;
+    const at::Tensor out = y + torch::randn({149, 3}, torch::kDouble) * torch::tensor({0.3, 1.0, 1e-4}, torch::kDouble);
+    cairn::Value got = cairn::Value::dict();
+    got.set("r2", values(cairn::R2Score(), out, y));
+    cairn::Value k = cairn::Value::dict();
+    k.set("kind", "r2");
+    k.set("output", out);
+    k.set("target", y);
+    k.set("cairn", got);
+    cases.set("r2", k);
+    // A constant target column: NaN (the docs' rule), not -inf.
+    at::Tensor yc = y.clone();
+    yc.select(1, 1).fill_(0.1);
+    cairn::Value gc = cairn::Value::dict();
+    gc.set("r2", values(cairn::R2Score(), out, yc));
+    for (double v : gc.at("r2").to_double_list()) CHECK(std::isnan(v));
+    cairn::Value kc = cairn::Value::dict();
+    kc.set("kind", "r2");
+    kc.set("constant", true);
+    kc.set("output", out);
+    kc.set("target", yc);
+    kc.set("cairn", gc);
+    cases.set("r2_constant", kc);
+  }
+  test::TempDir dir("metric_reference");
+  cairn::write_checkpoint(dir / "cases.pt", cases);
+  auto py = test::python("metric_reference.py", {dir / "cases.pt"});
+  MESSAGE(py.output.substr(py.output.size() > 600 ? py.output.size() - 600 : 0));
+  CHECK_MESSAGE(py.exit_code == 0, py.output);
+  CHECK(py.output.find("largest relative difference") != std::string::npos);
+#if TORCH_VERSION_MAJOR >= 2
+  // The 2.x build's Python has torchmetrics (scripts/torch-wheel.sh installs it).
+  CHECK(py.output.find("torchmetrics unavailable") == std::string::npos);
+  CHECK(py.output.find("vs torchmetrics") != std::string::npos);
+#endif
+}
+
 TEST_CASE("losses: label smoothing, class weights and ignore_index as PyTorch defines them; shapes named on mismatch") {
   torch::manual_seed(6);
   const at::Tensor logits = torch::randn({6, 3}, torch::kDouble);
@@ -444,4 +606,71 @@ TEST_CASE("resume drift: a run saved before loss and metrics existed resumes wit
   // The same file named another way is no change; another file is.
   CHECK(cairn::diff_configs(old, config(defaults, std::string(CAIRN_SOURCE_DIR) + "/configs/../configs/tabular_csv.yaml")).empty());
   CHECK(cairn::diff_configs(old, config(defaults, std::string(CAIRN_SOURCE_DIR) + "/configs/multilabel_mlp.yaml")).size() == 1);
+}
+
+TEST_CASE("YAML: a monitor the run cannot log is a config error at its key, naming what the run logs (exit 2)") {
+  test::TempDir dir("monitor_yaml");
+  const std::string base =
+      "name: m\nseed: 1\nrun: {dir: " + (dir / "run") + "}\n"
+      "data: {name: synthetic, train_size: 64, valid_size: 0, test_size: 0, batch_size: 16}\n"
+      "model: {name: mlp, hidden: [8]}\n"
+      "trainer: {max_epochs: 1, enable_progress_bar: false}\n"
+      "callbacks:\n"
+      "  - {name: checkpoint, monitor: valid/acc, mode: max}\n"
+      "  - {name: early_stopping, monitor: valid/loss}\n";
+  test::write_file(dir / "novalid.yaml", base);
+  auto r = test::cairn_cli({"fit", "--config", dir / "novalid.yaml"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.output.find("novalid.yaml:8:") != std::string::npos);
+  CHECK(r.output.find("callbacks[0].monitor") != std::string::npos);
+  CHECK(r.output.find("callbacks[1].monitor") != std::string::npos);
+  CHECK(r.output.find("no validation data") != std::string::npos);
+  CHECK(r.output.find("it logs train/loss, train/acc") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir / "run/checkpoints"));
+  // A typo with validation data: the same error, at the key.
+  std::string typo = base;
+  typo.replace(typo.find("valid_size: 0"), 13, "valid_size: 32");
+  typo.replace(typo.find("monitor: valid/loss"), 19, "monitor: valid/los");
+  test::write_file(dir / "typo.yaml", typo);
+  r = test::cairn_cli({"fit", "--config", dir / "typo.yaml"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.output.find("typo.yaml:9:") != std::string::npos);
+  CHECK(r.output.find("'valid/los' is never logged") != std::string::npos);
+  CHECK(r.output.find("valid/loss") != std::string::npos);
+}
+
+TEST_CASE("data.limit_train|limit_valid|limit_test cut every kind of data set: a count or a fraction; bad values name the key") {
+  test::TempDir dir("limits");
+  // A tensors file of 120 examples (10% valid) and the synthetic set: neither knew these keys before.
+  const at::Tensor x = torch::randn({120, 4});
+  const at::Tensor y = torch::randint(0, 3, {120}, torch::kLong);
+  cairn::Value file = cairn::Value::dict();
+  file.set("train_x", x);
+  file.set("train_y", y);
+  cairn::write_checkpoint(dir / "data.pt", file);
+  auto sizes = [&](const std::string& data) {
+    test::write_file(dir / "l.yaml", "name: l\nseed: 1\nrun: {dir: " + (dir / "run") + "}\ndata: " + data +
+                                         "\nmodel: {name: mlp, hidden: [8]}\ntrainer: {max_epochs: 1}\n");
+    auto spec = cairn::parse_experiment(dir / "l.yaml");
+    auto t = cairn::build_trainer(spec);
+    return std::vector<int64_t>{t->data().train.size(), t->data().valid.size(), t->data().test.size()};
+  };
+  CHECK(sizes("{name: tensors, path: " + (dir / "data.pt") + ", valid_fraction: 0.25}") == std::vector<int64_t>{90, 30, 0});
+  CHECK(sizes("{name: tensors, path: " + (dir / "data.pt") + ", valid_fraction: 0.25, limit_train: 40, limit_valid: 0.5}") ==
+        std::vector<int64_t>{40, 15, 0});
+  CHECK(sizes("{name: synthetic, train_size: 200, valid_size: 64, test_size: 50, limit_train: 0.1, limit_valid: 16, "
+              "limit_test: 500}") == std::vector<int64_t>{20, 16, 50});
+  // Fashion-MNIST keeps its own limit_train/limit_test (counts; its validation set shrinks with limit_train:
+  // 30 here) and takes limit_valid.
+  CHECK(sizes("{name: fashion_mnist, limit_train: 300, limit_test: 40}") == std::vector<int64_t>{300, 30, 40});
+  CHECK(sizes("{name: fashion_mnist, limit_train: 300, limit_test: 40, limit_valid: 10}") == std::vector<int64_t>{300, 10, 40});
+  for (const auto& [bad, says] : std::vector<std::pair<std::string, std::string>>{
+           {"limit_train: 0", "data.limit_train"}, {"limit_valid: 1.5", "data.limit_valid"}, {"limit_test: -3", "data.limit_test"}}) {
+    test::write_file(dir / "bad.yaml", "name: l\nrun: {dir: " + (dir / "run") + "}\ndata: {name: synthetic, " + bad +
+                                           "}\nmodel: {name: mlp, hidden: [8]}\n");
+    auto r = test::cairn_cli({"fit", "--config", dir / "bad.yaml"});
+    CHECK(r.exit_code == 2);
+    CHECK_MESSAGE(r.output.find(says) != std::string::npos, r.output);
+    CHECK(r.output.find("bad.yaml:3:") != std::string::npos);
+  }
 }

@@ -208,8 +208,8 @@ TEST_CASE("a checkpoint whose checksums verify but whose metric statistics canno
     std::string says;
   };
   const std::vector<Wrong> cases{
-      {"train/acc", "sums", at::empty({0}, at::kDouble), "sums holds 0 values, this metric keeps 1"},
-      {"train/acc", "sums", at::zeros({5}, at::kDouble), "sums holds 5 values, this metric keeps 1"},
+      {"train/acc", "sums", at::empty({0}, at::kDouble), "sums holds 0 values, this metric keeps 2 (correct, counted)"},
+      {"train/acc", "sums", at::zeros({5}, at::kDouble), "sums holds 5 values, this metric keeps 2 (correct, counted)"},
       {"train/loss", "sums", at::zeros({0}, at::kDouble), "a positive multiple of 1"},
       {"train/loss", "sums", at::zeros({1, 1}, at::kDouble), "sums must be a 1-D float64 tensor"},
       {"train/acc", "sums", at::zeros({1}, at::kFloat), "sums must be a 1-D float64 tensor"},
@@ -253,7 +253,7 @@ TEST_CASE("one rule for which checkpoint: fit's final test, cairn test, choose()
   CHECK(cairn::choose(here, "auto", cairn::Purpose::resume).path == last.path);
 
   // The file fit's final test named is the one choose() gives, and the one `cairn test` evaluates.
-  CHECK_MESSAGE(fit.output.find("cairn: testing the best checkpoint " + best.path + "\n") != std::string::npos, fit.output);
+  CHECK_MESSAGE(fit.output.find("cairn: testing the best checkpoint " + best.path + ": the trained weights (state_dict)\n") != std::string::npos, fit.output);
   auto tested = test::cairn_cli({"test", "--config", dir / "c.yaml", "--json"});
   REQUIRE_MESSAGE(tested.exit_code == 0, tested.output);
   CHECK_MESSAGE(tested.output.find(best.path) != std::string::npos, tested.output);

@@ -25,6 +25,19 @@ std::vector<std::string> parameter_names(const Loop& loop) {
   return out;
 }
 
+//! Parameters, then buffers: the tensors AveragedModel(use_buffers=True) averages.
+std::vector<at::Tensor> weights_of(const Loop& loop) {
+  std::vector<at::Tensor> out = parameters_of(loop);
+  for (const auto& b : loop.model()->buffers()) out.push_back(b);
+  return out;
+}
+
+std::vector<std::string> weight_names(const Loop& loop) {
+  std::vector<std::string> out = parameter_names(loop);
+  for (const auto& kv : loop.model()->named_buffers()) out.push_back(kv.key());
+  return out;
+}
+
 std::vector<at::Tensor> clones(const std::vector<at::Tensor>& ts) {
   torch::NoGradGuard no_grad;
   std::vector<at::Tensor> out;
@@ -37,31 +50,40 @@ void copy_into(const std::vector<at::Tensor>& to, const std::vector<at::Tensor>&
   for (size_t i = 0; i < to.size(); ++i) to[i].copy_(from[i]);
 }
 
-//! name -> tensor, as Python's state_dict() (parameters only).
+//! name -> tensor, as Python's state_dict() names them (parameters, then
+//! buffers when `ts` holds them too).
 Value as_state_dict(const Loop& loop, const std::vector<at::Tensor>& ts) {
   Value d = Value::dict();
-  const auto names = parameter_names(loop);
+  const auto names = weight_names(loop);
   for (size_t i = 0; i < ts.size(); ++i) d.set(names[i], ts[i]);
   return d;
 }
 
-//! The tensors of `key` in the checkpoint being loaded, in parameter order (empty if absent).
-std::vector<at::Tensor> from_checkpoint(const Loop& loop, const std::string& key) {
+//! The tensors of `key` in the checkpoint being loaded, in the order of
+//! `names`/`now` (empty if absent). A name from `optional_from` on (the
+//! buffers of an EMA saved before buffers were averaged) that the file lacks
+//! takes the model's own tensor, as such a file's evaluation did.
+std::vector<at::Tensor> from_checkpoint(const Loop& loop, const std::string& key, const std::vector<std::string>& names,
+                                        const std::vector<at::Tensor>& now, size_t optional_from) {
   std::vector<at::Tensor> out;
   const Value* c = loop.loaded_checkpoint();
   const Value* d = c ? c->find(key) : nullptr;
   if (!d) return out;
   if (!d->is_dict()) throw CheckpointMismatch("the checkpoint's '" + key + "' is a " + d->kind_name() + ", not a dict of tensors");
-  const auto params = parameters_of(loop);
-  const auto names = parameter_names(loop);
+  const auto& params = now;
   for (size_t i = 0; i < names.size(); ++i) {
     const Value* t = d->find(names[i]);
+    if (!t && i >= optional_from) {
+      out.push_back(params[i].detach().clone());
+      continue;
+    }
     if (!t || !t->is_tensor() || t->to_tensor().sizes() != params[i].sizes()) {
       throw CheckpointMismatch("the checkpoint's '" + key + "' does not match the model at '" + names[i] + "'");
     }
-    if (!t->to_tensor().is_floating_point()) {
+    if (t->to_tensor().is_floating_point() != params[i].is_floating_point()) {
       throw CheckpointMismatch("the checkpoint's '" + key + "' holds a " + std::string(c10::toString(t->to_tensor().scalar_type())) +
-                               " tensor at '" + names[i] + "'; the parameter is floating point");
+                               " tensor at '" + names[i] + "'; the model's is " +
+                               std::string(c10::toString(params[i].scalar_type())));
     }
     out.push_back(t->to_tensor().to(params[i].device(), params[i].scalar_type()).clone());
   }
@@ -80,7 +102,7 @@ Ema::Ema(EmaOptions options) : options_(std::move(options)) {
 }
 
 void Ema::ensure(Loop& loop) {
-  if (average_.empty()) average_ = clones(parameters_of(loop));
+  if (average_.empty()) average_ = clones(weights_of(loop));
 }
 
 void Ema::on_fit_begin(Loop& loop) { ensure(loop); }
@@ -89,26 +111,39 @@ void Ema::on_batch_end(Loop& loop) {
   const auto& st = loop.state();
   if (st.accumulating || st.global_step % options_.every_n_steps != 0) return;
   ensure(loop);
-  const double d = options_.warmup ? std::min(options_.decay, (1.0 + static_cast<double>(updates_)) /
-                                                                  (10.0 + static_cast<double>(updates_)))
-                                   : options_.decay;
   torch::NoGradGuard no_grad;
-  const auto params = parameters_of(loop);
-  for (size_t i = 0; i < params.size(); ++i) average_[i].mul_(d).add_(params[i].detach(), 1.0 - d);
+  const auto now = weights_of(loop);
+  if (updates_ == 0 && !options_.warmup) {
+    // AveragedModel: the first update copies the weights (and buffers).
+    copy_into(average_, now);
+  } else {
+    const double d = options_.warmup ? std::min(options_.decay, (1.0 + static_cast<double>(updates_)) /
+                                                                    (10.0 + static_cast<double>(updates_)))
+                                     : options_.decay;
+    // get_ema_multi_avg_fn: lerp towards the weights by 1 - decay; a
+    // non-float buffer (num_batches_tracked) as ema * decay + now * (1 - decay).
+    for (size_t i = 0; i < now.size(); ++i) {
+      if (average_[i].is_floating_point()) {
+        average_[i].lerp_(now[i].detach(), 1.0 - d);
+      } else {
+        average_[i].copy_(average_[i] * d + now[i].detach() * (1.0 - d));
+      }
+    }
+  }
   ++updates_;
 }
 
 void Ema::swap_in(Loop& loop) {
   if (options_.validate_with != "ema" || swapped_ || average_.empty() || loop.evaluating_loaded_weights()) return;
-  const auto params = parameters_of(loop);
-  backup_ = clones(params);
-  copy_into(params, average_);
+  const auto now = weights_of(loop);
+  backup_ = clones(now);
+  copy_into(now, average_);
   swapped_ = true;
 }
 
 void Ema::swap_out(Loop& loop) {
   if (!swapped_) return;
-  copy_into(parameters_of(loop), backup_);
+  copy_into(weights_of(loop), backup_);
   backup_.clear();
   swapped_ = false;
 }
@@ -128,7 +163,8 @@ void Ema::on_save_checkpoint(Loop& loop) {
 }
 
 void Ema::on_load_checkpoint(Loop& loop) {
-  auto loaded = from_checkpoint(loop, "ema_state_dict");
+  auto loaded = from_checkpoint(loop, "ema_state_dict", weight_names(loop), weights_of(loop),
+                                parameter_names(loop).size());
   if (!loaded.empty()) average_ = std::move(loaded);
 }
 
@@ -170,6 +206,7 @@ int64_t Swa::start_epoch(int64_t max_epochs) const {
 }
 
 void Swa::on_fit_begin(Loop& loop) {
+  fitting_ = true;
   const int64_t max_epochs = loop.state().max_epochs;
   if (max_epochs > 0 && start_epoch(max_epochs) >= max_epochs) {
     throw std::invalid_argument("swa starts at epoch " + std::to_string(start_epoch(max_epochs)) +
@@ -202,39 +239,79 @@ void Swa::on_batch_begin(Loop& loop) {
   if (!start_lrs_.empty() && !applied_) set_lrs(loop);
 }
 
+double swalr_lr(double start_lr, double swa_lr, int64_t annealing_epochs, const std::string& strategy, int64_t k) {
+  // SWALR's get_lr() step by step: each value is computed from the one
+  // before (it recovers the initial lr from the current one), so the same
+  // float64 operations in the same order give the same bits.
+  const auto anneal = [&](double t) { return strategy == "cos" ? (1.0 - std::cos(M_PI * t)) / 2.0 : t; };
+  const double span = static_cast<double>(std::max<int64_t>(1, annealing_epochs));
+  double lr = start_lr;
+  for (int64_t s = 0; s <= k; ++s) {
+    const int64_t step = annealing_epochs == 0 ? std::max<int64_t>(1, s) : s;
+    const double prev_alpha = anneal(std::max(0.0, std::min(1.0, static_cast<double>(step - 1) / span)));
+    const double initial = prev_alpha == 1.0 ? swa_lr : (lr - prev_alpha * swa_lr) / (1.0 - prev_alpha);
+    const double alpha = anneal(std::max(0.0, std::min(1.0, static_cast<double>(step) / span)));
+    lr = swa_lr * alpha + initial * (1.0 - alpha);
+  }
+  return lr;
+}
+
 void Swa::set_lrs(Loop& loop) {
   const int64_t into = loop.state().epoch - start_epoch(loop.state().max_epochs);
-  const double t = options_.annealing_epochs == 0
-                       ? 1.0
-                       : std::min(1.0, static_cast<double>(into + 1) / static_cast<double>(options_.annealing_epochs));
-  const double alpha = options_.annealing_strategy == "cos" ? (1.0 - std::cos(M_PI * t)) / 2.0 : t;
   auto& groups = loop.optimizers().front()->param_groups();
   for (size_t i = 0; i < groups.size(); ++i) {
     const double swa = options_.swa_lrs.size() == 1 ? options_.swa_lrs[0] : options_.swa_lrs[i];
-    groups[i].options().set_lr(swa * alpha + start_lrs_[i] * (1.0 - alpha));
+    groups[i].options().set_lr(
+        swalr_lr(start_lrs_[i], swa, options_.annealing_epochs, options_.annealing_strategy, into));
   }
 }
 
-void Swa::on_epoch_end(Loop& loop) {
+void Swa::on_validation_begin(Loop& loop) {
+  // Fit's validation after an epoch's training part (the Trainer's; a
+  // hand-written loop that sets state().batches_per_epoch too): the epoch's
+  // weights join the average first, so the last epoch's validation measures
+  // the average that then stays in place, and every checkpoint's score is
+  // the score of the weights it holds.
   const auto& st = loop.state();
-  if (st.epoch < start_epoch(st.max_epochs) || applied_) return;
-  // AveragedModel: a running mean over epoch ends.
+  if (!fitting_ || st.batches_per_epoch <= 0 || st.batch_in_epoch < st.batches_per_epoch) return;
+  average(loop);
+}
+
+void Swa::on_epoch_end(Loop& loop) { average(loop); }
+
+void Swa::average(Loop& loop) {
+  const auto& st = loop.state();
+  if (st.epoch < start_epoch(st.max_epochs) || applied_ || averaged_epoch_ == st.epoch) return;
+  // Before the epoch's end: a roll-back to the end of the training part
+  // cannot undo this (an exception keeps the last checkpoint file instead).
+  loop.mark_stepped();
+  // AveragedModel: a running mean over epoch ends (the first copies).
   const auto params = parameters_of(loop);
   torch::NoGradGuard no_grad;
-  if (average_.empty()) {
+  if (average_.empty() || n_averaged_ == 0) {
     average_ = clones(params);
   } else {
     const double n = static_cast<double>(n_averaged_);
     for (size_t i = 0; i < params.size(); ++i) average_[i].add_((params[i].detach() - average_[i]) / (n + 1.0));
   }
   ++n_averaged_;
+  averaged_epoch_ = st.epoch;
   if (st.epoch + 1 == st.max_epochs) apply(loop);
 }
 
 void Swa::on_fit_end(Loop& loop) {
-  // A run that ended early (not interrupted) gets its average too.
-  if (!applied_ && n_averaged_ > 0 && !loop.state().stop.interrupt) apply(loop);
+  fitting_ = false;
+  // A run that ended early (a callback's stop, not an interruption) keeps
+  // the weights its validation measured, as Lightning does; the average is
+  // in the checkpoints for whoever wants it.
+  if (!applied_ && n_averaged_ > 0 && !loop.state().stop.interrupt && loop.is_rank_zero()) {
+    std::cout << "cairn: SWA: the run stopped before its last epoch; the model keeps its trained (validated) "
+                 "weights, and the average of "
+              << n_averaged_ << " epoch(s) is kept in each checkpoint's swa_state_dict\n";
+  }
 }
+
+void Swa::on_exception(Loop&) { fitting_ = false; }
 
 void Swa::apply(Loop& loop) {
   copy_into(parameters_of(loop), average_);
@@ -249,10 +326,13 @@ void Swa::apply(Loop& loop) {
 
 void Swa::on_save_checkpoint(Loop& loop) {
   if (!average_.empty()) loop.pending_checkpoint().set("swa_state_dict", as_state_dict(loop, average_));
+  // state_dict is the average from here on: what its scores measured (View::evaluated_kind).
+  if (applied_) loop.pending_checkpoint().set("model_weights", "swa");
 }
 
 void Swa::on_load_checkpoint(Loop& loop) {
-  auto loaded = from_checkpoint(loop, "swa_state_dict");
+  const auto names = parameter_names(loop);
+  auto loaded = from_checkpoint(loop, "swa_state_dict", names, parameters_of(loop), names.size());
   if (!loaded.empty()) average_ = std::move(loaded);
 }
 
@@ -261,6 +341,7 @@ Value Swa::state_dict() const {
   d.set("n_averaged", n_averaged_);
   d.set("start_lrs", Value(start_lrs_));
   d.set("applied", applied_);
+  d.set("averaged_epoch", averaged_epoch_);
   d.set("swa_lrs", Value(options_.swa_lrs));
   d.set("swa_epoch_start", options_.swa_epoch_start);
   d.set("annealing_epochs", options_.annealing_epochs);
@@ -272,6 +353,9 @@ void Swa::load_state_dict(const Value& state) {
   n_averaged_ = state.at("n_averaged").to_int();
   start_lrs_ = state.at("start_lrs").to_double_list();
   applied_ = state.at("applied").to_bool();
+  // Absent in files of an older cairn, which averaged at epoch ends only.
+  const Value* averaged = state.find("averaged_epoch");
+  averaged_epoch_ = averaged ? averaged->to_int() : -1;
   if (n_averaged_ < 0) throw CheckpointMismatch("callbacks['" + key() + "'].n_averaged is " + std::to_string(n_averaged_));
   for (double lr : start_lrs_) {
     if (!std::isfinite(lr) || lr < 0) {

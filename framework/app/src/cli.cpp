@@ -1,5 +1,6 @@
 #include "cairn/cli.h"
 
+#include "cairn/callbacks/averaging.h"
 #include "cairn/checkpoint_file.h"
 #include "cairn/config_drift.h"
 #include "cairn/datasets.h"
@@ -51,6 +52,8 @@ const char* kUsage =
     "  cairn print-config --config FILE [--set dotted.key=value]...\n"
     "  cairn inspect CHECKPOINT|RUN_DIR [--json]\n"
     "  cairn report RUN_DIR|CHECKPOINT [MORE RUNS...] [--out report.html]\n"
+    "  cairn export (--config FILE | --run-dir DIR) [--ckpt best|last|PATH] --out model.pt\n"
+    "               [--weights evaluated|model|ema|swa]\n"
     "  cairn --version\n"
     "\n"
     "fit trains the experiment in FILE. --resume auto (the default) continues from\n"
@@ -75,7 +78,10 @@ const char* kUsage =
     "examples of --input; predict writes the model's outputs for a split, or\n"
     "for the examples of --input (a torch.save dict with 'x' and optional 'y',\n"
     "or a CSV with the training file's feature columns, labels optional). None\n"
-    "of them changes the run. A subcommand refuses options it does not use.\n";
+    "of them changes the run. export writes the weights a checkpoint's scores\n"
+    "measured (--weights evaluated, the default: the EMA or SWA average when\n"
+    "validation measured it; `cairn inspect` names them) as a plain state_dict\n"
+    "for Python's load_state_dict. A subcommand refuses options it does not use.\n";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -96,6 +102,7 @@ struct Args {
   std::string out;
   std::string ckpt;
   std::string split = "test";
+  std::string weights = "evaluated";  //!< export: which weight set
   bool help = false;
   std::vector<std::string> positional;
   int nproc = 1;
@@ -116,6 +123,7 @@ const std::map<std::string, std::set<std::string>>& options_by_command() {
       {"print-config", {"--config", "--set", "--run-dir"}},
       {"inspect", {"positional", "--json"}},
       {"report", {"positional", "--out"}},
+      {"export", {"--config", "--set", "--run-dir", "--ckpt", "--out", "--weights"}},
   };
   return table;
 }
@@ -187,6 +195,8 @@ Args parse_args(int argc, char** argv) {
       a.out = value("--out");
     } else if (is("--ckpt")) {
       a.ckpt = value("--ckpt");
+    } else if (is("--weights")) {
+      a.weights = value("--weights");
     } else if (is("--split")) {
       a.split = value("--split");
       a.split_given = true;
@@ -262,12 +272,14 @@ int cmd_inspect(const Args& a) {
   // Read before anything is printed: a file that lacks them is exit 3, not half a report.
   const int64_t epoch = view.epoch(), global_step = view.global_step(), batch = view.batch_in_epoch();
   const int64_t format = view.format_version();
+  const std::string kind = view.evaluated_kind(), evaluated = view.describe_evaluated();
   if (a.json) {
     std::ostringstream o;
     o << "{\"path\": " << json::quote(path) << ", \"verified\": true, \"name\": " << json::quote(name)
       << ", \"epoch\": " << epoch << ", \"global_step\": " << global_step
       << ", \"batch_in_epoch\": " << batch << ", \"finished\": " << (finished ? "true" : "false")
-      << ", \"format_version\": " << format << ", \"monitors\": [";
+      << ", \"format_version\": " << format << ", \"weights\": {\"kind\": " << json::quote(kind)
+      << ", \"key\": " << json::quote(view.evaluated_with()) << "}, \"monitors\": [";
     for (size_t i = 0; i < monitors.size(); ++i) {
       const auto& m = monitors[i];
       o << (i ? ", " : "") << "{\"callback\": " << json::quote(m.callback) << ", \"monitor\": " << json::quote(m.monitor)
@@ -289,6 +301,7 @@ int cmd_inspect(const Args& a) {
   std::cout << "position     " << describe_position(epoch, batch, global_step)
             << (finished ? ", run finished" : "") << "\n";
   if (view.weights_only()) std::cout << "contents     weights only (cannot resume a run)\n";
+  std::cout << "weights      scores measure " << evaluated << "; cairn export writes them\n";
   for (const auto& m : monitors) {
     std::cout << "best         " << m.monitor << " (" << m.mode << ") = "
               << (m.best ? json::number(*m.best) : std::string("none yet"));
@@ -517,9 +530,20 @@ int cmd_evaluate(const Args& a, const std::string& split) {
   } catch (const CheckpointMismatch& e) {
     throw UsageError(std::string("the checkpoint does not match the config's model: ") + e.what());
   }
+  // Which weights those are (the checkpoint's rule, as inspect says it).
+  std::string kind = "model", evaluated = "the weights the config builds (no checkpoint)";
+  if (!path.empty()) {
+    ReadOptions header;
+    header.header_only = true;
+    const Value head = read_checkpoint(path, header);
+    const run_checkpoint::View view(head, path);
+    kind = view.evaluated_kind();
+    evaluated = view.describe_evaluated();
+  }
   if (a.json) {
     std::ostringstream o;
-    o << "{\"checkpoint\": " << json::quote(path) << ", \"split\": " << json::quote(split);
+    o << "{\"checkpoint\": " << json::quote(path) << ", \"weights\": " << json::quote(kind)
+      << ", \"split\": " << json::quote(split);
     if (!a.input.empty()) o << ", \"input\": " << json::quote(a.input);
     o << ", \"metrics\": {";
     size_t i = 0;
@@ -529,6 +553,7 @@ int cmd_evaluate(const Args& a, const std::string& split) {
     return kExitOk;
   }
   std::cout << "checkpoint   " << path << "\n";
+  std::cout << "weights      " << evaluated << "\n";
   if (!a.input.empty()) std::cout << "input        " << a.input << "\n";
   for (const auto& kv : metrics) {
     char buf[160];
@@ -592,6 +617,45 @@ TensorDataset read_prediction_input(const std::string& path, const DataModule& d
   }
   if (ds.empty()) throw UsageError("--input " + path + " holds no examples");
   return ds;
+}
+
+int cmd_export(const Args& a) {
+  if (a.out.empty()) throw UsageError("export needs --out FILE (a torch.save file of the weights)");
+  const std::set<std::string> kinds{"evaluated", "model", "ema", "swa"};
+  if (!kinds.count(a.weights)) throw UsageError("--weights must be evaluated, model, ema or swa, not '" + a.weights + "'");
+  std::string path;
+  if (!a.ckpt.empty() && a.ckpt != "best" && a.ckpt != "last" && a.ckpt != "auto") {
+    path = a.ckpt;  // a file of one's own: no run needed
+    std::error_code ec;
+    if (!fs::exists(path, ec)) throw CheckpointError("checkpoint " + path + " does not exist");
+  } else if (!a.config.empty()) {
+    ExperimentSpec spec = parse_experiment(a.config, a.sets);
+    path = choose_ckpt(spec, a.run_dir.empty() ? spec.run_dir : a.run_dir, a.ckpt);
+  } else if (!a.run_dir.empty()) {
+    const CheckpointChoice c = choose(RunDir(a.run_dir), a.ckpt, Purpose::evaluate);
+    if (!c.found) throw UsageError("--ckpt " + c.why);
+    path = c.path;
+  } else {
+    throw UsageError("export needs --ckpt PATH, or --config FILE / --run-dir DIR to choose best or last");
+  }
+  const Value c = read_checkpoint(path);
+  const run_checkpoint::View view(c, path);
+  Value weights;
+  std::string what;
+  if (a.weights == "evaluated") {
+    weights = view.evaluated_weights();
+    what = view.describe_evaluated();
+  } else {
+    const std::string key = a.weights == "model" ? "state_dict" : a.weights + "_state_dict";
+    if (!view.holds(key)) throw UsageError(path + " holds no " + key + " (--weights " + a.weights + ")");
+    weights = view.weights(key);
+    what = a.weights == "model" ? "the model's state_dict" : "the " + a.weights + " average (" + key + ")";
+  }
+  if (!weights.is_dict()) throw CheckpointError(path + ": the weights are not a dict of tensors");
+  write_checkpoint(a.out, weights);
+  std::cout << "cairn: wrote " << weights.size() << " tensors of " << what << " from " << path << " to " << a.out
+            << " (torch.load + load_state_dict)\n";
+  return kExitOk;
 }
 
 int cmd_predict(const Args& a) {
@@ -671,6 +735,28 @@ int cmd_predict(const Args& a) {
   std::cout << "cairn: wrote " << outputs.size(0) << " predictions of " << what << " to " << a.out
             << " (checkpoint " << path << ")\n";
   return kExitOk;
+}
+
+//! Which weights a fit's validation, checkpoint scores and test measure, when
+//! weight averaging makes that a question ("" when it is the trained weights).
+std::string evaluated_rule(const Loop& loop) {
+  const Ema* ema = nullptr;
+  const Swa* swa = nullptr;
+  for (const auto& cb : loop.callbacks()) {
+    if (auto* e = dynamic_cast<const Ema*>(cb.get())) ema = e;
+    if (auto* w = dynamic_cast<const Swa*>(cb.get())) swa = w;
+  }
+  std::string out;
+  if (ema && ema->validates_average()) {
+    out = "the model is the EMA average: validation, every checkpoint's score, the test and `cairn export` use "
+          "ema_state_dict (the optimizer trains the weights in state_dict)";
+    if (swa) out += "; SWA's average replaces the trained weights at the last epoch and the EMA keeps following them";
+  } else if (swa) {
+    out = "the model is the trained weights until the last epoch; then SWA's average replaces them before that "
+          "epoch's validation, so the last scores, last.ckpt and `cairn export` are the average's (a run that "
+          "stops early keeps its trained weights)";
+  }
+  return out;
 }
 
 int cmd_fit(const Args& a) {
@@ -785,6 +871,10 @@ int cmd_fit(const Args& a) {
     if (group) std::cout << ", " << env.world_size << " processes, global batch " << trainer->data().batch_size * env.world_size;
     std::cout << ")\n";
   }
+  // The one rule for "the model": which weights validation, the scores in
+  // checkpoints and the test measure (docs/checkpoints.md).
+  const std::string rule = evaluated_rule(trainer->loop());
+  if (rank0 && !rule.empty()) std::cout << "cairn: " << rule << "\n";
   const FitResult r = trainer->fit();
   const LoopState& st = trainer->loop().state();
   const std::string where = describe_position(st.resume_epoch(), st.resume_batch(), r.global_step);
@@ -810,7 +900,8 @@ int cmd_fit(const Args& a) {
   if (auto acc = metrics.last("test/acc")) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.4f", *acc);
-    std::cout << "cairn: finished; test accuracy " << buf << "\n";
+    std::cout << "cairn: finished; test accuracy " << buf
+              << (trainer->tested().empty() ? "" : " (" + trainer->tested() + ")") << "\n";
   } else {
     // Not a classification: the test split's own metrics (test/mae, test/r2, ...).
     std::string line;
@@ -820,7 +911,8 @@ int cmd_fit(const Args& a) {
       std::snprintf(buf, sizeof buf, "%.4f", metrics.last(name).value_or(0.0));
       line += (line.empty() ? "; " : ", ") + name + " " + buf;
     }
-    std::cout << "cairn: finished" << line << "\n";
+    std::cout << "cairn: finished" << line << (trainer->tested().empty() || line.empty() ? "" : " (" + trainer->tested() + ")")
+              << "\n";
   }
   return kExitOk;
 }
@@ -850,6 +942,7 @@ int cli_main(int argc, char** argv) {
     if (a.command == "print-config") return cmd_print_config(a);
     if (a.command == "inspect") return cmd_inspect(a);
     if (a.command == "report") return cmd_report(a);
+    if (a.command == "export") return cmd_export(a);
     throw UsageError("unknown command '" + a.command + "'");
   } catch (const UsageError& e) {
     std::cerr << "cairn: " << e.what() << "\n\n" << kUsage;

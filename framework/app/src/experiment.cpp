@@ -2,6 +2,7 @@
 
 #include "cairn/callback.h"
 #include "cairn/callbacks/checkpoint.h"
+#include "cairn/callbacks/finetuning.h"
 #include "cairn/distributed.h"
 #include "cairn/loop.h"
 #include "cairn/objectives.h"
@@ -11,7 +12,10 @@
 #include <torch/torch.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <iostream>
+#include <regex>
 
 namespace cairn {
 
@@ -48,12 +52,58 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
     const std::optional<bool> prefetch = data.get_optional_bool("prefetch");
     spec.trainer.prefetch(prefetch ? (*prefetch ? "true" : "false") : "auto");
     spec.data_node = {data};
+    // Quick iterations on any data set: the first N examples of a split, or a fraction of it.
+    const YAML::Node kind = data.node()["name"];
+    const bool own_counts = kind && kind.IsScalar() && kind.Scalar() == "fashion_mnist";  // limit_train/test of its own
+    auto limit = [&](const char* key, DataLimit& out) {
+      const YAML::Node v = data.node()[key];
+      if (!v || !v.IsScalar()) return;
+      const std::string text = v.Scalar();
+      out.fraction = text.find_first_of(".eE") != std::string::npos;
+      out.value = out.fraction ? data.get_double(key, std::nullopt, 0.0, 1.0, /*min_exclusive=*/true)
+                               : static_cast<double>(data.get_int(key, 1, 1));
+      out.set = true;
+    };
+    if (!own_counts) limit("limit_train", spec.limit_train);
+    limit("limit_valid", spec.limit_valid);
+    if (!own_counts) limit("limit_test", spec.limit_test);
     spec.data = registry.data.parse(data);
   });
 
   attempt([&] {
     ConfigNode model = top.get_map("model", true);
-    spec.init_from = model.get_optional_path("init_from");
+    // A path, or {path, strict, exclude, rename} (fine-tuning from other weights).
+    const YAML::Node init = model.node()["init_from"];
+    if (init && init.IsMap()) {
+      ConfigNode f = model.get_map("init_from");
+      spec.init_from = f.get_path("path", std::nullopt);
+      spec.init_options.strict = f.get_bool("strict", true);
+      spec.init_options.exclude = f.get_names("exclude", std::vector<std::string>{});
+      for (const auto& e : spec.init_options.exclude) {
+        try {
+          std::regex re(e, std::regex::ECMAScript);
+        } catch (const std::regex_error& err) {
+          f.fail("exclude", "'" + e + "' is not a valid regex: " + err.what());
+        }
+      }
+      if (f.has("rename")) {
+        ConfigNode r = f.get_map("rename");
+        for (auto it = r.node().begin(); it != r.node().end(); ++it) {
+          const std::string from = it->first.Scalar();
+          try {
+            std::regex re(from, std::regex::ECMAScript);
+          } catch (const std::regex_error& err) {
+            r.fail(from, "'" + from + "' is not a valid regex: " + err.what());
+          }
+          spec.init_options.rename.emplace_back(from, r.get_string(from, std::nullopt));
+        }
+        r.finish();
+      }
+      f.finish();
+      spec.init_node = {f};
+    } else {
+      spec.init_from = model.get_optional_path("init_from");
+    }
     spec.model = registry.models.parse(model);
   });
 
@@ -118,6 +168,7 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
     if (top.has("scheduler") && !top.is_null("scheduler")) {
       ConfigNode sched = top.get_map("scheduler");
       spec.scheduler = registry.schedulers.parse(sched);
+      spec.scheduler_node = {sched};
     } else {
       top.get_optional_string("scheduler");
     }
@@ -162,6 +213,15 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
     spec.trainer.cuda_graphs(trainer.get_bool("cuda_graphs", false));
     enable_checkpointing = trainer.get_bool("enable_checkpointing", true);
     enable_progress = trainer.get_bool("enable_progress_bar", true);
+    spec.freeze = trainer.get_names("freeze", std::vector<std::string>{});
+    for (const auto& f : spec.freeze) {
+      try {
+        std::regex re(f, std::regex::ECMAScript);
+      } catch (const std::regex_error& err) {
+        trainer.fail("freeze", "'" + f + "' is not a valid regex: " + err.what());
+      }
+    }
+    spec.trainer_node = {trainer};
     trainer.finish();
   });
 
@@ -203,6 +263,7 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
   for (auto& cb : cbs) {
     attempt([&] {
       spec.callbacks.push_back(registry.callbacks.parse(cb));
+      spec.callback_nodes.push_back(cb);
       const std::string n = cb.resolved()["name"].Scalar();
       has_checkpoint = has_checkpoint || n == "checkpoint";
       has_csv = has_csv || n == "csv_logger";
@@ -256,6 +317,44 @@ void resolve_output_defaults(ExperimentSpec& spec, const std::string& run_dir) {
 }
 
 namespace {
+//! A monitor (a callback's, the scheduler's) must name a metric this run
+//! logs: said at its key before anything is built further.
+void check_monitors(const ExperimentSpec& spec, const DataModule& data, const std::vector<std::shared_ptr<Metric>>& metrics) {
+  std::vector<std::string> logged;
+  for (const char* split : {"train", "valid"}) {
+    if (std::string(split) == "valid" && data.valid.empty()) continue;
+    logged.push_back(std::string(split) + "/loss");
+    for (const auto& m : metrics) logged.push_back(std::string(split) + "/" + m->name());
+  }
+  std::string list;
+  for (const auto& n : logged) list += (list.empty() ? "" : ", ") + n;
+  auto check = [&](const ConfigNode& node) {
+    const YAML::Node m = node.resolved()["monitor"];
+    if (!m || !m.IsScalar() || m.Scalar().empty()) return;
+    const std::string monitor = m.Scalar();
+    if (std::find(logged.begin(), logged.end(), monitor) != logged.end()) return;
+    std::string why = "'" + monitor + "' is never logged by this run";
+    if (monitor.rfind("valid/", 0) == 0 && data.valid.empty()) {
+      why += " (it has no validation data: data.valid_fraction is 0 or the valid split is empty)";
+    } else if (monitor.rfind("test/", 0) == 0) {
+      why += " (the test split is measured after training)";
+    }
+    node.fail("monitor", why + "; it logs " + list);
+  };
+  // Every bad monitor at once, each at its own key.
+  std::vector<ConfigError::Problem> bad;
+  auto collect = [&](const ConfigNode& n) {
+    try {
+      check(n);
+    } catch (const ConfigError& e) {
+      bad.insert(bad.end(), e.problems().begin(), e.problems().end());
+    }
+  };
+  for (const auto& n : spec.callback_nodes) collect(n);
+  for (const auto& n : spec.scheduler_node) collect(n);
+  if (!bad.empty()) throw ConfigError(std::move(bad));
+}
+
 //! The model's output for two training examples, against the loss and each
 //! metric: a mismatch is a config error at the loss's (or metric's) key,
 //! naming both shapes, before anything trains. A model that cannot take the
@@ -307,8 +406,21 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   torch::manual_seed(spec.seed);
   std::shared_ptr<Loss> loss = spec.loss(ctx);
   ctx.float_targets = !loss->class_targets();  // the data reads its targets as the loss needs them
+  ctx.ignore_index = loss->ignore_index();
   ctx.data = spec.data(ctx);
   ctx.data->setup();
+  // data.limit_*: the split's first examples (setup is idempotent: the cut stays).
+  auto cut = [](TensorDataset& d, const DataLimit& l) {
+    if (!l.set || !d.x.defined()) return;
+    const int64_t n = l.fraction ? std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(d.size()) * l.value))
+                                 : static_cast<int64_t>(l.value);
+    if (n >= d.size()) return;
+    d.x = d.x.slice(0, 0, n);
+    if (d.y.defined()) d.y = d.y.slice(0, 0, n);
+  };
+  cut(ctx.data->train, spec.limit_train);
+  cut(ctx.data->valid, spec.limit_valid);
+  cut(ctx.data->test, spec.limit_test);
   // Step-interval schedules count optimizer steps: one per accumulation cycle
   // (the epoch's last, possibly short, cycle steps too).
   const int64_t global_batch = ctx.data->batch_size * (group ? group->size() : 1);
@@ -316,7 +428,14 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   const int64_t accumulate = std::max<int64_t>(1, spec.trainer.accumulate_grad_batches());
   ctx.steps_per_epoch = (batches + accumulate - 1) / accumulate;
   ctx.model = spec.model(ctx);
-  if (spec.init_from) load_weights(*ctx.model.module, *spec.init_from, true);
+  if (spec.init_from) {
+    const WeightsReport r = load_weights(*ctx.model.module, *spec.init_from, spec.init_options);
+    // What was taken, skipped and left new: said whenever it is not simply everything.
+    if ((!group || group->rank() == 0) && (!r.left_new.empty() || !r.excluded.empty() || !r.unexpected.empty() ||
+                                           !r.mismatched.empty())) {
+      std::cout << "cairn: model.init_from " << *spec.init_from << ": " << r.summary() << "\n";
+    }
+  }
   ctx.model.module->to(resolve_device(spec.trainer.device()));
   // data.device that cannot be honoured: said at the key, with the data's sizes.
   if (!spec.data_node.empty()) {
@@ -334,7 +453,36 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
     }
   }
   check_shapes(spec, ctx, *loss, metrics);
+  check_monitors(spec, *ctx.data, metrics);
   ctx.optimizer = spec.optimizer(ctx);
+  ctx.freeze = spec.freeze;
+  // Callbacks are made before the scheduler: a finetuning callback names the
+  // rate of the frozen parameters' group, which the schedule then includes.
+  std::vector<std::shared_ptr<Callback>> callbacks;
+  for (auto& b : spec.callbacks) callbacks.push_back(b(ctx));
+  const Finetuning* finetuning = nullptr;
+  for (const auto& cb : callbacks) {
+    if (auto* f = dynamic_cast<const Finetuning*>(cb.get())) finetuning = f;
+  }
+  const std::vector<std::string> patterns =
+      !spec.freeze.empty() ? spec.freeze : finetuning ? finetuning->options().patterns : std::vector<std::string>{};
+  if (!patterns.empty()) {
+    const double lr = finetuning ? finetuning->options().lr : ctx.optimizer->param_groups().front().options().get_lr();
+    std::vector<std::string> frozen;
+    try {
+      frozen = freeze(*ctx.model.module, *ctx.optimizer, patterns, lr);
+    } catch (const std::invalid_argument& e) {
+      if (!spec.freeze.empty() && !spec.trainer_node.empty()) spec.trainer_node.front().fail("freeze", e.what());
+      throw;
+    }
+    if (!group || group->rank() == 0) {
+      std::cout << "cairn: frozen " << frozen.size() << " parameter tensor(s) matching";
+      for (const auto& p : patterns) std::cout << " '" << p << "'";
+      if (finetuning) std::cout << "; the finetuning callback unfreezes them at epoch " << finetuning->options().unfreeze_at_epoch
+                                << " (lr " << lr << ")";
+      std::cout << "\n";
+    }
+  }
   auto trainer = std::make_unique<Trainer>(spec.trainer);
   trainer->set_model(ctx.model).set_data(ctx.data).set_optimizer(ctx.optimizer).set_process_group(std::move(group));
   trainer->set_loss(loss).set_metrics(metrics);
@@ -342,7 +490,7 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   trainer->loop().set_run_dir(ctx.run_dir);
   resolve_output_defaults(spec, ctx.run_dir);
   trainer->loop().set_hyper_parameters(yaml_to_value(spec.resolved()));
-  for (auto& b : spec.callbacks) trainer->add_callback(b(ctx));
+  for (auto& cb : callbacks) trainer->add_callback(cb);
   return trainer;
 }
 

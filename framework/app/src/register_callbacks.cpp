@@ -44,6 +44,22 @@ void register_builtin_callbacks(Registry& r) {
     o.check_finite(c.get_bool("check_finite", true));
     return [o](BuildContext&) -> CallbackPtr { return std::make_shared<EarlyStopping>(o); };
   });
+  r.add_callback("finetuning", [](ConfigNode& c) -> Builder<CallbackPtr> {
+    FinetuningOptions o;
+    o.unfreeze_at_epoch = c.get_int("unfreeze_at_epoch", 1, 0);
+    o.patterns = c.get_names("patterns", std::vector<std::string>{});
+    const std::optional<double> lr = c.get_optional_double("lr", 0.0);
+    if (lr && !(*lr > 0)) c.fail("lr", "must be > 0");
+    return [o, lr](BuildContext& ctx) mutable -> CallbackPtr {
+      if (o.patterns.empty()) o.patterns = ctx.freeze;
+      if (o.patterns.empty()) {
+        throw std::invalid_argument("the finetuning callback has no patterns: set trainer.freeze (or its own patterns)");
+      }
+      // Lightning's BackboneFinetuning starts the backbone at a tenth of the rate.
+      o.lr = lr ? *lr : ctx.optimizer->param_groups().front().options().get_lr() * 0.1;
+      return std::make_shared<Finetuning>(o);
+    };
+  });
   r.add_callback("csv_logger", [](ConfigNode& c) -> Builder<CallbackPtr> {
     CsvLoggerOptions o;
     o.path = c.get_string("path", std::string(""));

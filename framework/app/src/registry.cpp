@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 namespace cairn {
 
@@ -322,15 +323,19 @@ void register_losses(Registry& r) {
 
 void register_metrics(Registry& r) {
   using MetricPtr = std::shared_ptr<Metric>;
-  r.add_metric("accuracy", [](ConfigNode&) { return [](BuildContext&) -> MetricPtr { return std::make_shared<Accuracy>(); }; });
+  // The classification metrics ignore the class target the loss ignores (loss.ignore_index).
+  r.add_metric("accuracy", [](ConfigNode&) {
+    return [](BuildContext& ctx) -> MetricPtr { return std::make_shared<Accuracy>(ctx.ignore_index); };
+  });
   r.add_metric("top_k_accuracy", [](ConfigNode& c) {
     const int64_t k = c.get_int("k", 5, 1);
-    return [k](BuildContext&) -> MetricPtr { return std::make_shared<TopKAccuracy>(k); };
+    return [k](BuildContext& ctx) -> MetricPtr { return std::make_shared<TopKAccuracy>(k, ctx.ignore_index); };
   });
   r.add_metric("f1", [](ConfigNode& c) {
-    const auto avg = c.get_choice("average", std::string("macro"), {"macro", "micro"}) == "macro" ? F1Score::macro : F1Score::micro;
+    const std::string a = c.get_choice("average", std::string("macro"), {"macro", "micro", "weighted"});
+    const auto avg = a == "macro" ? F1Score::macro : a == "micro" ? F1Score::micro : F1Score::weighted;
     return [avg](BuildContext& ctx) -> MetricPtr {
-      return std::make_shared<F1Score>(ctx.float_targets ? 0 : ctx.data->num_classes, avg);
+      return std::make_shared<F1Score>(ctx.float_targets ? 0 : ctx.data->num_classes, avg, ctx.ignore_index);
     };
   });
   r.add_metric("auroc", [](ConfigNode&) { return [](BuildContext&) -> MetricPtr { return std::make_shared<BinaryAuroc>(); }; });
@@ -342,8 +347,10 @@ void register_metrics(Registry& r) {
   });
   r.add_metric("r2", [](ConfigNode&) { return [](BuildContext&) -> MetricPtr { return std::make_shared<R2Score>(); }; });
   r.add_metric("perplexity", [](ConfigNode& c) {
-    const int64_t ignore = c.get_int("ignore_index", -100);
-    return [ignore](BuildContext&) -> MetricPtr { return std::make_shared<Perplexity>(ignore); };
+    // Its own ignore_index, else the loss's.
+    const std::optional<int64_t> ignore =
+        c.has("ignore_index") ? std::optional<int64_t>(c.get_int("ignore_index", -100)) : std::nullopt;
+    return [ignore](BuildContext& ctx) -> MetricPtr { return std::make_shared<Perplexity>(ignore.value_or(ctx.ignore_index)); };
   });
 }
 }  // namespace

@@ -66,6 +66,7 @@ Value weights_only(const Value& checkpoint) {
                           "hyper_parameters", "values"}) {
     slim.set(key, checkpoint.at(key));
   }
+  if (const Value* holds = checkpoint.find("model_weights")) slim.set("model_weights", *holds);
   // The weights its scores were measured with (an EMA's), when not the model's own.
   if (const Value* with = checkpoint.find("evaluate_with"); with && with->is_string()) {
     if (const Value* w = checkpoint.find(with->to_string())) {
@@ -162,17 +163,40 @@ std::string View::evaluated_with() const {
   return with && with->is_string() ? with->to_string() : "state_dict";
 }
 
-Value View::evaluated_weights() const {
+std::string View::evaluated_kind() const {
+  if (evaluated_with() == "ema_state_dict") return "ema";
+  const Value* holds = c_->find("model_weights");
+  if (holds && holds->is_string() && holds->to_string() == "swa") return "swa";
+  return "model";
+}
+
+std::string View::describe_evaluated() const {
+  const std::string kind = evaluated_kind();
+  if (kind == "ema") return "the EMA average (ema_state_dict, buffers included)";
+  if (kind == "swa") return "the SWA average (state_dict)";
+  return "the trained weights (state_dict)";
+}
+
+Value View::evaluated_weights() const { return weights(evaluated_with()); }
+
+bool View::holds(const std::string& key) const {
+  const Value* w = c_->find(key);
+  return w && w->is_dict();
+}
+
+Value View::weights(const std::string& key) const {
   const std::string where = file_.empty() ? std::string("the checkpoint") : file_;
   const Value* sd = c_->find("state_dict");
   if (!sd || !sd->is_dict()) throw CheckpointError(where + " holds no state_dict");
-  const std::string with = evaluated_with();
-  if (with == "state_dict") return *sd;
-  const Value* other = c_->find(with);
+  if (key == "state_dict") return *sd;
+  const Value* other = c_->find(key);
   if (!other || !other->is_dict()) {
-    throw CheckpointError(where + ": evaluate_with names '" + with + "', which it does not hold");
+    throw CheckpointError(where + (key == evaluated_with() ? ": evaluate_with names '" + key + "', which it does not hold"
+                                                            : " holds no " + key));
   }
-  // Those weights are parameters; buffers stay the model's.
+  // Laid over the model's own: an EMA's average holds parameters and buffers
+  // (one saved by an older cairn, parameters only: its buffers stay the
+  // model's); SWA's holds parameters (its buffers were recomputed in place).
   Value merged = *sd;
   for (size_t i = 0; i < other->keys().size(); ++i) merged.set(other->keys()[i], other->values()[i]);
   return merged;

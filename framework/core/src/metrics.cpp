@@ -28,6 +28,15 @@ class WeightedMean : public Metric {
     return c.contiguous().data_ptr<double>()[0] / s.count;
   }
   void check(const at::Tensor&, const at::Tensor&) const override {}
+  //! Host means (a distributed run's training values) join device sums
+  //! restored from a checkpoint of another process count: the epoch's mean is
+  //! one value over both parts. With no device sums the host mean is logged as it is.
+  bool fold_host_mean(MetricStats& s, double sum, double weight) const override {
+    if (!s.sums.defined()) return false;
+    s.sums = s.sums + at::tensor(std::vector<double>{sum}, at::kDouble).to(s.sums.device());
+    s.count += weight;
+    return true;
+  }
   //! compute() reads the first sum: at least one.
   std::string check_state(const MetricStats& s) const override { return metric_state_shape(s, 0, 1, 0); }
 };

@@ -171,11 +171,27 @@ std::string metric_state_shape(const MetricStats& s, int64_t exact, int64_t mult
 // A metric of one's own: only what every metric's statistics are (its own
 // compute() knows the rest); the built-in ones check their exact layout.
 std::string Metric::check_state(const MetricStats& s) const { return metric_state_shape(s, 0, 0, -1); }
-std::string Accuracy::check_state(const MetricStats& s) const { return metric_state_shape(s, 1, 0, 0); }
+std::string Accuracy::check_state(const MetricStats& s) const {
+  std::string why = metric_state_shape(s, 0, 0, 0);
+  // [correct, counted]; an older cairn kept [correct] with the count on the host.
+  if (why.empty() && s.sums.defined() && s.sums.numel() != 1 && s.sums.numel() != 2) {
+    why = "sums holds " + std::to_string(s.sums.numel()) + " values, this metric keeps 2 (correct, counted)";
+  }
+  return why;
+}
 std::string F1Score::check_state(const MetricStats& s) const { return metric_state_shape(s, 0, 3, 0); }
 std::string BinaryAuroc::check_state(const MetricStats& s) const { return metric_state_shape(s, 0, 0, 2); }
 std::string ErrorMetric::check_state(const MetricStats& s) const { return metric_state_shape(s, 1, 0, 0); }
-std::string R2Score::check_state(const MetricStats& s) const { return metric_state_shape(s, 0, 4, 0); }
+std::string R2Score::check_state(const MetricStats& s) const {
+  // Rows of [n, mean, M2, SSE, min, max] per batch (d columns each); an older
+  // cairn kept sums of [sum y, sum y^2, SSE, n].
+  std::string why = metric_state_shape(s, 0, 4, -1);
+  if (why.empty() && s.rows.defined() && (s.rows.size(1) < 6 || (s.rows.size(1) - 1) % 5 != 0)) {
+    why = "rows have " + std::to_string(s.rows.size(1)) + " columns, this metric keeps 1 + 5 per output";
+  }
+  if (why.empty() && s.rows.defined() && s.sums.defined()) why = "both sums and rows are kept; this metric keeps one";
+  return why;
+}
 std::string Perplexity::check_state(const MetricStats& s) const { return metric_state_shape(s, 2, 0, 0); }
 
 void Accuracy::check(const at::Tensor& output, const at::Tensor& target) const {
@@ -186,23 +202,44 @@ void Accuracy::check(const at::Tensor& output, const at::Tensor& target) const {
   }
 }
 
+namespace {
+//! Statistics of an older cairn's accuracy ([correct], count on the host) in
+//! today's layout ([correct, counted]).
+void accuracy_layout(MetricStats& s) {
+  if (s.sums.defined() && s.sums.numel() == 1) {
+    s.sums = at::cat({s.sums, at::full({1}, s.count, s.sums.options())});
+    s.count = 0;
+  }
+}
+
+void add_accuracy(MetricStats& s, const at::Tensor& correct, const at::Tensor& counted) {
+  accuracy_layout(s);
+  add_sums(s, at::stack({correct.to(at::kDouble), counted.to(at::kDouble)}));
+}
+}  // namespace
+
 void Accuracy::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
-  at::Tensor correct = is_integer(target) ? output.argmax(1).eq(target).sum()
-                                          : output.gt(0).eq(target.gt(0.5)).sum();
-  add_sums(s, correct.reshape({1}));
-  s.count += static_cast<double>(target.numel());
+  if (is_integer(target)) {
+    const at::Tensor valid = target.ne(ignore_index_);
+    add_accuracy(s, output.argmax(1).eq(target).logical_and(valid).sum(), valid.sum());
+  } else {
+    add_accuracy(s, output.gt(0).eq(target.gt(0.5)).sum(),
+                 at::scalar_tensor(static_cast<double>(target.numel()), f64(output)));
+  }
 }
 
 bool Accuracy::fold_host_mean(MetricStats& s, double sum, double weight) const {
-  const at::Tensor correct = at::tensor(std::vector<double>{sum}, at::kDouble);
-  s.sums = s.sums.defined() ? s.sums + correct.to(s.sums.device()) : correct;
-  s.count += weight;
+  accuracy_layout(s);
+  const at::Tensor folded = at::tensor(std::vector<double>{sum, weight}, at::kDouble);
+  s.sums = s.sums.defined() ? s.sums + folded.to(s.sums.device()) : folded;
   return true;
 }
 
 double Accuracy::compute(const MetricStats& s) const {
   if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
-  return host(read_to_cpu(s.sums), 0) / s.count;
+  const at::Tensor v = read_to_cpu(s.sums);
+  // 0 counted (every target ignored): 0 / 0, NaN.
+  return v.numel() == 2 ? host(v, 0) / host(v, 1) : host(v, 0) / s.count;
 }
 
 void TopKAccuracy::check(const at::Tensor& output, const at::Tensor& target) const {
@@ -215,9 +252,8 @@ void TopKAccuracy::check(const at::Tensor& output, const at::Tensor& target) con
 
 void TopKAccuracy::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
   const at::Tensor top = std::get<1>(output.topk(k_, 1));  // [N, k, ...]
-  const at::Tensor hit = top.eq(target.unsqueeze(1)).any(1);
-  add_sums(s, hit.sum().reshape({1}));
-  s.count += static_cast<double>(target.numel());
+  const at::Tensor valid = target.ne(ignore_index_);
+  add_accuracy(s, top.eq(target.unsqueeze(1)).any(1).logical_and(valid).sum(), valid.sum());
 }
 
 void F1Score::check(const at::Tensor& output, const at::Tensor& target) const {
@@ -235,22 +271,27 @@ void F1Score::check(const at::Tensor& output, const at::Tensor& target) const {
 
 void F1Score::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
   at::Tensor tp, fp, fn;
+  const int64_t n = output.size(0);
   if (is_integer(target)) {
     const int64_t c = output.size(1);
     const at::Tensor pred = output.argmax(1).reshape({-1});
-    const at::Tensor t = target.reshape({-1}).to(at::kLong);
-    const at::Tensor hit = pred.eq(t).to(at::kDouble);
-    const at::Tensor ones = at::ones_like(hit);
+    const at::Tensor raw = target.reshape({-1}).to(at::kLong);
+    // Ignored targets weigh 0 (at a valid index): no host read, no shape that depends on the data.
+    const at::Tensor valid = raw.ne(ignore_index_);
+    const at::Tensor t = raw.masked_fill(valid.logical_not(), 0);
+    const at::Tensor w = valid.to(at::kDouble);
+    const at::Tensor hit = pred.eq(t).to(at::kDouble).mul_(w);
     // scatter_add of whole numbers in float64: exact in any order.
     tp = at::zeros({c}, f64(output)).scatter_add_(0, pred, hit);
-    fp = at::zeros({c}, f64(output)).scatter_add_(0, pred, ones).sub_(tp);
-    fn = at::zeros({c}, f64(output)).scatter_add_(0, t, ones).sub_(tp);
+    fp = at::zeros({c}, f64(output)).scatter_add_(0, pred, w).sub_(tp);
+    fn = at::zeros({c}, f64(output)).scatter_add_(0, t, w).sub_(tp);
   } else {
-    const int64_t n = output.size(0);
     const at::Tensor p = output.reshape({n, -1}).gt(0), t = target.reshape({n, -1}).gt(0.5);
     tp = p.logical_and(t).sum(0).to(at::kDouble);
     fp = p.logical_and(t.logical_not()).sum(0).to(at::kDouble);
     fn = p.logical_not().logical_and(t).sum(0).to(at::kDouble);
+    // A binary task's true negatives (class 0's true positives) are the rest.
+    s.count += static_cast<double>(n);
   }
   add_sums(s, at::cat({tp, fp, fn}));
 }
@@ -260,18 +301,41 @@ double F1Score::compute(const MetricStats& s) const {
   const at::Tensor v = read_to_cpu(s.sums);
   const int64_t c = v.size(0) / 3;
   const double* p = v.data_ptr<double>();
+  struct Counts { double tp, fp, fn; };
+  std::vector<Counts> per;
+  for (int64_t i = 0; i < c; ++i) per.push_back({p[i], p[c + i], p[2 * c + i]});
+  const bool binary = classes_ == 0 && c == 1;
+  const bool labels = classes_ == 0 && c > 1;  // multi-label: every label counts
+  if (binary) {
+    // Class 0 of a binary task: its hits are the true negatives.
+    const Counts one = per[0];
+    per.insert(per.begin(), Counts{std::max(0.0, s.count - one.tp - one.fp - one.fn), one.fn, one.fp});
+  }
+  const auto f1 = [](const Counts& k) {
+    const double d = 2 * k.tp + k.fp + k.fn;
+    return d > 0 ? 2 * k.tp / d : 0.0;
+  };
   if (average_ == micro) {
-    double tp = 0, fp = 0, fn = 0;
-    for (int64_t i = 0; i < c; ++i) tp += p[i], fp += p[c + i], fn += p[2 * c + i];
-    const double d = 2 * tp + fp + fn;
-    return d > 0 ? 2 * tp / d : 0.0;
+    Counts all{0, 0, 0};
+    for (const auto& k : per) all.tp += k.tp, all.fp += k.fp, all.fn += k.fn;
+    return 2 * all.tp + all.fp + all.fn > 0 ? f1(all) : std::numeric_limits<double>::quiet_NaN();
   }
-  double sum = 0;
-  for (int64_t i = 0; i < c; ++i) {
-    const double d = 2 * p[i] + p[c + i] + p[2 * c + i];
-    sum += d > 0 ? 2 * p[i] / d : 0.0;
+  double sum = 0, weight = 0;
+  for (const auto& k : per) {
+    if (average_ == weighted) {
+      sum += f1(k) * (k.tp + k.fn);
+      weight += k.tp + k.fn;
+    } else if (labels || k.tp + k.fp + k.fn > 0) {  // a class neither present nor predicted is left out
+      sum += f1(k);
+      weight += 1;
+    }
   }
-  return c > 0 ? sum / static_cast<double>(c) : std::numeric_limits<double>::quiet_NaN();
+  if (weight > 0) return sum / weight;
+  // No support at all: 0 where something was predicted (scikit-learn's
+  // zero_division), NaN where nothing was measured (every target ignored).
+  bool any = false;
+  for (const auto& k : per) any = any || k.tp + k.fp + k.fn > 0;
+  return any ? 0.0 : std::numeric_limits<double>::quiet_NaN();
 }
 
 namespace {
@@ -349,23 +413,60 @@ void R2Score::check(const at::Tensor& output, const at::Tensor& target) const {
 
 void R2Score::update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const {
   const int64_t n = output.size(0);
+  if (n == 0) return;
   const at::Tensor o = output.reshape({n, -1}).to(at::kDouble), t = target.reshape({n, -1}).to(at::kDouble);
-  const at::Tensor count = at::full({t.size(1)}, static_cast<double>(n), f64(output));
-  add_sums(s, at::cat({t.sum(0), t.square().sum(0), (t - o).square().sum(0), count}));
+  if (s.sums.defined()) {  // statistics of an older cairn, mid-epoch: go on in their layout
+    const at::Tensor count = at::full({t.size(1)}, static_cast<double>(n), f64(output));
+    add_sums(s, at::cat({t.sum(0), t.square().sum(0), (t - o).square().sum(0), count}));
+    return;
+  }
+  // One row per batch: its size, and per column the mean, the squared
+  // deviations about it, the squared errors, the least and the largest target.
+  const at::Tensor mean = t.mean(0);
+  const at::Tensor row = at::cat({at::full({1}, static_cast<double>(n), f64(output)), mean,
+                                  (t - mean).square().sum(0), (t - o).square().sum(0), std::get<0>(t.min(0)),
+                                  std::get<0>(t.max(0))});
+  s.rows = s.rows.defined() ? at::cat({s.rows, row.unsqueeze(0)}) : row.unsqueeze(0);
 }
 
 double R2Score::compute(const MetricStats& s) const {
-  if (!s.sums.defined()) return std::numeric_limits<double>::quiet_NaN();
-  const at::Tensor v = read_to_cpu(s.sums);
-  const int64_t d = v.size(0) / 4;
-  const double* p = v.data_ptr<double>();
-  double sum = 0;
-  for (int64_t i = 0; i < d; ++i) {
-    const double sy = p[i], syy = p[d + i], sse = p[2 * d + i], n = p[3 * d + i];
-    const double ss_tot = syy - sy * sy / n;
-    sum += 1.0 - sse / ss_tot;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (s.sums.defined()) {
+    const at::Tensor v = read_to_cpu(s.sums);
+    const int64_t d = v.size(0) / 4;
+    const double* p = v.data_ptr<double>();
+    double sum = 0;
+    for (int64_t i = 0; i < d; ++i) {
+      const double sy = p[i], syy = p[d + i], sse = p[2 * d + i], n = p[3 * d + i];
+      const double ss_tot = syy - sy * sy / n;
+      sum += ss_tot > 0 ? 1.0 - sse / ss_tot : nan;
+    }
+    return sum / static_cast<double>(d);
   }
-  return sum / static_cast<double>(d);
+  if (!s.rows.defined()) return nan;
+  const at::Tensor r = read_to_cpu(s.rows).contiguous();
+  const int64_t batches = r.size(0), d = (r.size(1) - 1) / 5;
+  const double* p = r.data_ptr<double>();
+  double total = 0;
+  for (int64_t k = 0; k < d; ++k) {
+    // Chan et al.'s pairwise update of (n, mean, M2), batch by batch.
+    double n = 0, mean = 0, m2 = 0, sse = 0;
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+    for (int64_t b = 0; b < batches; ++b) {
+      const double* row = p + b * r.size(1);
+      const double nb = row[0], mb = row[1 + k], m2b = row[1 + d + k];
+      const double merged = n + nb, delta = mb - mean;
+      mean += delta * nb / merged;
+      m2 += m2b + delta * delta * n * nb / merged;
+      n = merged;
+      sse += row[1 + 2 * d + k];
+      lo = std::min(lo, row[1 + 3 * d + k]);
+      hi = std::max(hi, row[1 + 4 * d + k]);
+    }
+    if (!(hi > lo)) return nan;  // a constant target column: no spread to explain
+    total += 1.0 - sse / m2;
+  }
+  return total / static_cast<double>(d);
 }
 
 void Perplexity::check(const at::Tensor& output, const at::Tensor& target) const {

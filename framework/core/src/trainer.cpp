@@ -578,7 +578,9 @@ void Trainer::load_model_weights(const std::string& path) {
   const Value c = read_checkpoint(path);
   // A checkpoint whose metrics were measured with other weights (an EMA's)
   // says so: the view lays those over the model's own.
-  const Value weights = run_checkpoint::View(c, path).evaluated_weights();
+  const run_checkpoint::View view(c, path);
+  const Value weights = view.evaluated_weights();
+  loaded_weights_ = view.describe_evaluated();
   try {
     load_model_state(*model_.module, weights, /*strict=*/true);
   } catch (const CheckpointMismatch& e) {
@@ -621,6 +623,42 @@ at::Tensor Trainer::predict(const TensorDataset& ds, const std::string& ckpt) {
   return torch::cat(parts, 0);
 }
 
+void Trainer::check_monitors(bool after_validation) {
+  std::vector<std::pair<std::string, std::string>> watched;  // who, metric
+  for (const auto& cb : loop_.callbacks()) {
+    for (const auto& m : cb->monitors()) watched.emplace_back("callback " + cb->key(), m);
+  }
+  if (scheduler_ && !scheduler_->monitor().empty()) watched.emplace_back("the scheduler", scheduler_->monitor());
+  if (watched.empty()) return;
+  const bool validates = !data().valid.empty();
+  auto logged = [&] {
+    std::string out;
+    for (const auto& name : loop_.metrics().names()) {
+      if (name.rfind("test/", 0) == 0) continue;
+      out += (out.empty() ? "" : ", ") + name;
+    }
+    if (out.empty()) {
+      for (const char* split : {"train", "valid"}) {
+        if (std::string(split) == "valid" && !validates) continue;
+        out += (out.empty() ? "" : ", ") + std::string(split) + "/loss";
+        for (const auto& m : metrics_) out += ", " + std::string(split) + "/" + m->name();
+      }
+    }
+    return out;
+  };
+  for (const auto& [who, metric] : watched) {
+    if (!after_validation && metric.rfind("valid/", 0) == 0 && !validates) {
+      throw std::invalid_argument(who + " monitors '" + metric +
+                                  "', which this run never logs: it has no validation data (data.valid_fraction "
+                                  "0 or an empty valid split); it logs " + logged());
+    }
+    if (after_validation && !loop_.metrics().last(metric)) {
+      throw std::invalid_argument(who + " monitors '" + metric + "', which this run did not log by the end of epoch " +
+                                  std::to_string(loop_.state().epoch) + " (it validated); it logs " + logged());
+    }
+  }
+}
+
 void Trainer::final_test() {
   // Saves still in flight land first (a failed one rolls its callback's book
   // back to a file on disk); then the run's files answer, by the one rule
@@ -647,6 +685,7 @@ void Trainer::final_test() {
   if (loop_.process_group()) best = loop_.process_group()->broadcast_bytes(best, 0);
   std::error_code ec;
   if (best.empty() || !std::filesystem::exists(best, ec)) {
+    tested_ = "the final weights";
     if (loop_.is_rank_zero()) {
       std::cout << "cairn: testing the final weights"
                 << (options_.test_ckpt() == "best" ? " (no best checkpoint: no monitoring checkpoint callback saved one)"
@@ -664,8 +703,9 @@ void Trainer::final_test() {
     for (const auto& t : model_.module->parameters()) keep.push_back(t.detach().clone());
     for (const auto& t : model_.module->buffers()) keep.push_back(t.detach().clone());
   }
-  if (loop_.is_rank_zero()) std::cout << "cairn: testing the best checkpoint " << best << "\n";
   load_model_weights(best);
+  tested_ = "the best checkpoint " + best + ": " + loaded_weights_;
+  if (loop_.is_rank_zero()) std::cout << "cairn: testing " << tested_ << "\n";
   loop_.set_evaluating_loaded_weights(true);
   run_test();
   loop_.set_evaluating_loaded_weights(false);
@@ -701,6 +741,7 @@ FitResult Trainer::fit() {
   // and the global batch, not on how many processes share each batch.
   EpochSampler sampler(data().train.size(), st.global_batch_size, data().seed, /*shuffle=*/true);
   loop_.declare_optimizer_hook();  // train_epoch calls before_optimizer_step() before each step
+  check_monitors(/*after_validation=*/false);
   try {
     loop_.fit_begin();
     while (st.epoch < options_.max_epochs() && !loop_.should_stop()) {
@@ -708,7 +749,8 @@ FitResult Trainer::fit() {
       train_epoch(sampler);
       if (loop_.should_stop() && st.batch_in_epoch < sampler.batches_per_epoch()) break;  // mid-epoch stop
       const int64_t every = std::max<int64_t>(1, options_.check_val_every_n_epoch());
-      if ((st.epoch + 1) % every == 0 || st.epoch + 1 == options_.max_epochs()) run_validation();
+      const bool validating = (st.epoch + 1) % every == 0 || st.epoch + 1 == options_.max_epochs();
+      if (validating) run_validation();
       if (scheduler_ && scheduler_->interval() == Interval::epoch) {
         loop_.mark_stepped();  // no roll-back past a stepped schedule
         const std::string m = scheduler_->monitor();
@@ -719,6 +761,10 @@ FitResult Trainer::fit() {
         }
       }
       loop_.epoch_end();
+      if (validating && !data().valid.empty() && !monitors_checked_) {
+        monitors_checked_ = true;
+        check_monitors(/*after_validation=*/true);
+      }
     }
     if (!st.stop.interrupt && options_.run_test() && !data().test.empty()) final_test();
     loop_.fit_end();

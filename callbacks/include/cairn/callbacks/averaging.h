@@ -2,9 +2,13 @@
 // stochastic weight averaging (SWA). Both keep their state in every
 // checkpoint, so a resumed run ends with the same averages, bit for bit.
 //
-// EMA (as Lightning's EMAWeightAveraging, timm's ModelEmaV3): after every
-// `every_n_steps` optimizer steps, avg = decay * avg + (1 - decay) * weights
-// (with `warmup`, the decay of update n is min(decay, (1 + n) / (10 + n))).
+// EMA (as Lightning's EMAWeightAveraging: torch.optim.swa_utils'
+// AveragedModel with get_ema_multi_avg_fn(decay) and use_buffers=True): the
+// first update copies the weights, then after every `every_n_steps`
+// optimizer steps avg = lerp(avg, weights, 1 - decay), parameters and
+// buffers alike (BatchNorm statistics are averaged too). With `warmup`
+// (timm's), the decay of update n is min(decay, (1 + n) / (10 + n)) from the
+// first update on.
 // With validate_with: ema, validation (and fit's test pass on the final
 // weights) measures the averaged weights; the training weights come back
 // after. Checkpoints hold the average as the top-level key `ema_state_dict`
@@ -15,12 +19,15 @@
 //
 // SWA (torch.optim.swa_utils: AveragedModel, SWALR, update_bn): from epoch
 // `swa_epoch_start` (0-based; a fraction in (0, 1) means that part of
-// max_epochs), the learning rate of each parameter group anneals from its
-// value then to `swa_lrs` over `annealing_epochs` epochs (cos or linear, set
-// at every batch, over any scheduler), and the weights are averaged at every
-// epoch end: avg += (weights - avg) / (n_averaged + 1). At the end of the
-// last epoch the average replaces the weights and BatchNorm statistics are
-// recomputed over the training data. Checkpoints hold the average as
+// max_epochs), the learning rate of each parameter group follows SWALR
+// from its value then to `swa_lrs` over `annealing_epochs` epochs (cos or
+// linear; the epoch's value is set at every batch, over any scheduler), and
+// each epoch's weights join the average when its training part ends:
+// avg += (weights - avg) / (n_averaged + 1). At the last epoch the average
+// replaces the weights and BatchNorm statistics are recomputed over the
+// training data *before* that epoch's validation, so the scores logged and
+// ranked for the last epoch are the average's. A run that stops early keeps
+// its trained weights (Lightning's rule). Checkpoints hold the average as
 // `swa_state_dict`; the callback's state holds n_averaged and the phase.
 #pragma once
 
@@ -60,6 +67,8 @@ class Ema : public Callback {
   void load_state_dict(const Value& state) override;
 
   int64_t updates() const { return updates_; }
+  //! Validation (and fit's test of the final weights) measures the average.
+  bool validates_average() const { return options_.validate_with == "ema"; }
   //! The averaged parameters, in the model's parameter order.
   const std::vector<at::Tensor>& average() const { return average_; }
 
@@ -85,12 +94,16 @@ class Swa : public Callback {
  public:
   explicit Swa(SwaOptions options);
   std::string key() const override { return "SWA"; }
-  Order order() const override { return Order::producer; }
+  //! Before producers: at a validation's start the average is taken (and put
+  //! in place) before an EMA swaps its own weights in.
+  Order order() const override { return Order::weights; }
   void on_fit_begin(Loop& loop) override;
   void on_epoch_begin(Loop& loop) override;
   void on_batch_begin(Loop& loop) override;
+  void on_validation_begin(Loop& loop) override;
   void on_epoch_end(Loop& loop) override;
   void on_fit_end(Loop& loop) override;
+  void on_exception(Loop& loop) override;
   void on_save_checkpoint(Loop& loop) override;
   void on_load_checkpoint(Loop& loop) override;
   Value state_dict() const override;
@@ -102,13 +115,21 @@ class Swa : public Callback {
 
  private:
   void set_lrs(Loop& loop);
+  void average(Loop& loop);
   void apply(Loop& loop);
   SwaOptions options_;
   std::vector<at::Tensor> average_;
   std::vector<double> start_lrs_;  //!< each group's lr when averaging started
   int64_t n_averaged_ = 0;
   bool applied_ = false;           //!< the average replaced the weights
+  int64_t averaged_epoch_ = -1;    //!< the epoch whose weights joined the average last
+  bool fitting_ = false;           //!< between fit_begin and fit_end (validate/test alone never average)
 };
+
+//! torch.optim.swa_utils.SWALR's learning rate at its k-th value (k = 0 when
+//! it is made, at the first SWA epoch; +1 per epoch), computed as its
+//! get_lr() does from the value before: equal to PyTorch's, bit for bit.
+double swalr_lr(double start_lr, double swa_lr, int64_t annealing_epochs, const std::string& strategy, int64_t k);
 
 //! Recomputes BatchNorm running statistics of `model` (the C++ API's
 //! BatchNorm1d/2d/3d) as the cumulative average over `batches` (forward

@@ -87,6 +87,9 @@ class Checkpoint : public Callback {
 
   //! "Checkpoint{monitor=M,mode=X}": cadence options are not part of it.
   std::string key() const override;
+  std::vector<std::string> monitors() const override {
+    return options_.monitor().empty() ? std::vector<std::string>{} : std::vector<std::string>{options_.monitor()};
+  }
   bool claims(const std::string& saved_key) const override;
   std::string best_checkpoint(Loop& loop) override;
   Order order() const override { return Order::saver; }

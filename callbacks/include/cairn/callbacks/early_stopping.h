@@ -38,6 +38,7 @@ class EarlyStopping : public Callback {
  public:
   explicit EarlyStopping(EarlyStoppingOptions options = EarlyStoppingOptions());
   std::string key() const override;
+  std::vector<std::string> monitors() const override { return {options_.monitor()}; }
   Order order() const override { return Order::monitor; }
   void on_epoch_end(Loop& loop) override;
   Value state_dict() const override;

@@ -13,6 +13,7 @@
 #pragma once
 
 #include "cairn/config.h"
+#include "cairn/finetune.h"
 #include "cairn/registry.h"
 #include "cairn/trainer.h"
 
@@ -23,6 +24,14 @@
 
 namespace cairn {
 
+//! data.limit_train|limit_valid|limit_test: a count of examples (an integer)
+//! or a fraction of the split (a number with a point, in (0, 1]).
+struct DataLimit {
+  bool set = false;
+  bool fraction = false;
+  double value = 0;
+};
+
 struct ExperimentSpec {
   ConfigDocument doc;
   std::string name;
@@ -30,7 +39,10 @@ struct ExperimentSpec {
   std::string run_dir;
   TrainerOptions trainer;
   std::optional<std::string> init_from;  //!< model.init_from: weights to start from
+  WeightsOptions init_options;           //!< model.init_from's strict, exclude, rename
+  std::vector<std::string> freeze;       //!< trainer.freeze: parameter-name regexes frozen from the start
   Builder<std::shared_ptr<DataModule>> data;
+  DataLimit limit_train, limit_valid, limit_test;  //!< for every data set (fashion_mnist reads its own train/test counts)
   Builder<Model> model;
   Builder<std::shared_ptr<torch::optim::Optimizer>> optimizer;
   std::optional<Builder<std::shared_ptr<Scheduler>>> scheduler;
@@ -40,6 +52,8 @@ struct ExperimentSpec {
   std::vector<Builder<std::shared_ptr<Metric>>> metrics;
   //! Where the loss, each metric and the data were configured (for errors found at build).
   std::vector<ConfigNode> loss_node, metric_nodes, data_node;
+  //! The callbacks' and the scheduler's nodes (where a monitor is reported).
+  std::vector<ConfigNode> callback_nodes, scheduler_node, trainer_node, init_node;
   //! The resolved config (defaults filled in), as written to <run dir>/config.yaml.
   const YAML::Node& resolved() const { return doc.resolved; }
 };

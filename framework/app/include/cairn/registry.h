@@ -42,6 +42,10 @@ struct BuildContext {
   //! The loss's targets are floats (regression, multi-label), not class indices:
   //! data sets read their targets accordingly. Set before the data is built.
   bool float_targets = false;
+  //! The class target the loss ignores (loss.ignore_index): metrics ignore it too.
+  int64_t ignore_index = -100;
+  //! trainer.freeze: the patterns a finetuning callback unfreezes by default.
+  std::vector<std::string> freeze;
 };
 
 template <class T>

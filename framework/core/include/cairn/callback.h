@@ -18,6 +18,7 @@
 #include "cairn/stateful.h"
 
 #include <string>
+#include <vector>
 
 namespace cairn {
 
@@ -79,6 +80,10 @@ class Callback : public Stateful {
   //! The folder this callback writes checkpoints to ("" for callbacks that do not);
   //! `cairn fit --resume auto` looks there.
   virtual std::string checkpoint_dir(const Loop& loop) const { (void)loop; return ""; }
+  //! The metrics this callback decides by ("valid/acc"): the Trainer refuses
+  //! a monitor its run cannot log before training, and stops the run when
+  //! one has not appeared by the end of the first epoch that validated.
+  virtual std::vector<std::string> monitors() const { return {}; }
 
   Value state_dict() const override { return Value(); }
   void load_state_dict(const Value&) override {}

@@ -46,6 +46,7 @@ const char* event_name(Event e);
 
 //! Slot groups, run in this order for every event.
 enum class Order : int {
+  weights = -1,  //!< replaces the model's weights (SWA), before anything measures them
   producer = 0,  //!< computes metrics others read (e.g. a custom metric)
   normal = 1,    //!< loggers, progress, most callbacks
   monitor = 2,   //!< reads final metrics and may request a stop (early stopping)

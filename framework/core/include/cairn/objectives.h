@@ -56,6 +56,9 @@ class Loss {
   virtual at::Tensor operator()(const at::Tensor& output, const at::Tensor& target) const = 0;
   //! Throws ShapeMismatch when `output` and `target` cannot go together.
   virtual void check(const at::Tensor& output, const at::Tensor& target) const = 0;
+  //! The class target this loss ignores (cross_entropy and nll; -100, PyTorch's
+  //! default, elsewhere): the classification metrics ignore it too.
+  virtual int64_t ignore_index() const { return -100; }
   //! Whether targets are class indices (int64) rather than floats.
   virtual bool class_targets() const = 0;
 };
@@ -73,6 +76,7 @@ class CrossEntropyLoss : public Loss {
   at::Tensor operator()(const at::Tensor& output, const at::Tensor& target) const override;
   void check(const at::Tensor& output, const at::Tensor& target) const override;
   bool class_targets() const override { return true; }
+  int64_t ignore_index() const override { return o_.ignore_index; }
 
  protected:
   at::Tensor weight_on(const at::Tensor& like) const;
@@ -160,8 +164,10 @@ class Metric {
 std::string metric_state_shape(const MetricStats& stats, int64_t exact, int64_t multiple, int64_t width);
 
 //! Fraction of correct predictions (see the table above). Logged as "acc".
+//! Class targets equal to `ignore_index` count for nothing (as the loss's).
 class Accuracy : public Metric {
  public:
+  explicit Accuracy(int64_t ignore_index = -100) : ignore_index_(ignore_index) {}
   std::string name() const override { return "acc"; }
   void update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const override;
   double compute(const MetricStats& s) const override;
@@ -170,12 +176,15 @@ class Accuracy : public Metric {
   //! The old host mean of batch accuracies weighted by batch size is the
   //! count of correct predictions over the examples: exactly these statistics.
   bool fold_host_mean(MetricStats& stats, double sum, double weight) const override;
+
+ protected:
+  int64_t ignore_index_;
 };
 
 //! A target among the k largest outputs. Logged as "top{k}_acc".
 class TopKAccuracy : public Accuracy {
  public:
-  explicit TopKAccuracy(int64_t k) : k_(k) {}
+  explicit TopKAccuracy(int64_t k, int64_t ignore_index = -100) : Accuracy(ignore_index), k_(k) {}
   std::string name() const override { return "top" + std::to_string(k_) + "_acc"; }
   void update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const override;
   void check(const at::Tensor& output, const at::Tensor& target) const override;
@@ -184,15 +193,22 @@ class TopKAccuracy : public Accuracy {
   int64_t k_;
 };
 
-//! F1 over `classes` classes (or labels, for float multi-label targets):
-//! macro averages the per-class F1 (a class never predicted nor present
-//! counts 0, as scikit-learn's zero_division=0 over all labels), micro pools
-//! the counts. Logged as "f1_macro" / "f1_micro".
+//! F1 as scikit-learn's f1_score and torchmetrics define it. Class targets
+//! (`classes` > 0): macro averages the per-class F1 over the classes present
+//! or predicted (a class neither present nor predicted is left out), weighted
+//! weighs each by its support, micro pools the counts (= accuracy); targets
+//! equal to `ignore_index` count for nothing. Float targets (`classes` 0): one
+//! column (or [N]) is a binary task of two classes, 0 and 1, averaged the same
+//! way; several columns are labels, each counted (an absent label's F1 is 0).
+//! Logged as "f1_macro" / "f1_micro" / "f1_weighted".
 class F1Score : public Metric {
  public:
-  enum Average { macro, micro };
-  F1Score(int64_t classes, Average average) : classes_(classes), average_(average) {}
-  std::string name() const override { return average_ == macro ? "f1_macro" : "f1_micro"; }
+  enum Average { macro, micro, weighted };
+  F1Score(int64_t classes, Average average, int64_t ignore_index = -100)
+      : classes_(classes), average_(average), ignore_index_(ignore_index) {}
+  std::string name() const override {
+    return average_ == macro ? "f1_macro" : average_ == micro ? "f1_micro" : "f1_weighted";
+  }
   void update(MetricStats& s, const at::Tensor& output, const at::Tensor& target) const override;
   double compute(const MetricStats& s) const override;
   void check(const at::Tensor& output, const at::Tensor& target) const override;
@@ -201,6 +217,7 @@ class F1Score : public Metric {
  private:
   int64_t classes_;
   Average average_;
+  int64_t ignore_index_;
 };
 
 //! Area under the ROC curve of a binary task, exact (ties share their rank,
@@ -232,7 +249,10 @@ class ErrorMetric : public Metric {
 
 //! Coefficient of determination per output column (the dimensions past the
 //! first, flattened), averaged uniformly over the columns (scikit-learn's
-//! default). A constant target column gives NaN. Logged as "r2".
+//! default): 1 - SSE / sum((y - mean y)^2), the spread taken about the mean
+//! (each batch's centred sums, merged pairwise: no cancellation). A constant
+//! target column gives NaN (there is no spread to explain), and so does the
+//! average. Logged as "r2".
 class R2Score : public Metric {
  public:
   std::string name() const override { return "r2"; }

@@ -99,8 +99,21 @@ class View {
   //! scores were measured with (`evaluate_with`, e.g. an EMA's parameters)
   //! laid over them when it names one. Throws when either is missing.
   Value evaluated_weights() const;
+  //! state_dict with the weight set `key` ("ema_state_dict", "swa_state_dict")
+  //! laid over it, a whole state_dict; `key` "state_dict" is the model's own.
+  //! Throws CheckpointError naming what is missing.
+  Value weights(const std::string& key) const;
+  //! Whether the checkpoint holds the weight set `key`.
+  bool holds(const std::string& key) const;
   //! The name of that weight set ("state_dict" when the model's own).
   std::string evaluated_with() const;
+  //! What those weights are, the one rule for "the model" of a checkpoint:
+  //! "ema" (an EMA's average measured by validation: `ema_state_dict`),
+  //! "swa" (the SWA average, in place in `state_dict`: key `model_weights`),
+  //! else "model" (the trained weights, `state_dict`).
+  std::string evaluated_kind() const;
+  //! The same in words, for the console: "the EMA average (ema_state_dict)".
+  std::string describe_evaluated() const;
 
   //! One metric series (metrics["split/name"]).
   struct Series {

@@ -188,6 +188,9 @@ class Trainer {
   at::Tensor predict(const TensorDataset& data, const std::string& ckpt = "");
   //! Loads the weights (state_dict) of checkpoint file `path` into the model.
   void load_model_weights(const std::string& path);
+  //! What fit's final test measured, in words ("the best checkpoint P: the
+  //! SWA average (state_dict)", "the final weights"); "" before one ran.
+  const std::string& tested() const { return tested_; }
 
   Model& model() { return model_; }
   DataModule& data();
@@ -238,6 +241,13 @@ class Trainer {
   void run_test();
   //! One pass over the valid or test split (shared by both): returns the
   //! names of the metrics it logged.
+  //! Refuses a monitor (a callback's, the scheduler's) this run cannot log:
+  //! before training, a valid/ metric without validation data; after the
+  //! first epoch that validated, any monitor still without a value.
+  void check_monitors(bool after_validation);
+  std::string tested_;          //!< what fit's final test measured, in words
+  std::string loaded_weights_;  //!< what load_model_weights last loaded, in words
+  bool monitors_checked_ = false;
   std::vector<std::string> run_eval(const std::string& split);
   //! fit()'s test pass, with the weights options().test_ckpt() asks for.
   void final_test();
