@@ -323,10 +323,23 @@ TEST_CASE("metrics equal scikit-learn and torchmetrics: F1 averages, binary task
     got.set("r2", values(cairn::R2Score(), out, y));
     cairn::Value k = cairn::Value::dict();
     k.set("kind", "r2");
+    k.set("far_from_zero", true);
     k.set("output", out);
     k.set("target", y);
     k.set("cairn", got);
     cases.set("r2", k);
+    // Near 0 and of unit scale, where every formula keeps its digits (torchmetrics compared too:
+    // it counts a column whose squared errors sum below 1e-4 as perfect, hence no small scales here).
+    const at::Tensor y0 = torch::randn({149, 3}, torch::kDouble) * torch::tensor({1.0, 5.0, 2.0}, torch::kDouble);
+    const at::Tensor out0 = y0 + torch::randn({149, 3}, torch::kDouble) * torch::tensor({0.3, 1.0, 0.5}, torch::kDouble);
+    cairn::Value g0 = cairn::Value::dict();
+    g0.set("r2", values(cairn::R2Score(), out0, y0));
+    cairn::Value k0 = cairn::Value::dict();
+    k0.set("kind", "r2");
+    k0.set("output", out0);
+    k0.set("target", y0);
+    k0.set("cairn", g0);
+    cases.set("r2_near_zero", k0);
     // A constant target column: NaN (the docs' rule), not -inf.
     at::Tensor yc = y.clone();
     yc.select(1, 1).fill_(0.1);

@@ -283,6 +283,17 @@ void Checkpoint::on_batch_end_due(Loop& loop) {
   }
 }
 
+void Checkpoint::on_validation_end(Loop& loop) {
+  const auto& st = loop.state();
+  const bool inside_epoch = st.stage == Stage::validate && st.batches_per_epoch > 0 && st.batch_in_epoch > 0 &&
+                            st.batch_in_epoch < st.batches_per_epoch && !st.epoch_finished;
+  if (!inside_epoch || options_.monitor().empty() || loop.evaluating_loaded_weights()) return;
+  // A save at this step's batch_end (every_n_train_steps) came before the
+  // validation: this state holds its scores, so it is not "already on disk".
+  if (last_saved_step_ == st.global_step && !last_saved_epoch_end_) last_saved_step_ = -1;
+  save(loop);
+}
+
 void Checkpoint::on_epoch_end(Loop& loop) {
   if (options_.every_n_epochs() > 0 && (loop.state().epoch + 1) % options_.every_n_epochs() == 0) save(loop);
 }

@@ -17,6 +17,13 @@ std::string EarlyStopping::key() const {
   return "EarlyStopping{monitor=" + options_.monitor() + ",mode=" + mode_name(options_.mode()) + "}";
 }
 
+void EarlyStopping::on_validation_end(Loop& loop) {
+  const auto& st = loop.state();
+  if (st.batches_per_epoch > 0 && st.batch_in_epoch > 0 && st.batch_in_epoch < st.batches_per_epoch && !st.epoch_finished) {
+    on_epoch_end(loop);
+  }
+}
+
 void EarlyStopping::on_epoch_end(Loop& loop) {
   const auto n = static_cast<int64_t>(loop.metrics().count(options_.monitor()));
   if (n <= seen_) return;  // no new value: nothing to judge

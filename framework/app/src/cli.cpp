@@ -21,6 +21,9 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -44,7 +47,7 @@ const char* kUsage =
     "usage:\n"
     "  cairn fit --config FILE [--set dotted.key=value]... [--run-dir DIR]\n"
     "            [--resume auto|never|PATH] [--overwrite] [--allow-config-change]\n"
-    "            [--nproc N [--max-restarts K]]\n"
+    "            [--nproc N [--max-restarts K]] [--fast-dev-run [N]]\n"
     "  cairn test     --config FILE [--ckpt best|last|PATH] [--run-dir DIR] [--input FILE] [--json]\n"
     "  cairn validate --config FILE [--ckpt best|last|PATH] [--run-dir DIR] [--input FILE] [--json]\n"
     "  cairn predict  --config FILE [--ckpt best|last|PATH] [--run-dir DIR]\n"
@@ -64,7 +67,10 @@ const char* kUsage =
     "data, the sample order or the schedule is refused unless\n"
     "--allow-config-change is given. --nproc N trains with N processes on this\n"
     "machine (data parallel; data.batch_size is per process) and restarts them\n"
-    "all from the last checkpoint up to K times when one dies.\n"
+    "all from the last checkpoint up to K times when one dies. --fast-dev-run\n"
+    "trains, validates and tests N batches (default 1) of each split in a\n"
+    "scratch folder that is removed: a quick check of a config that writes\n"
+    "nothing to the run directory.\n"
     "Exit codes: 0 done, 1 unexpected error,\n"
     "2 bad usage/config (or a refused config change), 3 unusable checkpoint,\n"
     "4 the run directory is in use by another process, 5 the final checkpoint\n"
@@ -107,6 +113,7 @@ struct Args {
   std::vector<std::string> positional;
   int nproc = 1;
   int max_restarts = 0;
+  int fast_dev_run = 0;  //!< fit --fast-dev-run [N]: N batches of each split, nothing kept
   std::vector<std::string> raw;  //!< argv[1..] without --nproc and --max-restarts (for the workers)
   std::vector<std::string> given;  //!< the options on the command line, by name ("--ckpt")
 };
@@ -116,7 +123,7 @@ struct Args {
 const std::map<std::string, std::set<std::string>>& options_by_command() {
   static const std::map<std::string, std::set<std::string>> table{
       {"fit", {"--config", "--set", "--run-dir", "--resume", "--overwrite", "--allow-config-change", "--nproc",
-               "--max-restarts"}},
+               "--max-restarts", "--fast-dev-run"}},
       {"test", {"--config", "--set", "--run-dir", "--ckpt", "--input", "--json"}},
       {"validate", {"--config", "--set", "--run-dir", "--ckpt", "--input", "--json"}},
       {"predict", {"--config", "--set", "--run-dir", "--ckpt", "--split", "--input", "--out"}},
@@ -210,6 +217,16 @@ Args parse_args(int argc, char** argv) {
     } else if (is("--max-restarts")) {
       a.max_restarts = parse_count("--max-restarts", value("--max-restarts"), 0);
       continue;
+    } else if (switch_("--fast-dev-run") || is("--fast-dev-run")) {
+      // An optional count: --fast-dev-run, --fast-dev-run 3, --fast-dev-run=3.
+      const std::string prefix = "--fast-dev-run=";
+      if (arg.compare(0, prefix.size(), prefix) == 0) {
+        a.fast_dev_run = parse_count("--fast-dev-run", arg.substr(prefix.size()), 1);
+      } else if (i + 1 < argc && argv[i + 1][0] >= '0' && argv[i + 1][0] <= '9') {
+        a.fast_dev_run = parse_count("--fast-dev-run", argv[++i], 1);
+      } else {
+        a.fast_dev_run = 1;
+      }
     } else if (switch_("--overwrite")) {
       a.overwrite = true;
     } else if (switch_("--allow-config-change")) {
@@ -759,8 +776,67 @@ std::string evaluated_rule(const Loop& loop) {
   return out;
 }
 
+//! Removes a folder and what it holds (nftw: std::filesystem::remove_all is
+//! avoided, as elsewhere in cairn, for the torch wheel's sake).
+void remove_folder(const std::string& dir) {
+  ::nftw(dir.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+         FTW_DEPTH | FTW_PHYS);
+}
+
+//! cairn fit --fast-dev-run [N]: one epoch of N batches per split in a
+//! scratch run folder, removed at the end; a callback that writes elsewhere
+//! (an explicit dirpath/path/dir) is refused rather than allowed to write.
+int fast_dev_run(const Args& a) {
+  if (a.nproc > 1) throw UsageError("--fast-dev-run runs one process (drop --nproc)");
+  if (a.resume_given || a.overwrite || !a.run_dir.empty()) {
+    throw UsageError("--fast-dev-run keeps nothing: --resume, --overwrite and --run-dir do not apply");
+  }
+  ExperimentSpec spec = parse_experiment(a.config, a.sets);
+  const YAML::Node cbs = spec.doc.resolved["callbacks"];
+  for (size_t i = 0; cbs && cbs.IsSequence() && i < cbs.size(); ++i) {
+    for (const char* key : {"dirpath", "path", "dir"}) {
+      const YAML::Node v = cbs[i][key];
+      if (v && v.IsScalar() && !v.Scalar().empty()) {
+        throw UsageError("--fast-dev-run writes nothing, but callbacks[" + std::to_string(i) + "]." + key + " is set (" +
+                         v.Scalar() + "); remove it to try the config");
+      }
+    }
+  }
+  const int64_t bs = spec.doc.resolved["data"]["batch_size"] ? spec.doc.resolved["data"]["batch_size"].as<int64_t>() : 64;
+  const DataLimit n{true, false, static_cast<double>(a.fast_dev_run * bs)};
+  spec.limit_train = spec.limit_valid = spec.limit_test = n;
+  spec.trainer.max_epochs(1);
+  spec.trainer.max_steps(0);
+  std::string scratch = (fs::temp_directory_path() / "cairn-fast-dev-run-XXXXXX").string();
+  if (!::mkdtemp(scratch.data())) throw std::runtime_error("cannot make a scratch folder: " + std::string(std::strerror(errno)));
+  std::cout << "cairn: fast dev run: " << a.fast_dev_run << " batch(es) of " << bs
+            << " examples from each split, one epoch, in " << scratch << " (removed at the end; nothing is written to "
+            << spec.run_dir << ")\n";
+  int rc = kExitOk;
+  try {
+    signals::install();
+    std::unique_ptr<Trainer> trainer = build_trainer(spec, scratch);
+    const FitResult r = trainer->fit();
+    if (r.interrupted) rc = 128 + r.signal;
+    std::string line;
+    for (const auto& name : trainer->loop().metrics().names()) {
+      if (name.find("_step") != std::string::npos) continue;
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.4f", trainer->loop().metrics().last(name).value_or(0.0));
+      line += (line.empty() ? "" : ", ") + name + " " + buf;
+    }
+    std::cout << "cairn: fast dev run passed: " << line << "\n";
+  } catch (...) {
+    remove_folder(scratch);
+    throw;
+  }
+  remove_folder(scratch);
+  return rc;
+}
+
 int cmd_fit(const Args& a) {
   if (a.config.empty()) throw UsageError("fit needs --config FILE");
+  if (a.fast_dev_run > 0) return fast_dev_run(a);
   if (a.resume.empty()) throw UsageError("--resume needs auto, never or a checkpoint path");
   ExperimentSpec spec = parse_experiment(a.config, a.sets);
   if (a.nproc > 1) return launch(a, spec);

@@ -178,6 +178,16 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
   attempt([&] {
     ConfigNode trainer = top.get_map("trainer");
     spec.trainer.max_epochs(trainer.get_int("max_epochs", 10, 1));
+    spec.trainer.max_steps(trainer.get_optional_int("max_steps", 1).value_or(0));
+    // Every N training batches (an integer) or that fraction of an epoch (a number with a point).
+    if (const YAML::Node v = trainer.node()["val_check_interval"]; v && v.IsScalar() && v.Scalar() != "null" && v.Scalar() != "~") {
+      const bool fraction = v.Scalar().find_first_of(".eE") != std::string::npos;
+      spec.trainer.val_check_fraction(fraction);
+      spec.trainer.val_check_interval(fraction ? trainer.get_double("val_check_interval", std::nullopt, 0.0, 1.0, true)
+                                               : static_cast<double>(trainer.get_int("val_check_interval", 1, 1)));
+    } else {
+      (void)trainer.get_optional_int("val_check_interval", 1);
+    }
     spec.trainer.threads(trainer.get_int("threads", 1, 0, 1024));
     spec.trainer.device(trainer.get_string("device", std::string("auto")));
     {

@@ -412,9 +412,34 @@ void Trainer::clip_gradients() {
   for (auto& g : grads) g.mul_(factor.to(g.scalar_type()));
 }
 
+int64_t Trainer::val_check_batches(int64_t n) {
+  const double v = options_.val_check_interval();
+  if (v <= 0 || data().valid.empty()) return 0;
+  const int64_t every = options_.val_check_fraction() ? std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(n) * v))
+                                                      : static_cast<int64_t>(v);
+  if (every > n) {
+    throw std::invalid_argument("trainer.val_check_interval is " + std::to_string(every) + " batches, but an epoch has " +
+                                std::to_string(n) + ": use at most " + std::to_string(n) + " (or a fraction of the epoch)");
+  }
+  return every;
+}
+
 void Trainer::train_epoch(EpochSampler& sampler) {
   auto& st = loop_.state();
   const int64_t n = sampler.batches_per_epoch();
+  // Validation inside the epoch (trainer.val_check_interval), after batch
+  // `done` of it; the epoch's end validates as always.
+  const int64_t val_every = val_check_batches(n);
+  auto validates_after = [&](int64_t done) { return val_every > 0 && done > 0 && done < n && done % val_every == 0; };
+  if (validates_after(st.batch_in_epoch)) {
+    // Resumed at a validation point: the validation runs unless it already ran
+    // (a checkpoint saved at its end).
+    const auto points = loop_.metrics().series("valid/loss");
+    if (points.empty() || points.back().step != st.global_step) {
+      run_validation();
+      if (loop_.should_stop()) return;
+    }
+  }
   const int64_t accumulate = std::max<int64_t>(1, options_.accumulate_grad_batches());
   model_.module->train();
   const int64_t world = loop_.world_size(), rank = loop_.rank();
@@ -532,6 +557,10 @@ void Trainer::train_epoch(EpochSampler& sampler) {
     }
     loop_.batch_end();
     if (loop_.should_stop() && !st.accumulating) return;
+    if (!st.accumulating && validates_after(k + 1)) {
+      run_validation();  // leaves the model in training mode
+      if (loop_.should_stop()) return;
+    }
   }
 }
 
@@ -728,6 +757,18 @@ FitResult Trainer::fit() {
     if (resume_info_.resumed && st.finished && st.stop.reason.empty() && st.epoch < options_.max_epochs()) {
       st.finished = false;
     }
+    // One that max_steps ended continues when it may take more steps; one
+    // already past a (lowered) max_steps has nothing to do.
+    const bool more_steps = options_.max_steps() <= 0 || st.global_step < options_.max_steps();
+    if (resume_info_.resumed && !st.finished && !more_steps) {
+      st.finished = true;
+      st.stop.reason = "max_steps: " + std::to_string(options_.max_steps()) + " optimizer steps done";
+    }
+    if (resume_info_.resumed && st.finished && st.stop.reason.rfind("max_steps", 0) == 0 && more_steps &&
+        st.epoch < options_.max_epochs()) {
+      st.finished = false;
+      st.stop.reason.clear();
+    }
     if (resume_info_.resumed && st.finished) {
       loop_.release_held();  // no fit_end comes: the folder is free again
       result.already_finished = true;
@@ -742,6 +783,19 @@ FitResult Trainer::fit() {
   EpochSampler sampler(data().train.size(), st.global_batch_size, data().seed, /*shuffle=*/true);
   loop_.declare_optimizer_hook();  // train_epoch calls before_optimizer_step() before each step
   check_monitors(/*after_validation=*/false);
+  (void)val_check_batches(EpochSampler(data().train.size(), st.global_batch_size, data().seed, true).batches_per_epoch());
+  // max_steps: a stop request at the step that reaches it (as a callback's,
+  // so every rank agrees on it at that batch_end).
+  ScopedConnection step_limit;
+  if (options_.max_steps() > 0) {
+    const int64_t limit = options_.max_steps();
+    step_limit = loop_.on(Event::batch_end, [limit](Loop& loop) {
+      auto& s = loop.state();
+      if (s.accumulating || s.global_step < limit || s.stop.requested) return;
+      s.stop.requested = true;
+      s.stop.reason = "max_steps: " + std::to_string(limit) + " optimizer steps done";
+    }, Order::monitor);
+  }
   try {
     loop_.fit_begin();
     while (st.epoch < options_.max_epochs() && !loop_.should_stop()) {

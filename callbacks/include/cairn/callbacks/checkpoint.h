@@ -97,6 +97,9 @@ class Checkpoint : public Callback {
   void on_fit_begin(Loop& loop) override;
   bool needs_batch_loss(const Loop& loop) const override;
   void on_batch_end(Loop& loop) override;
+  //! A validation inside an epoch (trainer.val_check_interval) with a
+  //! monitor: its score is ranked and saved as at an epoch's end.
+  void on_validation_end(Loop& loop) override;
   void on_epoch_end(Loop& loop) override;
   void on_fit_end(Loop& loop) override;
   void on_exception(Loop& loop) override;

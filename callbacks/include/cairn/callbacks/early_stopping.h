@@ -39,6 +39,8 @@ class EarlyStopping : public Callback {
   explicit EarlyStopping(EarlyStoppingOptions options = EarlyStoppingOptions());
   std::string key() const override;
   std::vector<std::string> monitors() const override { return {options_.monitor()}; }
+  //! A validation inside an epoch (trainer.val_check_interval) is a check too.
+  void on_validation_end(Loop& loop) override;
   Order order() const override { return Order::monitor; }
   void on_epoch_end(Loop& loop) override;
   Value state_dict() const override;

@@ -42,6 +42,17 @@ struct GraphedStep;
 struct TrainerOptions {
   //! Epochs to train.
   TORCH_ARG(int64_t, max_epochs) = 10;
+  //! Optimizer steps to train (0: no limit): the run stops after that step
+  //! (at max_epochs if that comes first). A stop in the middle of an epoch
+  //! skips that epoch's validation; resumed with a larger max_steps (or
+  //! none), the run continues at that batch.
+  TORCH_ARG(int64_t, max_steps) = 0;
+  //! Validation inside an epoch as well as at its end (0: at the end only):
+  //! every N training batches (an integer >= 1), or every that fraction of the
+  //! epoch's batches (val_check_fraction). A resume at such a point runs the
+  //! validation it had not run yet first, so the metric history is the same.
+  TORCH_ARG(double, val_check_interval) = 0;
+  TORCH_ARG(bool, val_check_fraction) = false;
   //! fit() handles SIGTERM and SIGINT while it runs (signals::Scope): the
   //! first one stops at the next batch boundary, the checkpoint callbacks
   //! save, and fit returns with `interrupted` set (exit with 128 + signal); a
@@ -245,6 +256,8 @@ class Trainer {
   //! before training, a valid/ metric without validation data; after the
   //! first epoch that validated, any monitor still without a value.
   void check_monitors(bool after_validation);
+  //! The batches between validations inside an epoch of `n` batches (0: none).
+  int64_t val_check_batches(int64_t n);
   std::string tested_;          //!< what fit's final test measured, in words
   std::string loaded_weights_;  //!< what load_model_weights last loaded, in words
   bool monitors_checked_ = false;
