@@ -3,6 +3,7 @@
 #include "support.h"
 
 #include <cairn/distributed.h>
+#include <cairn/objectives.h>
 
 #include <algorithm>
 #include <csignal>
@@ -436,4 +437,77 @@ TEST_CASE("cairn fit in a job whose peer never arrives exits 6 within distribute
                                    0, rank_env(0, 2, cairn::free_local_port()));
   CHECK(test::wait_exit(nested) == 2);
   CHECK(test::read_file(dir / "nested.log").find("already rank 0 of one") != std::string::npos);
+}
+
+TEST_CASE("metrics measured over two ranks (c10d Gloo, uneven shares, several batches) equal one process's, which "
+          "test_objectives compares with scikit-learn and torchmetrics") {
+  torch::manual_seed(31);
+  const int64_t n = 203, c = 7;
+  at::Tensor logits = torch::randn({n, c});
+  logits.select(1, 6).fill_(-1e9);  // a class never predicted
+  at::Tensor y = torch::randint(0, 5, {n}, torch::kLong);
+  y.masked_fill_(torch::rand({n}) < 0.2, -100);  // ignored targets
+  const at::Tensor score = (torch::randn({n}, torch::kDouble) * 3).round() / 10;  // ties
+  const at::Tensor label = torch::bernoulli(torch::full({n}, 0.35, torch::kDouble)).to(torch::kLong);
+  const at::Tensor ry = torch::randn({n, 3}, torch::kDouble) * torch::tensor({1.0, 5.0, 2.0}, torch::kDouble) + 3.0;
+  const at::Tensor rout = ry + torch::randn({n, 3}, torch::kDouble) * 0.5;
+  struct M {
+    std::string name;
+    std::shared_ptr<const cairn::Metric> metric;
+    at::Tensor out, target;
+  };
+  const std::vector<M> ms = {
+      {"valid/acc", std::make_shared<cairn::Accuracy>(), logits, y},
+      {"valid/top3_acc", std::make_shared<cairn::TopKAccuracy>(3), logits, y},
+      {"valid/f1_macro", std::make_shared<cairn::F1Score>(c, cairn::F1Score::macro), logits, y},
+      {"valid/f1_weighted", std::make_shared<cairn::F1Score>(c, cairn::F1Score::weighted), logits, y},
+      {"valid/auroc", std::make_shared<cairn::BinaryAuroc>(), score, label},
+      {"valid/r2", std::make_shared<cairn::R2Score>(), rout, ry},
+  };
+  // One process, all the data at once.
+  std::map<std::string, double> one;
+  for (const auto& m : ms) {
+    cairn::MetricStats s;
+    m.metric->update(s, m.out, m.target);
+    one[m.name] = m.metric->compute(s);
+  }
+  // Two ranks: rank 0 rows [0, 70), rank 1 [70, 203), in batches of 17.
+  const int port = cairn::free_local_port();
+  std::map<std::string, double> got[2];
+  std::string errors[2];
+  auto rank = [&](int r) {
+    try {
+      const cairn::DistEnv env = cairn::DistEnv::from(rank_env(r, 2, port));
+      auto group = cairn::ProcessGroup::join(env, std::chrono::seconds(60), "gloo");
+      cairn::Loop loop;
+      loop.set_process_group(group);
+      for (const auto& m : ms) loop.declare_metric(m.name, m.metric);
+      loop.validation_begin();
+      const int64_t begin = r == 0 ? 0 : 70, end = r == 0 ? 70 : n;
+      for (int64_t b = begin; b < end; b += 17) {
+        for (const auto& m : ms) {
+          loop.update_metric(m.name, m.out.slice(0, b, std::min(b + 17, end)), m.target.slice(0, b, std::min(b + 17, end)));
+        }
+      }
+      loop.validation_end();
+      for (const auto& m : ms) got[r][m.name] = loop.metrics().last(m.name).value_or(NAN);
+    } catch (const std::exception& e) {
+      errors[r] = e.what();
+    }
+  };
+  std::thread other(rank, 1);
+  rank(0);
+  other.join();
+  REQUIRE_MESSAGE(errors[0].empty(), errors[0]);
+  REQUIRE_MESSAGE(errors[1].empty(), errors[1]);
+  for (const auto& m : ms) {
+    INFO(m.name << ": one process " << one[m.name] << ", ranks " << got[0][m.name] << " and " << got[1][m.name]);
+    CHECK(got[0][m.name] == got[1][m.name]);
+    // Counts and rows are exact in any split; R² merges centred batch sums (float64 rounding).
+    if (m.name == "valid/r2") {
+      CHECK(std::abs(got[0][m.name] - one[m.name]) <= 1e-12);
+    } else {
+      CHECK(got[0][m.name] == one[m.name]);
+    }
+  }
 }

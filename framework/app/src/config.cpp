@@ -347,7 +347,8 @@ std::vector<std::string> ConfigNode::get_names(const std::string& key, std::opti
     for (const auto& x : out) {
       if (x.empty()) throw YAML::Exception(n.Mark(), "empty name");
     }
-    if (out.empty()) throw YAML::Exception(n.Mark(), "no names");
+    // An empty list is "none" where that is the default (trainer.freeze: []).
+    if (out.empty() && !(def && def->empty())) throw YAML::Exception(n.Mark(), "no names");
     return out;
   });
   if (v.size() == 1) {

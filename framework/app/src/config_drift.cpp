@@ -64,6 +64,7 @@ std::string unsafe_reason(const std::string& key) {
   if (key == "trainer.accumulate_grad_batches") return "what a step and the saved position mean";
   if (key == "trainer.precision") return "the numerics of every step (and a 16-mixed run's loss scale)";
   if (starts_with(key, "trainer.gradient_clip")) return "the update rule";
+  if (key == "trainer.freeze") return "the optimizer's parameter groups, which the checkpoint's optimizer state follows";
   return "";
 }
 
@@ -105,6 +106,10 @@ std::vector<ConfigChange> diff_configs(const Value& saved, const Value& current)
   if (saved.is_dict() && !has_prefix("metrics")) a["metrics[0].name"] = "accuracy";
   if (saved.is_dict() && has_prefix("trainer.") && !a.count("trainer.precision")) a["trainer.precision"] = "32";
   if (saved.is_dict() && has_prefix("trainer.") && !a.count("trainer.cuda_graphs")) a["trainer.cuda_graphs"] = "false";
+  // Runs saved before trainer.freeze existed froze nothing.
+  if (saved.is_dict() && has_prefix("trainer.") && !a.count("trainer.freeze") && b.count("trainer.freeze")) {
+    a["trainer.freeze"] = b.at("trainer.freeze") == "[]" ? "[]" : "null";
+  }
   // Runs saved before the step modes existed took the per-parameter step.
   const std::string saved_optimizer = get(a, "optimizer.name");
   if ((saved_optimizer == "adam" || saved_optimizer == "adamw") && !a.count("optimizer.fused")) a["optimizer.fused"] = "false";
