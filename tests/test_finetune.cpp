@@ -51,6 +51,13 @@ TEST_CASE("load_weights: strict lists every mismatch; strict false, exclude and 
   r = cairn::load_weights(*same.ptr(), dir / "pre.pt", ex);
   CHECK(r.excluded == std::vector<std::string>{"2.weight", "2.bias"});
   CHECK_FALSE(torch::equal(same[2]->as<torch::nn::Linear>()->weight, pre[2]->as<torch::nn::Linear>()->weight));
+  // strict with exclude: everything not excluded must fit; the excluded head is left new on purpose.
+  auto strict_ex = net(3);
+  cairn::WeightsOptions sx;
+  sx.exclude = {"^2\\."};
+  r = cairn::load_weights(*strict_ex.ptr(), dir / "pre.pt", sx);
+  CHECK(r.loaded.size() == 2);
+  CHECK(r.left_new == std::vector<std::string>{"2.weight", "2.bias"});
   // rename: the file's names onto the model's.
   auto renamed = net(3);
   cairn::WeightsOptions rn;

@@ -316,6 +316,7 @@ void Swa::on_exception(Loop&) { fitting_ = false; }
 void Swa::apply(Loop& loop) {
   copy_into(parameters_of(loop), average_);
   applied_ = true;
+  applied_step_ = loop.state().global_step;
   if (loop.train_pass()) {
     update_batchnorm(*loop.model(), loop.train_pass());
   } else if (update_batchnorm(*loop.model(), nullptr) > 0) {
@@ -326,8 +327,11 @@ void Swa::apply(Loop& loop) {
 
 void Swa::on_save_checkpoint(Loop& loop) {
   if (!average_.empty()) loop.pending_checkpoint().set("swa_state_dict", as_state_dict(loop, average_));
-  // state_dict is the average from here on: what its scores measured (View::evaluated_kind).
-  if (applied_) loop.pending_checkpoint().set("model_weights", "swa");
+  // state_dict is the average until a run resumed with more epochs trains on
+  // from it: what its scores measured (View::evaluated_kind).
+  if (applied_ && applied_step_ >= 0 && loop.state().global_step == applied_step_) {
+    loop.pending_checkpoint().set("model_weights", "swa");
+  }
 }
 
 void Swa::on_load_checkpoint(Loop& loop) {
@@ -342,6 +346,7 @@ Value Swa::state_dict() const {
   d.set("start_lrs", Value(start_lrs_));
   d.set("applied", applied_);
   d.set("averaged_epoch", averaged_epoch_);
+  d.set("applied_step", applied_step_);
   d.set("swa_lrs", Value(options_.swa_lrs));
   d.set("swa_epoch_start", options_.swa_epoch_start);
   d.set("annealing_epochs", options_.annealing_epochs);
@@ -356,6 +361,8 @@ void Swa::load_state_dict(const Value& state) {
   // Absent in files of an older cairn, which averaged at epoch ends only.
   const Value* averaged = state.find("averaged_epoch");
   averaged_epoch_ = averaged ? averaged->to_int() : -1;
+  const Value* at_step = state.find("applied_step");
+  applied_step_ = at_step ? at_step->to_int() : -1;
   if (n_averaged_ < 0) throw CheckpointMismatch("callbacks['" + key() + "'].n_averaged is " + std::to_string(n_averaged_));
   for (double lr : start_lrs_) {
     if (!std::isfinite(lr) || lr < 0) {

@@ -17,6 +17,10 @@ std::string EarlyStopping::key() const {
   return "EarlyStopping{monitor=" + options_.monitor() + ",mode=" + mode_name(options_.mode()) + "}";
 }
 
+void EarlyStopping::on_fit_begin(Loop& loop) {
+  if (!reason_.empty()) loop.state().request_stop(reason_);
+}
+
 void EarlyStopping::on_validation_end(Loop& loop) {
   const auto& st = loop.state();
   if (st.batches_per_epoch > 0 && st.batch_in_epoch > 0 && st.batch_in_epoch < st.batches_per_epoch && !st.epoch_finished) {

@@ -521,6 +521,7 @@ TensorDataset read_prediction_input(const std::string& path, const DataModule& d
 //! The trainer of `spec` for evaluation: no callbacks (nothing written), one process.
 std::unique_ptr<Trainer> evaluation_trainer(ExperimentSpec& spec, const std::string& run_dir) {
   spec.callbacks.clear();
+  spec.callback_nodes.clear();  // their monitors are not this evaluation's business
   return build_trainer(spec, run_dir);
 }
 
@@ -667,6 +668,11 @@ int cmd_export(const Args& a) {
     if (!view.holds(key)) throw UsageError(path + " holds no " + key + " (--weights " + a.weights + ")");
     weights = view.weights(key);
     what = a.weights == "model" ? "the model's state_dict" : "the " + a.weights + " average (" + key + ")";
+    if (a.weights == "swa" && view.evaluated_kind() != "swa") {
+      std::cerr << "cairn: warning: SWA's average was not yet applied in " << path
+                << ": its parameters are laid over the trained model's buffers (BatchNorm statistics are the "
+                   "trained weights'; recompute them, as update_bn does, before using a model with BatchNorm)\n";
+    }
   }
   if (!weights.is_dict()) throw CheckpointError(path + ": the weights are not a dict of tensors");
   write_checkpoint(a.out, weights);
@@ -807,6 +813,7 @@ int fast_dev_run(const Args& a) {
   spec.limit_train = spec.limit_valid = spec.limit_test = n;
   spec.trainer.max_epochs(1);
   spec.trainer.max_steps(0);
+  spec.trainer.val_check_interval(0);  // N batches an epoch: validation at its end
   std::string scratch = (fs::temp_directory_path() / "cairn-fast-dev-run-XXXXXX").string();
   if (!::mkdtemp(scratch.data())) throw std::runtime_error("cannot make a scratch folder: " + std::string(std::strerror(errno)));
   std::cout << "cairn: fast dev run: " << a.fast_dev_run << " batch(es) of " << bs
@@ -832,6 +839,21 @@ int fast_dev_run(const Args& a) {
   }
   remove_folder(scratch);
   return rc;
+}
+
+//! What fit's test measured, in words: a best file says it; the final
+//! weights are an EMA's average when one validates (its test_begin swaps it
+//! in), SWA's once it was applied.
+std::string tested_words(Trainer& trainer) {
+  const std::string& t = trainer.tested();
+  if (t != "the final weights") return t;
+  for (const auto& cb : trainer.loop().callbacks()) {
+    if (auto* e = dynamic_cast<const Ema*>(cb.get()); e && e->validates_average()) return t + ": the EMA average";
+  }
+  for (const auto& cb : trainer.loop().callbacks()) {
+    if (auto* s = dynamic_cast<const Swa*>(cb.get()); s && s->applied()) return t + ": the SWA average";
+  }
+  return t;
 }
 
 int cmd_fit(const Args& a) {
@@ -977,7 +999,7 @@ int cmd_fit(const Args& a) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.4f", *acc);
     std::cout << "cairn: finished; test accuracy " << buf
-              << (trainer->tested().empty() ? "" : " (" + trainer->tested() + ")") << "\n";
+              << (trainer->tested().empty() ? "" : " (" + tested_words(*trainer) + ")") << "\n";
   } else {
     // Not a classification: the test split's own metrics (test/mae, test/r2, ...).
     std::string line;
@@ -987,7 +1009,7 @@ int cmd_fit(const Args& a) {
       std::snprintf(buf, sizeof buf, "%.4f", metrics.last(name).value_or(0.0));
       line += (line.empty() ? "; " : ", ") + name + " " + buf;
     }
-    std::cout << "cairn: finished" << line << (trainer->tested().empty() || line.empty() ? "" : " (" + trainer->tested() + ")")
+    std::cout << "cairn: finished" << line << (trainer->tested().empty() || line.empty() ? "" : " (" + tested_words(*trainer) + ")")
               << "\n";
   }
   return kExitOk;

@@ -338,6 +338,7 @@ void check_monitors(const ExperimentSpec& spec, const DataModule& data, const st
   }
   std::string list;
   for (const auto& n : logged) list += (list.empty() ? "" : ", ") + n;
+  logged.push_back("train/loss_step");  // at log points (not listed: a per-step value is rarely what to monitor)
   auto check = [&](const ConfigNode& node) {
     const YAML::Node m = node.resolved()["monitor"];
     if (!m || !m.IsScalar() || m.Scalar().empty()) return;
@@ -473,6 +474,10 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   const Finetuning* finetuning = nullptr;
   for (const auto& cb : callbacks) {
     if (auto* f = dynamic_cast<const Finetuning*>(cb.get())) finetuning = f;
+  }
+  if (finetuning && !spec.freeze.empty() && finetuning->options().patterns != spec.freeze && !spec.trainer_node.empty()) {
+    spec.trainer_node.front().fail("freeze", "the finetuning callback's patterns differ from these: it would unfreeze "
+                                             "other parameters than the frozen ones (leave its patterns out to take these)");
   }
   const std::vector<std::string> patterns =
       !spec.freeze.empty() ? spec.freeze : finetuning ? finetuning->options().patterns : std::vector<std::string>{};

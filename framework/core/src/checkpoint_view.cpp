@@ -172,7 +172,7 @@ std::string View::evaluated_kind() const {
 
 std::string View::describe_evaluated() const {
   const std::string kind = evaluated_kind();
-  if (kind == "ema") return "the EMA average (ema_state_dict, buffers included)";
+  if (kind == "ema") return "the EMA average (ema_state_dict)";
   if (kind == "swa") return "the SWA average (state_dict)";
   return "the trained weights (state_dict)";
 }

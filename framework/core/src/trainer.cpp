@@ -434,8 +434,13 @@ void Trainer::train_epoch(EpochSampler& sampler) {
   if (validates_after(st.batch_in_epoch)) {
     // Resumed at a validation point: the validation runs unless it already ran
     // (a checkpoint saved at its end).
-    const auto points = loop_.metrics().series("valid/loss");
-    if (points.empty() || points.back().step != st.global_step) {
+    bool ran = false;
+    for (const auto& name : loop_.metrics().names()) {
+      if (ran || name.rfind("valid/", 0) != 0) continue;
+      const auto points = loop_.metrics().series(name);
+      ran = !points.empty() && points.back().step == st.global_step && points.back().epoch == st.epoch;
+    }
+    if (!ran) {
       run_validation();
       if (loop_.should_stop()) return;
     }
@@ -732,16 +737,26 @@ void Trainer::final_test() {
     for (const auto& t : model_.module->parameters()) keep.push_back(t.detach().clone());
     for (const auto& t : model_.module->buffers()) keep.push_back(t.detach().clone());
   }
-  load_model_weights(best);
-  tested_ = "the best checkpoint " + best + ": " + loaded_weights_;
-  if (loop_.is_rank_zero()) std::cout << "cairn: testing " << tested_ << "\n";
-  loop_.set_evaluating_loaded_weights(true);
-  run_test();
-  loop_.set_evaluating_loaded_weights(false);
-  torch::NoGradGuard no_grad;
-  size_t i = 0;
-  for (auto& t : model_.module->parameters()) t.copy_(keep[i++]);
-  for (auto& t : model_.module->buffers()) t.copy_(keep[i++]);
+  // The final weights come back however the test ends: an exception must not
+  // leave the best file's weights to be saved as the run's.
+  auto restore = [&] {
+    loop_.set_evaluating_loaded_weights(false);
+    torch::NoGradGuard no_grad;
+    size_t i = 0;
+    for (auto& t : model_.module->parameters()) t.copy_(keep[i++]);
+    for (auto& t : model_.module->buffers()) t.copy_(keep[i++]);
+  };
+  try {
+    load_model_weights(best);
+    tested_ = "the best checkpoint " + best + ": " + loaded_weights_;
+    if (loop_.is_rank_zero()) std::cout << "cairn: testing " << tested_ << "\n";
+    loop_.set_evaluating_loaded_weights(true);
+    run_test();
+  } catch (...) {
+    restore();
+    throw;
+  }
+  restore();
 }
 
 FitResult Trainer::fit() {

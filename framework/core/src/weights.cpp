@@ -160,7 +160,12 @@ WeightsReport load_weights(torch::nn::Module& model, const std::string& path, co
   for (const auto& name : order) {
     if (!provided.count(name)) r.left_new.push_back(name);
   }
-  if (options.strict && (!r.unexpected.empty() || !r.mismatched.empty() || !r.left_new.empty())) {
+  // strict: everything not excluded must fit (an excluded name the model has is left new on purpose).
+  std::vector<std::string> missing;
+  for (const auto& name : r.left_new) {
+    if (std::find(r.excluded.begin(), r.excluded.end(), name) == r.excluded.end()) missing.push_back(name);
+  }
+  if (options.strict && (!r.unexpected.empty() || !r.mismatched.empty() || !missing.empty())) {
     std::ostringstream os;
     os << path << ": the weights do not match the model (strict: true):";
     auto list = [&os](const char* what, const std::vector<std::string>& names) {
@@ -168,7 +173,7 @@ WeightsReport load_weights(torch::nn::Module& model, const std::string& path, co
       os << "\n  " << what << ":";
       for (const auto& n : names) os << "\n    " << n;
     };
-    list("missing in the file", r.left_new);
+    list("missing in the file", missing);
     list("unexpected in the file", r.unexpected);
     list("shape mismatch", r.mismatched);
     os << "\n  (model.init_from: {strict: false} loads what fits and reports the rest; exclude and rename select names)";

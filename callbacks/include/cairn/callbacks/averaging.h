@@ -112,6 +112,8 @@ class Swa : public Callback {
   //! The epoch (0-based) averaging starts at, for a run of `max_epochs`.
   int64_t start_epoch(int64_t max_epochs) const;
   int64_t n_averaged() const { return n_averaged_; }
+  //! The average replaced the weights and nothing trained since.
+  bool applied() const { return applied_ && applied_step_ >= 0; }
 
  private:
   void set_lrs(Loop& loop);
@@ -123,6 +125,7 @@ class Swa : public Callback {
   int64_t n_averaged_ = 0;
   bool applied_ = false;           //!< the average replaced the weights
   int64_t averaged_epoch_ = -1;    //!< the epoch whose weights joined the average last
+  int64_t applied_step_ = -1;      //!< the global step the average was applied at (-1: not, or in a file of an older cairn)
   bool fitting_ = false;           //!< between fit_begin and fit_end (validate/test alone never average)
 };
 

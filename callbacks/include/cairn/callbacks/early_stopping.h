@@ -41,6 +41,9 @@ class EarlyStopping : public Callback {
   std::vector<std::string> monitors() const override { return {options_.monitor()}; }
   //! A validation inside an epoch (trainer.val_check_interval) is a check too.
   void on_validation_end(Loop& loop) override;
+  //! A stop it decided before the run was saved and killed (before fit_end
+  //! recorded it as finished) holds after the resume too.
+  void on_fit_begin(Loop& loop) override;
   Order order() const override { return Order::monitor; }
   void on_epoch_end(Loop& loop) override;
   Value state_dict() const override;

@@ -52,7 +52,10 @@ struct LoopState {
   int64_t batch_size = 0;         //!< size of the latest batch
 
   void request_stop(std::string reason) {
-    if (stop.requested) return;  // the first reason wins
+    // The first reason wins, except over the step limit's: a callback's stop
+    // (early stopping at that step's validation) must not read as max_steps,
+    // which a later run with more steps would reopen.
+    if (stop.requested && !(stop.reason.rfind("max_steps", 0) == 0 && !stop.interrupt)) return;
     stop.requested = true;
     stop.reason = std::move(reason);
   }
