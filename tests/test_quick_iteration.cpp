@@ -3,6 +3,8 @@
 // nothing written to the run folder). data.limit_* is in test_objectives.
 #include "support.h"
 
+#include <cairn/run_checkpoint.h>
+
 namespace {
 std::string config(const std::string& run, const std::string& trainer_extra, const std::string& callbacks = "", int epochs = 5) {
   return "name: quick\nseed: 9\nrun: {dir: " + run + "}\n"
@@ -116,4 +118,34 @@ TEST_CASE("trainer.val_check_interval validates inside the epoch; checkpoints ra
   auto big = test::cairn_cli({"fit", "--config", dir / "big.yaml"});
   CHECK(big.exit_code == 2);
   CHECK(big.output.find("trainer.val_check_interval is 9 batches, but an epoch has 8") != std::string::npos);
+}
+
+TEST_CASE("a callback's stop at the step max_steps reaches is the run's reason: more steps do not reopen it") {
+  test::TempDir dir("max_steps_early");
+  // max_steps at an epoch's last batch (8 an epoch): that epoch validates, and early stopping stops there.
+  test::write_file(dir / "e.yaml", config(dir / "run", ", max_steps: 8",
+                                          "callbacks:\n  - {name: early_stopping, monitor: valid/loss, stopping_threshold: 100}\n"));
+  auto r = test::cairn_cli({"fit", "--config", dir / "e.yaml"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  const cairn::Value c = cairn::read_checkpoint(dir / "run/checkpoints/last.ckpt");
+  CHECK(c.at("loop").at("stop_reason").to_string().rfind("early stopping", 0) == 0);
+  auto more = test::cairn_cli({"fit", "--config", dir / "e.yaml", "--set", "trainer.max_steps=100"});
+  CHECK(more.exit_code == 0);
+  CHECK_MESSAGE(more.output.find("already finished (early stopping") != std::string::npos, more.output);
+  CHECK(cairn::read_checkpoint(dir / "run/checkpoints/last.ckpt").at("global_step").to_int() == 8);
+}
+
+TEST_CASE("SWA's model_weights tag names the average only until a run given more epochs trains on from it") {
+  test::TempDir dir("swa_more");
+  const std::string swa = "callbacks:\n  - {name: swa, swa_lrs: 0.005, swa_epoch_start: 1, annealing_epochs: 1}\n";
+  test::write_file(dir / "s.yaml", config(dir / "run", "", swa, 3));
+  auto r = test::cairn_cli({"fit", "--config", dir / "s.yaml"});
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  CHECK(cairn::run_checkpoint::View(cairn::read_checkpoint(dir / "run/checkpoints/last.ckpt")).evaluated_kind() == "swa");
+  test::write_file(dir / "s4.yaml", config(dir / "run", "", swa, 4));
+  auto more = test::cairn_cli({"fit", "--config", dir / "s4.yaml"});
+  REQUIRE_MESSAGE(more.exit_code == 0, more.output);
+  const cairn::Value c = cairn::read_checkpoint(dir / "run/checkpoints/last.ckpt");
+  CHECK(c.at("epoch").to_int() == 4);
+  CHECK(cairn::run_checkpoint::View(c).evaluated_kind() == "model");
 }
