@@ -225,6 +225,17 @@ TEST_CASE("metrics equal scikit-learn and torchmetrics: F1 averages, binary task
           "centred R²; in any batch split") {
   torch::manual_seed(21);
   cairn::Value cases = cairn::Value::dict();
+  // One case for metric_reference.py: its kind, the data and cairn's values.
+  auto add = [&](const std::string& name, const std::string& kind, const at::Tensor& out, const at::Tensor& y,
+                 const cairn::Value& got, const std::string& flag = "", const cairn::Value& flag_value = cairn::Value()) {
+    cairn::Value k = cairn::Value::dict();
+    k.set("kind", kind);
+    if (!flag.empty()) k.set(flag, flag_value);
+    k.set("output", out);
+    k.set("target", y);
+    k.set("cairn", got);
+    cases.set(name, k);
+  };
   auto add_classes = [&](const std::string& name, const at::Tensor& out, const at::Tensor& y, int64_t ignore) {
     const int64_t c = out.size(1);
     cairn::Value got = cairn::Value::dict();
@@ -233,13 +244,7 @@ TEST_CASE("metrics equal scikit-learn and torchmetrics: F1 averages, binary task
     got.set("f1_macro", values(cairn::F1Score(c, cairn::F1Score::macro, ignore), out, y));
     got.set("f1_micro", values(cairn::F1Score(c, cairn::F1Score::micro, ignore), out, y));
     got.set("f1_weighted", values(cairn::F1Score(c, cairn::F1Score::weighted, ignore), out, y));
-    cairn::Value k = cairn::Value::dict();
-    k.set("kind", "multiclass");
-    k.set("output", out);
-    k.set("target", y);
-    k.set("ignore_index", ignore);
-    k.set("cairn", got);
-    cases.set(name, k);
+    add(name, "multiclass", out, y, got, "ignore_index", ignore);
     return got;
   };
   // The issue's case: 3 of 10 classes, predicted perfectly: macro F1 is 1, not 0.3.
@@ -275,12 +280,7 @@ TEST_CASE("metrics equal scikit-learn and torchmetrics: F1 averages, binary task
     got.set("f1_macro", values(cairn::F1Score(0, cairn::F1Score::macro), out, y));
     got.set("f1_micro", values(cairn::F1Score(0, cairn::F1Score::micro), out, y));
     got.set("f1_weighted", values(cairn::F1Score(0, cairn::F1Score::weighted), out, y));
-    cairn::Value k = cairn::Value::dict();
-    k.set("kind", "binary");
-    k.set("output", out);
-    k.set("target", y);
-    k.set("cairn", got);
-    cases.set("binary", k);
+    add("binary", "binary", out, y, got);
     // The same as [N, 1].
     CHECK(feed(cairn::F1Score(0, cairn::F1Score::macro), out.slice(0, 0, 103).unsqueeze(1), y.slice(0, 0, 103).unsqueeze(1)) ==
           feed(cairn::F1Score(0, cairn::F1Score::macro), out.slice(0, 0, 103), y.slice(0, 0, 103)));
@@ -295,12 +295,7 @@ TEST_CASE("metrics equal scikit-learn and torchmetrics: F1 averages, binary task
     got.set("f1_macro", values(cairn::F1Score(0, cairn::F1Score::macro), out, y));
     got.set("f1_micro", values(cairn::F1Score(0, cairn::F1Score::micro), out, y));
     got.set("f1_weighted", values(cairn::F1Score(0, cairn::F1Score::weighted), out, y));
-    cairn::Value k = cairn::Value::dict();
-    k.set("kind", "multilabel");
-    k.set("output", out);
-    k.set("target", y);
-    k.set("cairn", got);
-    cases.set("multilabel", k);
+    add("multilabel", "multilabel", out, y, got);
   }
   // AUROC with many ties.
   {
@@ -308,12 +303,7 @@ TEST_CASE("metrics equal scikit-learn and torchmetrics: F1 averages, binary task
     const at::Tensor label = torch::bernoulli(torch::full({181}, 0.35, torch::kDouble)).to(torch::kLong);
     cairn::Value got = cairn::Value::dict();
     got.set("auroc", values(cairn::BinaryAuroc(), score, label));
-    cairn::Value k = cairn::Value::dict();
-    k.set("kind", "auroc");
-    k.set("output", score);
-    k.set("target", label);
-    k.set("cairn", got);
-    cases.set("auroc_ties", k);
+    add("auroc_ties", "auroc", score, label, got);
   }
   // R²: three outputs of very different scales, far from 0 (an uncentred formula loses digits there).
   {
@@ -321,38 +311,21 @@ TEST_CASE("metrics equal scikit-learn and torchmetrics: F1 averages, binary task
     const at::Tensor out = y + torch::randn({149, 3}, torch::kDouble) * torch::tensor({0.3, 1.0, 1e-4}, torch::kDouble);
     cairn::Value got = cairn::Value::dict();
     got.set("r2", values(cairn::R2Score(), out, y));
-    cairn::Value k = cairn::Value::dict();
-    k.set("kind", "r2");
-    k.set("far_from_zero", true);
-    k.set("output", out);
-    k.set("target", y);
-    k.set("cairn", got);
-    cases.set("r2", k);
+    add("r2", "r2", out, y, got, "far_from_zero", true);
     // Near 0 and of unit scale, where every formula keeps its digits (torchmetrics compared too:
     // it counts a column whose squared errors sum below 1e-4 as perfect, hence no small scales here).
     const at::Tensor y0 = torch::randn({149, 3}, torch::kDouble) * torch::tensor({1.0, 5.0, 2.0}, torch::kDouble);
     const at::Tensor out0 = y0 + torch::randn({149, 3}, torch::kDouble) * torch::tensor({0.3, 1.0, 0.5}, torch::kDouble);
     cairn::Value g0 = cairn::Value::dict();
     g0.set("r2", values(cairn::R2Score(), out0, y0));
-    cairn::Value k0 = cairn::Value::dict();
-    k0.set("kind", "r2");
-    k0.set("output", out0);
-    k0.set("target", y0);
-    k0.set("cairn", g0);
-    cases.set("r2_near_zero", k0);
+    add("r2_near_zero", "r2", out0, y0, g0);
     // A constant target column: NaN (the docs' rule), not -inf.
     at::Tensor yc = y.clone();
     yc.select(1, 1).fill_(0.1);
     cairn::Value gc = cairn::Value::dict();
     gc.set("r2", values(cairn::R2Score(), out, yc));
     for (double v : gc.at("r2").to_double_list()) CHECK(std::isnan(v));
-    cairn::Value kc = cairn::Value::dict();
-    kc.set("kind", "r2");
-    kc.set("constant", true);
-    kc.set("output", out);
-    kc.set("target", yc);
-    kc.set("cairn", gc);
-    cases.set("r2_constant", kc);
+    add("r2_constant", "r2", out, yc, gc, "constant", true);
   }
   test::TempDir dir("metric_reference");
   cairn::write_checkpoint(dir / "cases.pt", cases);
