@@ -16,6 +16,7 @@ packages=(
   libopenblas0-pthread                    # fast BLAS behind LibTorch (else the reference BLAS)
   libyaml-cpp-dev libboost-dev            # YAML experiments, Boost.Signals2 events
   zlib1g-dev libxxhash-dev                # .gz datasets, checkpoint checksums
+  libpng-dev libturbojpeg0-dev            # image folders (data.name: image_folder): PNG and JPEG decoders
   libisal-dev                             # fast zip CRC-32 for checkpoints
   dataset-fashion-mnist                   # the real Fashion-MNIST (gzipped IDX files)
 )

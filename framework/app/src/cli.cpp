@@ -518,6 +518,40 @@ std::string choose_ckpt(const ExperimentSpec& spec, const std::string& run_dir, 
 
 TensorDataset read_prediction_input(const std::string& path, const DataModule& data, const Loss& loss);
 
+//! A field of a CSV row, quoted where it must be (a file name with a comma or quote).
+std::string csv_field(const std::string& v) {
+  if (v.find_first_of(",\"\n\r") == std::string::npos) return v;
+  std::string out = "\"";
+  for (char c : v) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+//! --input for data read from disk: images (a file, a folder, or class folders
+//! when `labelled`) for an image folder's run, a folder of shards for a shard
+//! run; else the tensor file or CSV (read_prediction_input).
+std::shared_ptr<const Dataset> prediction_input(const std::string& path, const DataModule& data, const Loss& loss,
+                                                bool labelled = false) {
+  try {
+    if (const auto* images = dynamic_cast<const ImageFolderData*>(&data)) {
+      if (labelled) return std::make_shared<ImageFolder>(path, images->options().channels, images->images().classes());
+      return std::make_shared<ImageFiles>(path, images->options().channels);
+    }
+    if (dynamic_cast<const ShardData*>(&data)) {
+      auto shards = std::make_shared<ShardDataset>(path, !loss.class_targets());
+      if (shards->x_shape() != data.input_shape && !data.train_transform) {
+        throw UsageError("--input " + path + ": its shards hold examples of another shape than the training data's");
+      }
+      if (labelled && !shards->has_targets()) {
+        throw UsageError("--input " + path + " has no targets (y): evaluation measures metrics against them");
+      }
+      return shards;
+    }
+  } catch (const DataError& e) {
+    throw UsageError(std::string("--input: ") + e.what());
+  }
+  return std::make_shared<TensorDataset>(read_prediction_input(path, data, loss));
+}
+
 //! The trainer of `spec` for evaluation: no callbacks (nothing written), one process.
 std::unique_ptr<Trainer> evaluation_trainer(ExperimentSpec& spec, const std::string& run_dir) {
   spec.callbacks.clear();
@@ -535,12 +569,17 @@ int cmd_evaluate(const Args& a, const std::string& split) {
     // A labelled file of one's own, measured as the split would be.
     DataModule& data = trainer->data();
     data.setup();
-    TensorDataset input = read_prediction_input(a.input, data, *trainer->loss());
-    if (!input.y.defined()) {
-      throw UsageError("--input " + a.input + " has no labels ('y', or the label columns of a CSV): " + a.command +
-                       " measures metrics against them; predict writes outputs for unlabelled examples");
+    std::shared_ptr<const Dataset> input = prediction_input(a.input, data, *trainer->loss(), /*labelled=*/true);
+    if (const auto* t = dynamic_cast<const TensorDataset*>(input.get())) {
+      if (!t->y.defined()) {
+        throw UsageError("--input " + a.input + " has no labels ('y', or the label columns of a CSV): " + a.command +
+                         " measures metrics against them; predict writes outputs for unlabelled examples");
+      }
+      (split == "test" ? data.test : data.valid) = *t;
+      (split == "test" ? data.test_set : data.valid_set) = nullptr;
+    } else {
+      (split == "test" ? data.test_set : data.valid_set) = input;
     }
-    (split == "test" ? data.test : data.valid) = std::move(input);
   }
   std::map<std::string, double> metrics;
   try {
@@ -695,11 +734,12 @@ int cmd_predict(const Args& a) {
   if (!a.input.empty() && a.split_given) throw UsageError("predict takes --split or --input, not both");
   std::unique_ptr<Trainer> trainer = evaluation_trainer(spec, run_dir);
   DataModule& data = trainer->data();
-  TensorDataset input;
-  if (!a.input.empty()) input = read_prediction_input(a.input, data, *trainer->loss());
-  const TensorDataset& ds = !a.input.empty() ? input : a.split == "test" ? data.test : a.split == "valid" ? data.valid : data.train;
+  std::shared_ptr<const Dataset> input = !a.input.empty() ? prediction_input(a.input, data, *trainer->loss()) : nullptr;
+  const Dataset& ds = input ? *input : data.split(a.split == "test" || a.split == "valid" ? a.split : "train");
   const std::string what = !a.input.empty() ? a.input : "the " + a.split + " split";
   if (ds.empty()) throw UsageError("--split " + a.split + ": the data has no " + a.split + " split");
+  const auto* tensors = dynamic_cast<const TensorDataset*>(&ds);
+  const auto* files = dynamic_cast<const ImageFiles*>(&ds);
   at::Tensor outputs;
   try {
     outputs = trainer->predict(ds, path);
@@ -707,9 +747,17 @@ int cmd_predict(const Args& a) {
     throw UsageError(std::string("the checkpoint does not match the config's model: ") + e.what());
   } catch (const c10::Error& e) {
     std::ostringstream os;
-    os << "the model cannot take the inputs of " << what << " (" << ds.x.sizes() << "): " << short_error(e.what());
+    os << "the model cannot take the inputs of " << what << " (examples shaped ";
+    if (tensors) {
+      os << tensors->x.sizes().slice(1);
+    } else {
+      Generator g(0);
+      os << ds.get(0, g).x.sizes();
+    }
+    os << "): " << short_error(e.what());
     throw UsageError(os.str());
   }
+  const at::Tensor targets = tensors && tensors->y.defined() ? tensors->y : at::Tensor();
   // Predictions as the loss defines them: the class (argmax) for cross_entropy
   // and nll, each label's decision (logit > 0) for bce_with_logits; a
   // regression's outputs are its predictions.
@@ -721,7 +769,12 @@ int cmd_predict(const Args& a) {
     Value d = Value::dict();
     d.set("outputs", outputs.contiguous());
     if (predictions.defined()) d.set("predictions", predictions.contiguous());
-    if (ds.y.defined()) d.set("targets", ds.y.to(torch::kCPU).contiguous());
+    if (targets.defined()) d.set("targets", targets.to(torch::kCPU).contiguous());
+    if (files) {
+      Value names = Value::list();
+      for (const auto& f : files->files()) names.push_back(Value(f));
+      d.set("files", names);
+    }
     d.set("checkpoint", path);
     d.set(a.input.empty() ? "split" : "input", a.input.empty() ? a.split : a.input);
     write_checkpoint(a.out, d);
@@ -731,11 +784,12 @@ int cmd_predict(const Args& a) {
     const int64_t n = outputs.size(0);
     const at::Tensor flat = outputs.reshape({n, -1}).to(torch::kDouble);
     const at::Tensor pred = predictions.defined() ? predictions.reshape({n, -1}).to(torch::kLong).contiguous() : at::Tensor();
-    const at::Tensor y = ds.y.defined() ? ds.y.reshape({n, -1}).to(torch::kCPU).to(torch::kDouble).contiguous() : at::Tensor();
+    const at::Tensor y = targets.defined() ? targets.reshape({n, -1}).to(torch::kCPU).to(torch::kDouble).contiguous() : at::Tensor();
     auto columns = [&](const char* name, int64_t count) {
       for (int64_t j = 0; j < count; ++j) f << "," << name << (count > 1 ? "_" + std::to_string(j) : std::string());
     };
     f << "index";
+    if (files) f << ",file";
     if (pred.defined()) columns("prediction", pred.size(1));
     for (int64_t j = 0; j < flat.size(1); ++j) f << ",output_" << j;
     if (y.defined()) columns("target", y.size(1));
@@ -744,6 +798,7 @@ int cmd_predict(const Args& a) {
     const auto out = flat.accessor<double, 2>();
     for (int64_t i = 0; i < n; ++i) {
       f << i;
+      if (files) f << "," << csv_field(files->files()[static_cast<size_t>(i)]);
       if (pred.defined()) {
         for (int64_t j = 0; j < pred.size(1); ++j) f << "," << pred.data_ptr<int64_t>()[i * pred.size(1) + j];
       }
@@ -1054,6 +1109,10 @@ int cli_main(int argc, char** argv) {
   } catch (const ConfigError& e) {
     std::cerr << "cairn: config error: " << e.what() << "\n";
     return kExitUsage;
+  } catch (const BadExample& e) {
+    std::cerr << "cairn: corrupt data: " << e.what()
+              << " (data.skip_bad: true skips such examples, counted and named once)\n";
+    return kExitCheckpoint;
   } catch (const DataError& e) {
     std::cerr << "cairn: data error: " << e.what() << "\n";
     return kExitUsage;

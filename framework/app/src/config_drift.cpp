@@ -51,6 +51,8 @@ bool starts_with(const std::string& s, const std::string& prefix) { return s.com
 
 std::string unsafe_reason(const std::string& key) {
   if (key == "seed") return "the seed fixes the sample order and the validation split";
+  // Worker threads change who makes a batch, never what it holds.
+  if (key == "data.workers") return "";
   if (starts_with(key, "data.") || key == "data") return "the data and the saved position in its sample order";
   if (starts_with(key, "model.") || key == "model") return "the model the checkpoint's weights belong to";
   if (key == "optimizer.fused") return "fused steps round differently from the per-parameter step the run took so far";

@@ -119,6 +119,15 @@ void SyntheticData::setup() {
   loaded_ = true;
 }
 
+std::pair<std::vector<int64_t>, std::vector<int64_t>> carve_valid(int64_t n, double valid_fraction, uint64_t seed) {
+  const auto perm = seeded_permutation(n, seed, 0x7e11503ULL);
+  const int64_t n_valid = std::min<int64_t>(n - 1, static_cast<int64_t>(static_cast<double>(n) * valid_fraction));
+  std::vector<int64_t> train_idx(perm.begin(), perm.end() - n_valid), valid_idx(perm.end() - n_valid, perm.end());
+  std::sort(train_idx.begin(), train_idx.end());
+  std::sort(valid_idx.begin(), valid_idx.end());
+  return {std::move(train_idx), std::move(valid_idx)};
+}
+
 namespace {
 // What the tensors and csv data sets share once their tensors are read: label
 // checks, the class count, and the valid split carved from train by the seed
@@ -144,12 +153,7 @@ void finish_classification(DataModule& d, TensorDataset full, int64_t classes, d
     }
   }
   if (d.valid.empty() && valid_fraction > 0) {
-    const int64_t n = full.size();
-    const auto perm = seeded_permutation(n, seed, 0x7e11503ULL);
-    const int64_t n_valid = std::min<int64_t>(n - 1, static_cast<int64_t>(static_cast<double>(n) * valid_fraction));
-    std::vector<int64_t> train_idx(perm.begin(), perm.end() - n_valid), valid_idx(perm.end() - n_valid, perm.end());
-    std::sort(train_idx.begin(), train_idx.end());
-    std::sort(valid_idx.begin(), valid_idx.end());
+    auto [train_idx, valid_idx] = carve_valid(full.size(), valid_fraction, seed);
     d.train = full.subset(train_idx);
     if (!valid_idx.empty()) d.valid = full.subset(valid_idx);
   } else {

@@ -2,6 +2,8 @@
 
 #include "cairn/callback.h"
 #include "cairn/callbacks/checkpoint.h"
+#include "cairn/transforms.h"
+#include "cairn/datasets.h"
 #include "cairn/callbacks/finetuning.h"
 #include "cairn/distributed.h"
 #include "cairn/loop.h"
@@ -51,6 +53,12 @@ ExperimentSpec parse_experiment(const std::string& file, const std::vector<std::
     spec.trainer.data_device(data.get_choice("device", std::string("auto"), {"auto", "cpu", "cuda"}));
     const std::optional<bool> prefetch = data.get_optional_bool("prefetch");
     spec.trainer.prefetch(prefetch ? (*prefetch ? "true" : "false") : "auto");
+    // Worker threads, per-example transforms and bad examples, for every kind of data set.
+    spec.trainer.workers(data.get_int("workers", 0, 0, 256));
+    spec.skip_bad = data.get_bool("skip_bad", false);
+    for (auto& t : data.get_named_list("transforms")) spec.transforms.push_back(registry.transforms.parse(t));
+    spec.valid_transforms_set = data.has("valid_transforms");
+    for (auto& t : data.get_named_list("valid_transforms")) spec.valid_transforms.push_back(registry.transforms.parse(t));
     spec.data_node = {data};
     // Quick iterations on any data set: the first N examples of a split, or a fraction of it.
     const YAML::Node kind = data.node()["name"];
@@ -332,7 +340,7 @@ namespace {
 void check_monitors(const ExperimentSpec& spec, const DataModule& data, const std::vector<std::shared_ptr<Metric>>& metrics) {
   std::vector<std::string> logged;
   for (const char* split : {"train", "valid"}) {
-    if (std::string(split) == "valid" && data.valid.empty()) continue;
+    if (std::string(split) == "valid" && data.split("valid").empty()) continue;
     logged.push_back(std::string(split) + "/loss");
     for (const auto& m : metrics) logged.push_back(std::string(split) + "/" + m->name());
   }
@@ -345,7 +353,7 @@ void check_monitors(const ExperimentSpec& spec, const DataModule& data, const st
     const std::string monitor = m.Scalar();
     if (std::find(logged.begin(), logged.end(), monitor) != logged.end()) return;
     std::string why = "'" + monitor + "' is never logged by this run";
-    if (monitor.rfind("valid/", 0) == 0 && data.valid.empty()) {
+    if (monitor.rfind("valid/", 0) == 0 && data.split("valid").empty()) {
       why += " (it has no validation data: data.valid_fraction is 0 or the valid split is empty)";
     } else if (monitor.rfind("test/", 0) == 0) {
       why += " (the test split is measured after training)";
@@ -366,15 +374,73 @@ void check_monitors(const ExperimentSpec& spec, const DataModule& data, const st
   if (!bad.empty()) throw ConfigError(std::move(bad));
 }
 
+//! data.transforms and data.valid_transforms onto the data module; the shape
+//! of one example becomes the transformed one (what the model is built for).
+//! Image folders of mixed sizes need a resize in both lists (a config error
+//! at data.transforms naming two files and their sizes).
+void install_transforms(ExperimentSpec& spec, BuildContext& ctx) {
+  DataModule& d = *ctx.data;
+  auto build = [&](std::vector<Builder<std::shared_ptr<const Transform>>>& list) -> std::shared_ptr<const Compose> {
+    if (list.empty()) return nullptr;
+    std::vector<std::shared_ptr<const Transform>> parts;
+    for (auto& b : list) parts.push_back(b(ctx));
+    return std::make_shared<Compose>(std::move(parts));
+  };
+  const auto train = build(spec.transforms);
+  std::shared_ptr<const Transform> eval = build(spec.valid_transforms);
+  if (!spec.valid_transforms_set && train) eval = train->deterministic_part();
+  if (train) d.train_transform = train;
+  if (eval) d.eval_transform = eval;
+  if (const auto* images = dynamic_cast<const ImageFolderData*>(&d)) {
+    auto resizes = [](const Transform* t) {
+      const auto* c = dynamic_cast<const Compose*>(t);
+      if (!c) return false;
+      for (const auto& p : c->parts()) {
+        if (dynamic_cast<const Resize*>(p.get())) return true;
+      }
+      return false;
+    };
+    if (!resizes(d.train_transform.get()) || !resizes(d.eval_transform.get())) {
+      const auto two = images->images().two_sizes();
+      if (!two.empty() && !spec.data_node.empty()) {
+        auto hw = [](const std::pair<int64_t, int64_t>& s) { return std::to_string(s.first) + "x" + std::to_string(s.second); };
+        spec.data_node.front().fail(
+            "transforms", "the images have more than one size (" + two[0].first + " is " + hw(two[0].second) + ", " +
+                              two[1].first + " is " + hw(two[1].second) +
+                              " pixels, height x width): add {name: resize, size: [H, W]} to data.transforms" +
+                              (spec.valid_transforms_set ? " and data.valid_transforms" : ""));
+      }
+    }
+  }
+  // The model is built for what the transforms give.
+  if (d.train_transform && !d.split("train").empty()) {
+    for (int64_t i = 0; i < d.split("train").size(); ++i) {
+      try {
+        Generator g(example_seed(d.seed, kTrainPass, i));
+        Example ex = d.split("train").get(i, g);
+        d.input_shape = (*d.train_transform)(std::move(ex), g).x.sizes().vec();
+        break;
+      } catch (const BadExample&) {
+      }
+    }
+  }
+}
+
 //! The model's output for two training examples, against the loss and each
 //! metric: a mismatch is a config error at the loss's (or metric's) key,
 //! naming both shapes, before anything trains. A model that cannot take the
 //! data at all is explained by the first training step instead.
 void check_shapes(ExperimentSpec& spec, BuildContext& ctx, const Loss& loss,
                   const std::vector<std::shared_ptr<Metric>>& metrics) {
-  const TensorDataset& train = ctx.data->train;
+  const Dataset& train = ctx.data->split("train");
   if (train.empty()) return;
-  const Batch probe = train.slice(0, std::min<int64_t>(2, train.size()));
+  Batch probe;
+  try {
+    probe = BatchMaker(*ctx.data, "train", kTrainPass).make(std::vector<int64_t>{0, std::min<int64_t>(1, train.size() - 1)});
+  } catch (const std::exception&) {
+    return;  // a bad first example is reported (or skipped) where training reads it
+  }
+  if (probe.size() == 0) return;
   at::Tensor out;
   {
     torch::nn::Module& m = *ctx.model.module;
@@ -419,7 +485,9 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   ctx.float_targets = !loss->class_targets();  // the data reads its targets as the loss needs them
   ctx.ignore_index = loss->ignore_index();
   ctx.data = spec.data(ctx);
+  ctx.data->skip_bad = spec.skip_bad;
   ctx.data->setup();
+  install_transforms(spec, ctx);
   // data.limit_*: the split's first examples (setup is idempotent: the cut stays).
   auto cut = [](TensorDataset& d, const DataLimit& l) {
     if (!l.set || !d.x.defined()) return;
@@ -432,10 +500,23 @@ std::unique_ptr<Trainer> build_trainer(ExperimentSpec& spec, const std::string& 
   cut(ctx.data->train, spec.limit_train);
   cut(ctx.data->valid, spec.limit_valid);
   cut(ctx.data->test, spec.limit_test);
+  // A split read from disk: its first examples, as a Subset.
+  auto cut_set = [](std::shared_ptr<const Dataset>& d, const DataLimit& l) {
+    if (!l.set || !d) return;
+    const int64_t n = l.fraction ? std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(d->size()) * l.value))
+                                 : static_cast<int64_t>(l.value);
+    if (n >= d->size()) return;
+    std::vector<int64_t> first(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) first[static_cast<size_t>(i)] = i;
+    d = std::make_shared<Subset>(d, std::move(first));
+  };
+  cut_set(ctx.data->train_set, spec.limit_train);
+  cut_set(ctx.data->valid_set, spec.limit_valid);
+  cut_set(ctx.data->test_set, spec.limit_test);
   // Step-interval schedules count optimizer steps: one per accumulation cycle
   // (the epoch's last, possibly short, cycle steps too).
   const int64_t global_batch = ctx.data->batch_size * (group ? group->size() : 1);
-  const int64_t batches = (ctx.data->train.size() + global_batch - 1) / global_batch;
+  const int64_t batches = (ctx.data->split("train").size() + global_batch - 1) / global_batch;
   const int64_t accumulate = std::max<int64_t>(1, spec.trainer.accumulate_grad_batches());
   ctx.steps_per_epoch = (batches + accumulate - 1) / accumulate;
   ctx.model = spec.model(ctx);

@@ -2,6 +2,7 @@
 #include "cairn/registry.h"
 
 #include "cairn/datasets.h"
+#include "cairn/transforms.h"
 #include "cairn/models.h"
 #include "cairn/objectives.h"
 #include "cairn/optimizers.h"
@@ -115,6 +116,94 @@ void register_data(Registry& r) {
       }
       return std::make_shared<CsvData>(o);
     };
+  });
+}
+
+// Data read from disk as training goes: image folders and shards take a
+// training folder and optional valid and test folders (as csv takes files).
+void disk_paths(ConfigNode& c, std::string& path, std::string& valid_path, std::string& test_path) {
+  std::error_code ec;
+  path = c.get_path("path", std::nullopt);
+  if (!std::filesystem::is_directory(path, ec)) c.fail("path", "no such folder: " + path);
+  for (const char* k : {"valid_path", "test_path"}) {
+    const auto p = c.get_optional_path(k);
+    if (p && !std::filesystem::is_directory(*p, ec)) c.fail(k, "no such folder: " + *p);
+    (std::string(k) == "valid_path" ? valid_path : test_path) = p.value_or("");
+  }
+}
+
+void register_disk_data(Registry& r) {
+  r.add_data("image_folder", [](ConfigNode& c) {
+    ImageFolderOptions o;
+    disk_paths(c, o.path, o.valid_path, o.test_path);
+    o.channels = c.get_int("channels", 3, 1, 3);
+    if (o.channels == 2) c.fail("channels", "1 (grey) or 3 (RGB)");
+    o.batch_size = c.get_int("batch_size", 64, 1);
+    o.valid_fraction = c.get_double("valid_fraction", 0.1, 0.0, 0.9);
+    return [o](BuildContext& ctx) mutable -> std::shared_ptr<DataModule> {
+      o.seed = ctx.seed;
+      if (ctx.float_targets) throw DataError("data.name image_folder gives class labels: use a classification loss");
+      return std::make_shared<ImageFolderData>(o);
+    };
+  });
+  r.add_data("shards", [](ConfigNode& c) {
+    ShardOptions o;
+    disk_paths(c, o.path, o.valid_path, o.test_path);
+    o.batch_size = c.get_int("batch_size", 64, 1);
+    o.valid_fraction = c.get_double("valid_fraction", 0.1, 0.0, 0.9);
+    o.num_classes = c.get_optional_int("num_classes", 2).value_or(0);
+    return [o](BuildContext& ctx) mutable -> std::shared_ptr<DataModule> {
+      o.seed = ctx.seed;
+      o.float_targets = ctx.float_targets;
+      return std::make_shared<ShardData>(o);
+    };
+  });
+}
+
+// data.transforms: per-example transforms by name (cairn/transforms.h).
+void register_transforms(Registry& r) {
+  auto size = [](ConfigNode& c) {
+    const YAML::Node n = c.node()["size"];
+    std::vector<int64_t> hw;
+    if (n && n.IsScalar()) {
+      const int64_t v = c.get_int("size", std::nullopt, 1);
+      hw = {v, v};
+    } else {
+      hw = c.get_int_list("size", std::nullopt, 1);
+      if (hw.size() != 2) c.fail("size", "one number or [height, width]");
+    }
+    return std::make_pair(hw[0], hw[1]);
+  };
+  using T = std::shared_ptr<const Transform>;
+  r.add_transform("random_crop", [size](ConfigNode& c) {
+    const auto hw = size(c);
+    const int64_t padding = c.get_int("padding", 0, 0);
+    return [hw, padding](BuildContext&) -> T { return std::make_shared<RandomCrop>(hw.first, hw.second, padding); };
+  });
+  r.add_transform("center_crop", [size](ConfigNode& c) {
+    const auto hw = size(c);
+    return [hw](BuildContext&) -> T { return std::make_shared<CenterCrop>(hw.first, hw.second); };
+  });
+  r.add_transform("resize", [size](ConfigNode& c) {
+    const auto hw = size(c);
+    return [hw](BuildContext&) -> T { return std::make_shared<Resize>(hw.first, hw.second); };
+  });
+  r.add_transform("hflip", [](ConfigNode& c) {
+    const double p = c.get_double("p", 0.5, 0.0, 1.0);
+    return [p](BuildContext&) -> T { return std::make_shared<HorizontalFlip>(p); };
+  });
+  r.add_transform("normalize", [](ConfigNode& c) {
+    const auto mean = c.get_double_list("mean", std::nullopt);
+    const auto std = c.get_double_list("std", std::nullopt, mean.size(), 0.0);
+    for (double s : std) {
+      if (!(s > 0)) c.fail("std", "every std must be > 0");
+    }
+    if (mean.empty()) c.fail("mean", "one value, or one per channel");
+    return [mean, std](BuildContext&) -> T { return std::make_shared<Normalize>(mean, std); };
+  });
+  r.add_transform("noise", [](ConfigNode& c) {
+    const double s = c.get_double("std", std::nullopt, 0.0);
+    return [s](BuildContext&) -> T { return std::make_shared<GaussianNoise>(s); };
   });
 }
 
@@ -358,6 +447,8 @@ void register_metrics(Registry& r) {
 Registry::Registry() {
   register_models(*this);
   register_data(*this);
+  register_disk_data(*this);
+  register_transforms(*this);
   register_optimizers(*this);
   register_schedulers(*this);
   register_losses(*this);

@@ -17,6 +17,7 @@
 #include <dlfcn.h>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <sstream>
 
@@ -177,6 +178,15 @@ Batch Trainer::to_device(const Batch& b) {
 }
 
 Batch Trainer::training_batch(const at::Tensor& indices) {
+  if (train_maker_) {
+    // Example by example (read, decode, transform), on whichever thread.
+    Batch b = train_maker_->make(indices);
+    if (pin_batches_) {
+      if (b.x.defined() && b.x.is_cpu()) b.x = b.x.pin_memory();
+      if (b.y.defined() && b.y.is_cpu()) b.y = b.y.pin_memory();
+    }
+    return b;
+  }
   const TensorDataset& train = data().train;
   if (!pin_batches_) return train.gather(indices);
   // Gathered straight into pinned host memory (no second host copy).
@@ -274,11 +284,20 @@ void Trainer::place_data(bool training) {
                                   device_.str() + " (out of memory); use data.device: cpu");
     }
   }
-  data_on_device_ = device_.is_cuda() && d.train.x.defined() && d.train.x.device() == device_;
+  data_on_device_ = device_.is_cuda() && d.gathered("train") && d.train.x.defined() && d.train.x.device() == device_;
   pin_batches_ = device_.is_cuda() && !data_on_device_;
   // auto: wherever a batch is gathered on the host (a device-resident data
   // set is gathered by one kernel, nothing to overlap).
   prefetch_ = pf == "true" || (pf == "auto" && !data_on_device_);
+  if (options_.workers() < 0) throw std::invalid_argument("data.workers must be >= 0, got " + std::to_string(options_.workers()));
+  if (options_.workers() > 0) {
+    if (pf == "false") {
+      throw std::invalid_argument("data.workers: " + std::to_string(options_.workers()) +
+                                  " prepares batches ahead, but data.prefetch is false: leave data.prefetch out (or auto), "
+                                  "or set data.workers: 0");
+    }
+    prefetch_ = true;
+  }
   device_order_ = at::Tensor();
   device_order_epoch_ = -1;
 }
@@ -370,18 +389,32 @@ void Trainer::setup(bool training) {
   if (scaler_) loop_.track_section("grad_scaler", *scaler_);
   // SWA's BatchNorm update: every training example once, in order, without gradients.
   loop_.set_train_pass([this] {
-    const TensorDataset& train = data().train;
-    for (int64_t b = 0; b < train.size(); b += data().batch_size) {
+    const DataModule& d = data();
+    const int64_t n = d.split("train").size();
+    // The training examples as an epoch's batches would hold them (with its
+    // augmentation, from the epoch's seeds), in order.
+    const BatchMaker maker(d, "train", loop_.state().epoch);
+    for (int64_t b = 0; b < n; b += d.batch_size) {
       AutocastGuard autocast(precision_, device_.type());
-      forward(to_device(train.slice(b, std::min(b + data().batch_size, train.size()))).x);
+      const int64_t e = std::min(b + d.batch_size, n);
+      Batch batch;
+      if (d.gathered("train")) {
+        batch = d.train.slice(b, e);
+      } else {
+        std::vector<int64_t> idx(static_cast<size_t>(e - b));
+        for (int64_t i = b; i < e; ++i) idx[static_cast<size_t>(i - b)] = i;
+        batch = maker.make(idx);
+        if (batch.size() == 0) continue;
+      }
+      forward(to_device(batch).x);
     }
   });
   auto& st = loop_.state();
   st.max_epochs = options_.max_epochs();
   const int64_t global = data().batch_size * loop_.world_size();
   st.global_batch_size = global;
-  st.train_samples = data().train.size();
-  st.batches_per_epoch = (data().train.size() + global - 1) / global;
+  st.train_samples = data().split("train").size();
+  st.batches_per_epoch = (st.train_samples + global - 1) / global;
   if (training) {
     setup_cuda_graphs();
   } else {
@@ -414,7 +447,7 @@ void Trainer::clip_gradients() {
 
 int64_t Trainer::val_check_batches(int64_t n) {
   const double v = options_.val_check_interval();
-  if (v <= 0 || data().valid.empty()) return 0;
+  if (v <= 0 || data().split("valid").empty()) return 0;
   const int64_t every = options_.val_check_fraction() ? std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(n) * v))
                                                       : static_cast<int64_t>(v);
   if (every > n) {
@@ -469,20 +502,39 @@ void Trainer::train_epoch(EpochSampler& sampler) {
     }
     return indices;
   };
-  // The next batch is made on a helper thread while this one's step runs.
+  // Batches made example by example (a Dataset of one's own, transforms,
+  // skip_bad) draw from the epoch's per-example seeds.
+  train_maker_.reset();
+  if (!data().gathered("train")) train_maker_.emplace(data(), "train", st.epoch);
+  struct ForgetMaker {
+    Trainer* t;
+    ~ForgetMaker() {
+      if (t->train_maker_) t->skipped_ += t->train_maker_->skipped();
+      t->train_maker_.reset();
+    }
+  };
+  // The next batches are made on helper threads while this one's step runs
+  // (data.workers of them, up to 2 batches each ahead; else one, one ahead).
+  // Declared after the maker's guard: the workers stop before it is reset.
+  const int64_t workers = options_.workers();
+  const int64_t ahead = workers > 0 ? 2 * workers : 1;
+  ForgetMaker forget_maker{this};
   std::unique_ptr<detail::Prefetcher> prefetcher;
-  if (prefetch_) prefetcher = std::make_unique<detail::Prefetcher>([this](const at::Tensor& i) { return training_batch(i); });
-  // Batch k+1's rows, computed when its prefetch started: used again at step k+1.
-  int64_t next_k = -1;
-  at::Tensor next_indices;
-  double next_weight = 1.0;
+  if (prefetch_) {
+    prefetcher = std::make_unique<detail::Prefetcher>([this](const at::Tensor& i) { return training_batch(i); },
+                                                      std::max<int64_t>(1, workers));
+  }
+  // Started batches' rows and weights, computed when their prefetch started: used again at their step.
+  std::map<int64_t, std::pair<at::Tensor, double>> planned;
   for (int64_t k = st.batch_in_epoch; k < n; ++k) {
     double weight = 1.0;
     at::Tensor indices;
-    if (next_k == k) {
-      indices = std::move(next_indices);
-      weight = next_weight;
+    if (auto it = planned.find(k); it != planned.end()) {
+      indices = std::move(it->second.first);
+      weight = it->second.second;
+      planned.erase(planned.begin(), std::next(it));
     } else {
+      planned.clear();
       indices = rows(k, weight);
     }
     const bool cycle_end = (k + 1) % accumulate == 0 || k + 1 == n;
@@ -501,11 +553,20 @@ void Trainer::train_epoch(EpochSampler& sampler) {
     } else {
     // Gathered on the helper thread; moved to the device here (to_device may
     // be a user's override: it runs on this thread, in step order).
+    if (prefetcher) {
+      // Keep `ahead` batches in flight before waiting for this one.
+      for (int64_t j = k + 1; j < std::min(n, k + 1 + ahead); ++j) {
+        if (planned.count(j)) continue;
+        double w = 1.0;
+        at::Tensor rows_j = rows(j, w);
+        if (rows_j.size(0) > 0) prefetcher->start(j, rows_j);
+        planned.emplace(j, std::make_pair(std::move(rows_j), w));
+      }
+    }
     Batch batch = to_device(prefetcher ? prefetcher->take(k, indices) : training_batch(indices));
-    if (prefetcher && k + 1 < n) {
-      next_indices = rows(k + 1, next_weight);
-      next_k = k + 1;
-      if (next_indices.size(0) > 0) prefetcher->start(k + 1, next_indices);
+    if (batch.size() == 0) {
+      throw DataError("every example of training batch " + std::to_string(k) + " of epoch " + std::to_string(st.epoch) +
+                      " was bad and skipped (data.skip_bad): there is nothing to train on");
     }
     st.batch_size = batch.size();
     loop_.batch_begin();
@@ -569,17 +630,74 @@ void Trainer::train_epoch(EpochSampler& sampler) {
   }
 }
 
+namespace {
+//! The contiguous batches [begin, end) of an evaluation pass, in order: the
+//! in-memory rows sliced, or made example by example (with the split's
+//! transform), on data.workers helper threads ahead of the step when asked.
+class EvalBatches {
+ public:
+  EvalBatches(const DataModule& d, const std::string& split, int64_t pass, int64_t begin, int64_t end, int64_t bs,
+              int64_t workers, bool pin)
+      : EvalBatches(d.split(split), d.transform_of(split), d.seed, pass, begin, end, bs, workers, pin, d.skip_bad,
+                    split == "valid" ? "validation" : split) {
+    if (d.gathered(split)) tensors_ = &(split == "valid" ? d.valid : d.test);
+  }
+  EvalBatches(const Dataset& ds, const Transform* t, uint64_t seed, int64_t pass, int64_t begin, int64_t end, int64_t bs,
+              int64_t workers, bool pin, bool skip_bad = false, const std::string& what = "prediction")
+      : maker_(ds, t, seed, pass, skip_bad, what), end_(end), bs_(bs), workers_(workers), pin_(pin) {
+    if (!t) tensors_ = dynamic_cast<const TensorDataset*>(&ds);
+    if (workers_ > 0) {
+      prefetcher_ = std::make_unique<detail::Prefetcher>([this](const at::Tensor& i) { return make(i); }, workers_);
+    }
+    next_ = begin;
+  }
+  Batch take(int64_t b) {
+    const int64_t e = std::min(end_, b + bs_);
+    if (tensors_) return tensors_->slice(b, e);
+    if (!prefetcher_) return make(range(b, e));
+    // Up to 2 batches per worker ahead.
+    next_ = std::max(next_, b + bs_);
+    while (next_ < end_ && next_ < b + bs_ * (1 + 2 * workers_)) {
+      prefetcher_->start(next_ / bs_, range(next_, std::min(end_, next_ + bs_)));
+      next_ += bs_;
+    }
+    return prefetcher_->take(b / bs_, range(b, e));
+  }
+  int64_t skipped() const { return maker_.skipped(); }
+
+ private:
+  static at::Tensor range(int64_t b, int64_t e) { return torch::arange(b, e, torch::kLong); }
+  Batch make(const at::Tensor& idx) {
+    Batch out = maker_.make(idx);
+    if (pin_) {
+      if (out.x.defined() && out.x.is_cpu()) out.x = out.x.pin_memory();
+      if (out.y.defined() && out.y.is_cpu()) out.y = out.y.pin_memory();
+    }
+    return out;
+  }
+  BatchMaker maker_;
+  const TensorDataset* tensors_ = nullptr;
+  int64_t end_, bs_, workers_;
+  bool pin_;
+  int64_t next_ = 0;
+  std::unique_ptr<detail::Prefetcher> prefetcher_;  // last: its workers stop before the rest goes
+};
+}  // namespace
+
 std::vector<std::string> Trainer::run_eval(const std::string& split) {
   const bool valid = split == "valid";
-  const TensorDataset& ds = valid ? data().valid : data().test;
+  const DataModule& d = data();
+  const Dataset& ds = d.split(split);
   if (ds.empty()) return {};
   torch::NoGradGuard no_grad;
   model_.module->eval();
   valid ? loop_.validation_begin() : loop_.test_begin();
-  const int64_t bs = data().batch_size;
+  const int64_t bs = d.batch_size;
   const auto part = shard(ds.size());  // each rank its share; metrics are summed at the stage's end
+  EvalBatches batches(d, split, valid ? kValidPass : kTestPass, part.first, part.second, bs, options_.workers(), pin_batches_);
   for (int64_t b = part.first; b < part.second; b += bs) {
-    Batch batch = to_device(ds.slice(b, std::min(b + bs, part.second)));
+    Batch batch = to_device(batches.take(b));
+    if (batch.size() == 0) continue;  // every example of it was bad (data.skip_bad)
     loop_.state().batch_size = batch.size();
     AutocastGuard autocast(precision_, device_.type());
     if (valid) {
@@ -593,6 +711,7 @@ std::vector<std::string> Trainer::run_eval(const std::string& split) {
   std::vector<std::string> names;
   for (const auto& a : loop_.metrics().accumulators(split)) names.push_back(a.first);
   for (const auto& m : loop_.metrics().declared_names(split)) names.push_back(m);
+  skipped_ += batches.skipped();
   valid ? loop_.validation_end() : loop_.test_end();
   model_.module->train();
   return names;
@@ -603,7 +722,7 @@ void Trainer::run_test() { run_eval("test"); }
 
 double Trainer::test() {
   if (!set_up_) setup(/*training=*/false);
-  if (data().test.empty()) throw std::logic_error("the data has no test split");
+  if (data().split("test").empty()) throw std::logic_error("the data has no test split");
   run_test();
   return loop_.metrics().last("test/acc").value_or(0.0);
 }
@@ -625,7 +744,7 @@ void Trainer::load_model_weights(const std::string& path) {
 std::map<std::string, double> Trainer::evaluate(const std::string& split, const std::string& ckpt) {
   if (split != "valid" && split != "test") throw std::invalid_argument("evaluate: split must be valid or test, got '" + split + "'");
   if (!set_up_) setup(/*training=*/false);
-  if ((split == "valid" ? data().valid : data().test).empty()) {
+  if (data().split(split).empty()) {
     throw std::invalid_argument("the data has no " + split + " split");
   }
   if (!ckpt.empty()) load_model_weights(ckpt);
@@ -639,16 +758,19 @@ std::map<std::string, double> Trainer::evaluate(const std::string& split, const 
   return out;
 }
 
-at::Tensor Trainer::predict(const TensorDataset& ds, const std::string& ckpt) {
+at::Tensor Trainer::predict(const Dataset& ds, const std::string& ckpt) {
   if (!set_up_) setup(/*training=*/false);
   if (!ckpt.empty()) load_model_weights(ckpt);
   torch::NoGradGuard no_grad;
   model_.module->eval();
   std::vector<at::Tensor> parts;
   const int64_t bs = data().batch_size;
+  // Every example is predicted: a bad one is an error here, whatever skip_bad says.
+  EvalBatches batches(ds, data().eval_transform.get(), data().seed, kPredictPass, 0, ds.size(), bs, options_.workers(),
+                      pin_batches_);
   for (int64_t b = 0; b < ds.size(); b += bs) {
     Batch batch;
-    batch.x = ds.x.slice(0, b, std::min(b + bs, ds.size()));
+    batch.x = batches.take(b).x;
     AutocastGuard autocast(precision_, device_.type());
     parts.push_back(forward(to_device(batch).x).detach().to(torch::kCPU).to(torch::kFloat32));
   }
@@ -664,7 +786,7 @@ void Trainer::check_monitors(bool after_validation) {
   }
   if (scheduler_ && !scheduler_->monitor().empty()) watched.emplace_back("the scheduler", scheduler_->monitor());
   if (watched.empty()) return;
-  const bool validates = !data().valid.empty();
+  const bool validates = !data().split("valid").empty();
   auto logged = [&] {
     std::string out;
     for (const auto& name : loop_.metrics().names()) {
@@ -795,10 +917,10 @@ FitResult Trainer::fit() {
   }
   // The epoch's order and its cut into global batches depend only on the seed
   // and the global batch, not on how many processes share each batch.
-  EpochSampler sampler(data().train.size(), st.global_batch_size, data().seed, /*shuffle=*/true);
+  EpochSampler sampler(data().split("train").size(), st.global_batch_size, data().seed, /*shuffle=*/true);
   loop_.declare_optimizer_hook();  // train_epoch calls before_optimizer_step() before each step
   check_monitors(/*after_validation=*/false);
-  (void)val_check_batches(EpochSampler(data().train.size(), st.global_batch_size, data().seed, true).batches_per_epoch());
+  (void)val_check_batches(EpochSampler(data().split("train").size(), st.global_batch_size, data().seed, true).batches_per_epoch());
   // max_steps: a stop request at the step that reaches it (as a callback's,
   // so every rank agrees on it at that batch_end).
   ScopedConnection step_limit;
@@ -830,16 +952,20 @@ FitResult Trainer::fit() {
         }
       }
       loop_.epoch_end();
-      if (validating && !data().valid.empty() && !monitors_checked_) {
+      if (validating && !data().split("valid").empty() && !monitors_checked_) {
         monitors_checked_ = true;
         check_monitors(/*after_validation=*/true);
       }
     }
-    if (!st.stop.interrupt && options_.run_test() && !data().test.empty()) final_test();
+    if (!st.stop.interrupt && options_.run_test() && !data().split("test").empty()) final_test();
     loop_.fit_end();
   } catch (...) {
     loop_.exception(std::current_exception());
     throw;
+  }
+  if (skipped_ > 0) {
+    std::cerr << "cairn: data.skip_bad: " << skipped_ << " bad example" << (skipped_ == 1 ? "" : "s")
+              << " skipped in this process's batches (each named once above)\n";
   }
   result.interrupted = st.stop.interrupt;
   result.signal = st.stop.signal;

@@ -43,6 +43,11 @@ struct ExperimentSpec {
   std::vector<std::string> freeze;       //!< trainer.freeze: parameter-name regexes frozen from the start
   Builder<std::shared_ptr<DataModule>> data;
   DataLimit limit_train, limit_valid, limit_test;  //!< for every data set (fashion_mnist reads its own train/test counts)
+  //! data.transforms (training examples) and data.valid_transforms (the
+  //! others; unset: the transforms that draw no random numbers); data.skip_bad.
+  std::vector<Builder<std::shared_ptr<const Transform>>> transforms, valid_transforms;
+  bool valid_transforms_set = false;
+  bool skip_bad = false;
   Builder<Model> model;
   Builder<std::shared_ptr<torch::optim::Optimizer>> optimizer;
   std::optional<Builder<std::shared_ptr<Scheduler>>> scheduler;

@@ -105,6 +105,10 @@ class Registry {
   }
   void add_loss(const std::string& name, Factory<std::shared_ptr<Loss>> f) { losses.add(name, std::move(f)); }
   void add_metric(const std::string& name, Factory<std::shared_ptr<Metric>> f) { metrics.add(name, std::move(f)); }
+  //! A per-example transform for data.transforms / data.valid_transforms (cairn/transforms.h).
+  void add_transform(const std::string& name, Factory<std::shared_ptr<const Transform>> f) {
+    transforms.add(name, std::move(f));
+  }
 
   FactoryTable<Model> models{"model"};
   FactoryTable<std::shared_ptr<DataModule>> data{"dataset"};
@@ -113,6 +117,7 @@ class Registry {
   FactoryTable<std::shared_ptr<Callback>> callbacks{"callback"};
   FactoryTable<std::shared_ptr<Loss>> losses{"loss"};
   FactoryTable<std::shared_ptr<Metric>> metrics{"metric"};
+  FactoryTable<std::shared_ptr<const Transform>> transforms{"transform"};
 
  private:
   Registry();

@@ -103,6 +103,12 @@ struct TrainerOptions {
   //! "true", "false". The helper thread only gathers rows; to_device() runs
   //! on the training thread. The batches and their order are the same either way.
   TORCH_ARG(std::string, prefetch) = "auto";
+  //! Worker threads that read, decode and transform batches ahead of the step
+  //! (`data.workers`): 0 reads them on the training thread (or the one
+  //! data.prefetch helper); N > 0 keeps up to 2N batches in flight. Every
+  //! example's randomness is seeded by (seed, epoch, index): the batches are
+  //! the same bits for any number of workers, also across a resume.
+  TORCH_ARG(int64_t, workers) = 0;
   //! Capture the training step's forward pass, loss and backward pass in a
   //! CUDA graph and replay it for every batch of the captured shape
   //! (`trainer.cuda_graphs`): one launch instead of one per op. The optimizer
@@ -196,7 +202,7 @@ class Trainer {
   std::map<std::string, double> validate(const std::string& ckpt = "") { return evaluate("valid", ckpt); }
   //! The model's outputs for every row of `data`, in order (on the CPU), with
   //! the weights of `ckpt` ("" = current); `data.y` is not needed.
-  at::Tensor predict(const TensorDataset& data, const std::string& ckpt = "");
+  at::Tensor predict(const Dataset& data, const std::string& ckpt = "");
   //! Loads the weights (state_dict) of checkpoint file `path` into the model.
   void load_model_weights(const std::string& path);
   //! What fit's final test measured, in words ("the best checkpoint P: the
@@ -274,6 +280,10 @@ class Trainer {
   //! The training rows `indices` gathered (into pinned memory when batches
   //! are copied to a CUDA device); to_device() then moves them.
   Batch training_batch(const at::Tensor& indices);
+  //! The batches of the current epoch when they are made example by example
+  //! (a Dataset of one's own, a transform, data.skip_bad): set by train_epoch.
+  std::optional<BatchMaker> train_maker_;
+  int64_t skipped_ = 0;  //!< bad examples skipped (data.skip_bad) by this process's batches
   //! The epoch's order as indices on the device (for data kept there).
   at::Tensor device_order(EpochSampler& sampler, int64_t epoch);
   //! trainer.cuda_graphs (trainer_graphs.cpp): decides at setup whether the
