@@ -30,7 +30,7 @@ if [ "$flavour" = tsan ]; then
   dir=build-tsan
   flags="$common -fsanitize=thread"
   extra=(-DCAIRN_BUILD_EXAMPLES=OFF -DCAIRN_BUILD_FUZZ=OFF
-         "-DCAIRN_TEST_ONLY=test_checkpoint_file;test_checkpoint_callback;test_kill;test_data_device")
+         "-DCAIRN_TEST_ONLY=test_checkpoint_file;test_checkpoint_callback;test_kill;test_data_device;test_data_pipeline")
 else
   dir=build-check
   # UBSan findings abort (no recover), so a test or a fuzzer cannot pass over them.

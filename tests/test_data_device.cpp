@@ -118,6 +118,8 @@ TEST_CASE("Prefetcher: batches come back for the index asked, in order; an error
   p.start(5, torch::arange(50, 52));
   const cairn::Batch other = p.take(4, torch::arange(40, 42));
   CHECK(torch::equal(other.y, torch::arange(40, 42)));
+  CHECK(p.started(5));
+  CHECK(torch::equal(p.take(5, torch::arange(50, 52)).y, torch::arange(50, 52)));
   CHECK(made.load() == 6);
 }
 
