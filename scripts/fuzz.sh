@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs cairn's libFuzzer targets for a given time each, one per core at a time.
-#   bash scripts/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s, all five
-# Targets: checkpoint weights config set_args state (tests/fuzz/harness.h).
+#   bash scripts/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s, all six
+# Targets: checkpoint weights config set_args state data (tests/fuzz/harness.h).
 # Seeds come from real files: checkpoints the instrumented `cairn` writes,
 # Python torch.save files, configs/ (tests/fuzz/make_seeds.py). Corpora grow
 # in build-check/fuzz/<target>/corpus and survive between runs. A crash stops
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(checkpoint weights config set_args state)
+[ ${#targets[@]} -gt 0 ] || targets=(checkpoint weights config set_args state data)
 
 [ -x build-check/tests/fuzz/fuzz_checkpoint ] || bash scripts/check-build.sh
 work=build-check/fuzz
@@ -22,7 +22,7 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export OMP_NUM_THREADS=1
 
 # Seeds: a tiny real run of the instrumented cairn, plus Python's files.
-if [ ! -d "$work/seeds/state" ]; then  # (seeds of an older checkout lack the state target)
+if [ ! -d "$work/seeds/data" ]; then  # (seeds of an older checkout lack the newer targets)
   run="$work/seed-run"
   rm -rf "$run"
   mkdir -p "$run"

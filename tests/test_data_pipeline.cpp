@@ -12,6 +12,7 @@
 #include "../framework/core/src/prefetch.h"
 
 #include <atomic>
+#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -220,14 +221,23 @@ TEST_CASE("a bad example on a worker thread ends the fit with its error, the wor
 TEST_CASE("Prefetcher with several workers: every started batch comes back for its index; errors reach the step") {
   std::atomic<int> made{0};
   std::mutex mu;
+  std::condition_variable cv;
   std::set<std::thread::id> threads;
+  int first_two = 0;
+  std::atomic<bool> hung{false};
   {
     cairn::detail::Prefetcher p(
         [&](const at::Tensor& idx) {
           ++made;
           {
-            std::lock_guard<std::mutex> lock(mu);
+            std::unique_lock<std::mutex> lock(mu);
             threads.insert(std::this_thread::get_id());
+            // Batches 0 and 1 wait for each other: they are made at once, on two threads.
+            if (idx[0].item<int64_t>() < 20) {
+              ++first_two;
+              cv.notify_all();
+              if (!cv.wait_for(lock, std::chrono::seconds(600), [&] { return first_two == 2; })) hung = true;
+            }
           }
           if (idx[0].item<int64_t>() == 70) throw std::runtime_error("cannot read row 70");
           return cairn::Batch{idx.to(torch::kFloat) * 2, idx};
@@ -244,4 +254,5 @@ TEST_CASE("Prefetcher with several workers: every started batch comes back for i
   CHECK(made.load() >= 10);
   CHECK(made.load() <= 12);
   CHECK(threads.size() >= 2);
+  CHECK(!hung.load());
 }

@@ -43,6 +43,7 @@ Result dispatch(const std::string& kind, const std::string& bytes) {
   if (kind == "config") return cairn::fuzz::config(p, bytes.size());
   if (kind == "set_args") return cairn::fuzz::set_args(p, bytes.size());
   if (kind == "state") return cairn::fuzz::state(p, bytes.size());
+  if (kind == "data") return cairn::fuzz::data(p, bytes.size());
   if (kind == "state_nodes") {  // the base checkpoint's node count, once its unchanged resume was accepted
     const Result r = cairn::fuzz::state(p, 0);
     const size_t n = cairn::fuzz::state_nodes();

@@ -11,7 +11,7 @@ Convention for writers of the docs (also in docs/README.md):
 * Each file's ```sh blocks run in order, one block at a time, as
   `bash -euo pipefail -c BLOCK`, in a scratch directory of their own (one per
   file) that looks like the repository root to a reader: `configs`,
-  `examples`, `tests`, `scripts`, `bench`, `cmake` are links to the source
+  `examples`, `tests`, `scripts`, `bench`, `cmake`, `python` are links to the source
   tree and `build/cairn` (and `build/example_*`) to the binaries under test.
   A later block sees the run folders an earlier one made (fit, then test, then
   inspect). `python3` is the build's Python with torch (CAIRN_PYTHON) when
@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 
-LINKED = ["configs", "examples", "tests", "scripts", "bench", "cmake"]
+LINKED = ["configs", "examples", "tests", "scripts", "bench", "cmake", "python"]
 NOT_COMMAND_TAGS = {"cpp", "yaml", "text", "python", "cmake", ""}
 DIRECTIVE = re.compile(r"^\s*<!--\s*snippet:\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)\s*$")

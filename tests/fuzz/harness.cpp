@@ -1,5 +1,6 @@
 #include "harness.h"
 
+
 #include "../../framework/core/src/checksums.h"
 #include "../../framework/core/src/zip_writer.h"
 #include <cairn/datasets.h>
@@ -23,6 +24,7 @@
 #include <ftw.h>
 #include <unistd.h>
 #include <vector>
+#include <sys/stat.h>
 
 namespace cairn {
 namespace fuzz {
@@ -361,9 +363,40 @@ void names(const Value& v, const std::string& path, std::vector<std::string>& ou
 }
 }  // namespace
 
+Result data(const uint8_t* data, size_t size) {
+  if (size == 0) return {Outcome::rejected, "empty input"};
+  const uint8_t mode = data[0];
+  const std::string rest(reinterpret_cast<const char*>(data) + 1, size - 1);
+  try {
+    if ((mode & 1) == 0) {
+      const at::Tensor img = decode_image(rest, (mode & 2) ? 3 : 1);
+      (void)img.sum().item<double>();  // every pixel read
+      return {Outcome::accepted, ""};
+    }
+    const std::string dir = scratch("-shards");
+    remove_tree(dir);
+    ::mkdir(dir.c_str(), 0700);
+    write(dir + "/shard-00000.cshard", rest.data(), rest.size());
+    ShardDataset shards(dir, (mode & 2) != 0);
+    const int64_t n = std::min<int64_t>(shards.size(), 4096);
+    std::vector<int64_t> rows;
+    for (int64_t i = 0; i < n; ++i) rows.push_back(i);
+    if (n > 0) (void)shards.get_batch(rows, {}).x.sum().item<double>();
+    return {Outcome::accepted, ""};
+  } catch (const BadExample& e) {
+    return {Outcome::rejected, e.what()};
+  } catch (const DataError& e) {
+    return {Outcome::rejected, e.what()};
+  } catch (const std::runtime_error& e) {
+    // The decoders' own reasons (decode_image); any other exception type is a finding.
+    return {Outcome::rejected, e.what()};
+  }
+}
+
 void remove_scratch() {
   for (const char* suffix : {".ckpt", ".pt", ".yaml", "-base.yaml"}) ::unlink(scratch(suffix).c_str());
   remove_tree(scratch("-state"));
+  remove_tree(scratch("-shards"));
 }
 
 void state_cleanup() {

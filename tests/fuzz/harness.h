@@ -53,6 +53,13 @@ Result set_args(const uint8_t* data, size_t size);
 //! and UnclaimedState (exit 3 / exit 2); a crash or another exception is a finding.
 Result state(const uint8_t* data, size_t size);
 
+//! The data readers of files from disk (cairn/datasets.h). The first byte
+//! chooses: bit 0 clear, `decode_image` of the rest (PNG or JPEG; bit 1: grey
+//! or RGB); bit 0 set, the rest as a `.cshard` file, opened as a
+//! ShardDataset and every row read (up to 4096). Rejections are BadExample,
+//! DataError and the decoders' std::runtime_error (exit 3 / exit 2 from `cairn`).
+Result data(const uint8_t* data, size_t size);
+
 //! The operations of `state`: what one mutation does to the node it picks.
 enum class StateOp : uint8_t {
   remove = 0,    //!< a dict's entry removed (a list's last item; anything else: None)

@@ -2,7 +2,7 @@
 
 usage: make_seeds.py OUT_DIR CONFIG_DIR [CAIRN_CHECKPOINT ...]
 
-Writes OUT_DIR/{checkpoint,weights,config,set_args,state}/seed-* :
+Writes OUT_DIR/{checkpoint,weights,config,set_args,state,data}/seed-* :
   * checkpoints cairn wrote (whole files, and their data.pkl for the
     wrapped-pickle modes; see harness.h for the leading mode byte),
   * files saved by Python's torch.save (python3-torch): state_dicts of the
@@ -10,6 +10,8 @@ Writes OUT_DIR/{checkpoint,weights,config,set_args,state}/seed-* :
   * the YAML experiments in CONFIG_DIR, and some --set argument lists,
   * mutation lists for the state target (4 bytes each: node, operation,
     argument; see harness.h): every operation at nodes spread over the tree,
+  * PNG images (grey, RGB, palette, 16-bit; encoded here with zlib) and
+    shards written by python/cairn_shards.py, for the data target,
   * the hand-made hostile inputs of tests/hostile/ up to 64 KiB.
 """
 import io
@@ -21,7 +23,7 @@ from collections import OrderedDict
 import torch
 
 out, config_dir, checkpoints = sys.argv[1], sys.argv[2], sys.argv[3:]
-dirs = {t: os.path.join(out, t) for t in ("checkpoint", "weights", "config", "set_args", "state")}
+dirs = {t: os.path.join(out, t) for t in ("checkpoint", "weights", "config", "set_args", "state", "data")}
 for d in dirs.values():
     os.makedirs(d, exist_ok=True)
 count = {t: 0 for t in dirs}
@@ -108,6 +110,40 @@ for node in range(0, 288, 9):
     for op in range(8):
         seed("state", bytes([node >> 8, node & 0xFF, op, (node * 7 + op) & 0xFF]))
 seed("state", bytes([0, 20, 5, 2, 0, 42, 1, 1]))
+
+# The data target (harness.h): images (mode bit 0 clear; bit 1 RGB) and shards (bit 0 set).
+import struct  # noqa: E402
+import zlib  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+import cairn_shards  # noqa: E402
+
+
+def png(width, height, colour, depth, rows, palette=None):
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+    if palette:
+        out += chunk(b"PLTE", palette)
+    return out + chunk(b"IDAT", zlib.compress(b"".join(b"\0" + r for r in rows))) + chunk(b"IEND", b"")
+
+
+rng = np.random.default_rng(0)
+seed("data", b"\x00" + png(8, 6, 0, 8, [rng.integers(0, 256, 8, dtype=np.uint8).tobytes() for _ in range(6)]))
+seed("data", b"\x02" + png(5, 7, 2, 8, [rng.integers(0, 256, 15, dtype=np.uint8).tobytes() for _ in range(7)]))
+seed("data", b"\x02" + png(4, 4, 3, 8, [bytes([0, 1, 2, 1])] * 4, palette=bytes(range(9))))
+seed("data", b"\x00" + png(3, 3, 0, 16, [rng.integers(0, 256, 6, dtype=np.uint8).tobytes() for _ in range(3)]))
+seed("data", b"\x02" + png(3, 2, 6, 8, [rng.integers(0, 256, 12, dtype=np.uint8).tobytes() for _ in range(2)]))
+import tempfile  # noqa: E402
+with tempfile.TemporaryDirectory() as tmp:
+    for i, (x, y) in enumerate([
+        (rng.random((5, 1, 3, 3), dtype=np.float32), rng.integers(0, 4, 5)),
+        (rng.integers(0, 255, (4, 2, 2), dtype=np.uint8), None),
+        (rng.random((3, 4)).astype(np.float16), rng.random((3, 2))),
+    ]):
+        path = cairn_shards.write_shards(os.path.join(tmp, str(i)), x, y)[0]
+        seed("data", (b"\x01" if y is None or y.dtype.kind == "i" else b"\x03") + open(path, "rb").read())
 
 # The hand-made hostile inputs (tests/hostile/) that fit libFuzzer's
 # -max_len: the fuzzers start from every trap already known.

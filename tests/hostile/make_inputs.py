@@ -208,3 +208,39 @@ put("index-huge.set_args", "callbacks[99999999999999999999].patience=2\n")
 put("path-deep.set_args", ".".join(["a"] * 100) + "=1\n")
 put("value-deep.set_args", "trainer=" + "[" * 5000 + "]" * 5000 + "\n")
 put("key-only.set_args", "=5\n")
+
+# --- Data files read as training goes (the `data` harness) ------------------
+# Mode byte: bit 0 clear = an image (bit 1: RGB), set = a .cshard file.
+def png_chunk(kind, body):
+    import zlib
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def png(width, height, idat, colour=0):
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def shard(count, x_dtype, y_dtype, x_dims, y_dims, header=None, data=b""):
+    dims = b"".join(struct.pack("<Q", d) for d in list(x_dims) + list(y_dims))
+    size = header if header is not None else (32 + len(dims) + 63) // 64 * 64
+    head = b"CAIRNSHD" + struct.pack("<IIQBBBBI", 1, size, count, x_dtype, y_dtype, len(x_dims), len(y_dims), 0) + dims
+    return head + b"\0" * max(0, size - len(head)) + data
+
+
+import zlib  # noqa: E402
+# A PNG header promising 2^30 x 2^30 pixels over a few bytes of data.
+put("png-dimensions-huge.data", b"\x02" + png(1 << 30, 1 << 30, zlib.compress(b"\0" * 64)))
+# A valid header, its pixel data cut short.
+noisy_rows = bytes((i * 7919 + (i >> 3) * 31) % 251 if i % 65 else 0 for i in range(65 * 64))
+put("png-data-truncated.data", b"\x00" + png(64, 64, zlib.compress(noisy_rows)[:len(zlib.compress(noisy_rows)) // 2]))
+put("jpeg-header-only.data", b"\x02\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9")
+put("image-neither.data", b"\x00GIF89a not an image cairn reads")
+# Shards: an example count whose bytes overflow, a header larger than the file,
+# a file cut short, an unknown dtype, a zero dimension.
+put("shard-count-overflow.data", b"\x01" + shard((1 << 40), 8, 5, [1 << 20, 1 << 12], []))
+put("shard-header-past-end.data", b"\x01" + shard(1, 7, 5, [4], [], header=1 << 20))
+put("shard-truncated.data", b"\x01" + shard(10, 7, 5, [4], [], data=b"\0" * (10 * 16 + 10 * 8 - 3)))
+put("shard-dtype-unknown.data", b"\x01" + shard(1, 42, 5, [4], [], data=b"\0" * 24))
+put("shard-dimension-zero.data", b"\x01" + shard(1, 7, 5, [0], [], data=b""))
+put("shard-not-a-shard.data", b"\x01" + b"PK\x03\x04 a zip, not a shard" + b"\0" * 40)

@@ -82,6 +82,16 @@ at::Tensor decode_image(const std::string& bytes, int64_t channels) {
       png_image_free(&image);
       throw std::runtime_error("PNG data is damaged: " + why);
     }
+    // libpng reports missing or extra pixel data as a warning (the rows it
+    // could not read are left as they were): an example is either the file's
+    // picture or refused. Other warnings (a colour profile it does not like)
+    // keep the image.
+    if (image.warning_or_error & PNG_IMAGE_WARNING) {
+      const std::string why = image.message;
+      for (const char* damaged : {"image data", "IDAT", "compressed", "CRC", "zlib", "stream"}) {
+        if (why.find(damaged) != std::string::npos) throw std::runtime_error("PNG data is damaged: " + why);
+      }
+    }
     return out.permute({2, 0, 1}).to(at::kFloat).div_(255.0f).contiguous();
   }
   if (is_jpeg(bytes)) {

@@ -121,15 +121,13 @@ void register_data(Registry& r) {
 
 // Data read from disk as training goes: image folders and shards take a
 // training folder and optional valid and test folders (as csv takes files).
+// The folders are looked for when the data is loaded, not here: a config may
+// be checked (print-config) before its data is made (a DataError, exit 2,
+// names a missing folder).
 void disk_paths(ConfigNode& c, std::string& path, std::string& valid_path, std::string& test_path) {
-  std::error_code ec;
   path = c.get_path("path", std::nullopt);
-  if (!std::filesystem::is_directory(path, ec)) c.fail("path", "no such folder: " + path);
-  for (const char* k : {"valid_path", "test_path"}) {
-    const auto p = c.get_optional_path(k);
-    if (p && !std::filesystem::is_directory(*p, ec)) c.fail(k, "no such folder: " + *p);
-    (std::string(k) == "valid_path" ? valid_path : test_path) = p.value_or("");
-  }
+  valid_path = c.get_optional_path("valid_path").value_or("");
+  test_path = c.get_optional_path("test_path").value_or("");
 }
 
 void register_disk_data(Registry& r) {
