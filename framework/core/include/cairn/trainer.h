@@ -105,7 +105,7 @@ struct TrainerOptions {
   TORCH_ARG(std::string, prefetch) = "auto";
   //! Worker threads that read, decode and transform batches ahead of the step
   //! (`data.workers`): 0 reads them on the training thread (or the one
-  //! data.prefetch helper); N > 0 keeps up to 2N batches in flight. Every
+  //! data.prefetch helper); N > 0 keeps N batches in flight ahead of the step. Every
   //! example's randomness is seeded by (seed, epoch, index): the batches are
   //! the same bits for any number of workers, also across a resume.
   TORCH_ARG(int64_t, workers) = 0;
