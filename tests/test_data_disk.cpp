@@ -139,7 +139,8 @@ TEST_CASE("shards from the Python writer: SIGKILLed and resumed with 0, 2 and 4 
       REQUIRE_MESSAGE(code == 128 + SIGKILL, test::read_file(log));
       ++kills;
     } else {
-      REQUIRE_MESSAGE(WIFEXITED(status) && WEXITSTATUS(status) == 0, test::read_file(log));
+      const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      REQUIRE_MESSAGE(clean, test::read_file(log));
       break;  // it ran to the end before its kill: nothing left to interrupt
     }
     REQUIRE_MESSAGE(reached, "no progress to step " << at[i] << ":\n" << test::read_file(log));
