@@ -147,7 +147,22 @@ TEST_CASE("shards from the Python writer: SIGKILLed and resumed with 0, 2 and 4 
   }
   MESSAGE(kills << " SIGKILLs, the worker count changed at each resume");
   CHECK(kills >= 1);
+  // SIGTERM with four workers busy: saved at the next batch, exit 143, no hang.
   test::write_file(dir / "run.yaml", shard_config(run, dir / "data", 4));
+  {
+    const std::string log = dir / "log-term.txt";
+    const pid_t pid = test::spawn({CAIRN_CLI, "fit", "--config", dir / "run.yaml"}, log);
+    test::StepsPrinted steps(log);
+    int status = 0;
+    bool exited = false;
+    auto ended = [&] { return exited || (exited = ::waitpid(pid, &status, WNOHANG) == pid); };
+    REQUIRE(test::wait_until([&] { return ended() || steps.update() >= 95; }, 1));
+    if (!exited) {
+      ::kill(pid, SIGTERM);
+      const int code = test::wait_exit(pid);
+      CHECK_MESSAGE((code == 128 + SIGTERM || code == 0), test::read_file(log));  // 0: it finished first
+    }
+  }
   auto last = test::cairn_cli({"fit", "--config", dir / "run.yaml"});
   REQUIRE_MESSAGE(last.exit_code == 0, last.output);
   // A changed worker count is not drift: every resume went on (exit 0 above, and no refusal).
@@ -205,6 +220,11 @@ TEST_CASE("an image folder from YAML (PNG and JPEG) trains with augmentation on 
   CHECK(std::count(csv.begin(), csv.end(), '\n') == 16);
   CHECK(csv.find("img/test/boot/0.png") != std::string::npos);
   CHECK(csv.find("img/test/shirt/3.jpg") != std::string::npos);
+  // One image file: one row.
+  auto one = test::cairn_cli({"predict", "--config", dir / "a.yaml", "--input", dir / "img/test/coat/3.jpg", "--out", dir / "one.csv"});
+  REQUIRE_MESSAGE(one.exit_code == 0, one.output);
+  const std::string one_csv = test::read_file(dir / "one.csv");
+  CHECK(std::count(one_csv.begin(), one_csv.end(), '\n') == 2);
   // test --input: class folders measured with training's classes.
   auto t = test::cairn_cli({"test", "--config", dir / "a.yaml", "--input", dir / "img/test", "--json"});
   CHECK_MESSAGE(t.exit_code == 0, t.output);
