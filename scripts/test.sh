@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs every check, as CI does (36 minutes on 2 cores
+# Sets up, builds and runs every check, as CI does (37 minutes on 2 cores
 # with the packages and the torch wheel already present; the wheel is a
 # one-time 4.7 GB download, about a minute here):
 #  1. the whole test suite (CTest: doctest cases, the CLI, kill-and-resume

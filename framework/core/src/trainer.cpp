@@ -273,7 +273,11 @@ void Trainer::place_data(bool training) {
   }
   if (move) {
     try {
-      for (TensorDataset* t : {&d.train, &d.valid, &d.test}) {
+      // Splits whose batches are gathered rows; one read example by example
+      // (a transform: its generators are CPU ones) stays on the host.
+      for (const char* name : {"train", "valid", "test"}) {
+        if (!d.gathered(name)) continue;
+        TensorDataset* t = std::string(name) == "train" ? &d.train : std::string(name) == "valid" ? &d.valid : &d.test;
         if (t->x.defined()) t->x = t->x.to(device_);
         if (t->y.defined()) t->y = t->y.to(device_);
       }
