@@ -141,6 +141,25 @@ std::pair<int64_t, int64_t> image_size(const std::string& path) {
   return {h, w};
 }
 
+namespace {
+//! The train and valid splits of a data set read from disk: its own valid
+//! data when it has some, else `fraction` of `full` carved out from the seed
+//! (as every in-memory data set does), else all of it for training.
+void set_train_valid(DataModule& d, std::shared_ptr<const Dataset> full, std::shared_ptr<const Dataset> valid,
+                     double fraction) {
+  if (valid) {
+    d.train_set = std::move(full);
+    d.valid_set = std::move(valid);
+  } else if (fraction > 0 && full->size() > 1) {
+    auto [train_idx, valid_idx] = carve_valid(full->size(), fraction, d.seed);
+    d.train_set = std::make_shared<Subset>(full, std::move(train_idx));
+    if (!valid_idx.empty()) d.valid_set = std::make_shared<Subset>(full, std::move(valid_idx));
+  } else {
+    d.train_set = std::move(full);
+  }
+}
+}  // namespace
+
 // --- ImageFolder -------------------------------------------------------------
 
 ImageFolder::ImageFolder(std::string root, int64_t channels, std::vector<std::string> classes)
@@ -243,16 +262,11 @@ void ImageFolderData::setup() {
   seed = options_.seed;
   images_ = std::make_shared<ImageFolder>(options_.path, options_.channels);
   num_classes = static_cast<int64_t>(images_->classes().size());
-  if (!options_.valid_path.empty()) {
-    valid_set = std::make_shared<ImageFolder>(options_.valid_path, options_.channels, images_->classes());
-    train_set = images_;
-  } else if (options_.valid_fraction > 0 && images_->size() > 1) {
-    auto [train_idx, valid_idx] = carve_valid(images_->size(), options_.valid_fraction, options_.seed);
-    train_set = std::make_shared<Subset>(images_, std::move(train_idx));
-    if (!valid_idx.empty()) valid_set = std::make_shared<Subset>(images_, std::move(valid_idx));
-  } else {
-    train_set = images_;
-  }
+  set_train_valid(*this, images_,
+                  options_.valid_path.empty()
+                      ? nullptr
+                      : std::make_shared<ImageFolder>(options_.valid_path, options_.channels, images_->classes()),
+                  options_.valid_fraction);
   if (!options_.test_path.empty()) test_set = std::make_shared<ImageFolder>(options_.test_path, options_.channels, images_->classes());
   // The shape of one example, from the first image that decodes.
   for (int64_t i = 0; i < images_->size() && input_shape.empty(); ++i) {
@@ -461,16 +475,7 @@ void ShardData::setup() {
     }
     num_classes = top + 1;
   }
-  if (valid) {
-    train_set = full;
-    valid_set = valid;
-  } else if (options_.valid_fraction > 0 && full->size() > 1) {
-    auto [train_idx, valid_idx] = carve_valid(full->size(), options_.valid_fraction, options_.seed);
-    train_set = std::make_shared<Subset>(full, std::move(train_idx));
-    if (!valid_idx.empty()) valid_set = std::make_shared<Subset>(full, std::move(valid_idx));
-  } else {
-    train_set = full;
-  }
+  set_train_valid(*this, full, valid, options_.valid_fraction);
   test_set = test;
   loaded_ = true;
 }

@@ -29,11 +29,9 @@ Generator::Generator(uint64_t seed) : seed_(seed), state_(seed) {}
 
 uint64_t Generator::bits() {
   // splitmix64's stream: one add and a mix per draw, fine for augmentation.
+  const uint64_t z = splitmix64(state_);
   state_ += 0x9e3779b97f4a7c15ULL;
-  uint64_t z = state_;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
+  return z;
 }
 
 double Generator::uniform() { return static_cast<double>(bits() >> 11) * 0x1.0p-53; }
